@@ -1,0 +1,32 @@
+# `make run` and `make test` each set up .venv on their own (Python 3.11 + pip are all they need).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARTIFACTS ?= artifacts
+PYTEST_ARGS ?=
+
+.PHONY: run test install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/seq2seq run --data data/raw --artifacts $(ARTIFACTS) --config pipeline/embedded.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/train.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -15,13 +15,17 @@ from typing import Any, Literal, Mapping, Optional, Sequence
 
 import yaml
 
+from pipeline.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "default.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration key or value is wrong; the message names the key."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)

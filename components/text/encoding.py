@@ -1,0 +1,76 @@
+"""Text -> padded id tensors, in TensorFlow, shared by preprocessing and serving.
+
+The Beam job encodes batches with `SequenceEncoder` to write the TFRecords, and the exported
+SavedModel's `encode` signature runs the same module, so `source_ids` match bit for bit.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import tensorflow as tf
+
+from components.text.tokenizers import Tokenizer
+from components.text.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+VocabSource = Union[str, Sequence[str]]
+
+
+def lookup_table(vocab: VocabSource) -> tf.lookup.StaticHashTable:
+    """token -> id table, from a vocabulary file (tracked as a SavedModel asset) or a token list."""
+    if isinstance(vocab, str):
+        init = tf.lookup.TextFileInitializer(
+            vocab, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+            tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+        )
+    else:
+        init = tf.lookup.KeyValueTensorInitializer(
+            tf.constant(list(vocab), tf.string), tf.range(len(vocab), dtype=tf.int64)
+        )
+    return tf.lookup.StaticHashTable(init, default_value=UNK_ID)
+
+
+class SequenceEncoder(tf.Module):
+    """Tokenize, map to ids (<unk> for unknown tokens), truncate and pad to a fixed width."""
+
+    def __init__(self, tokenizer: Tokenizer, vocab: VocabSource, width: int, name: str = "encoder"):
+        super().__init__(name=name)
+        self.tokenizer = tokenizer
+        self.table = lookup_table(vocab)
+        self.width = int(width)
+
+    def token_ids(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        """[B] strings -> [B, (n)] int64 ids, untruncated."""
+        tokens = self.tokenizer.tokenize(texts)
+        return tf.ragged.map_flat_values(self.table.lookup, tokens)
+
+    def encode_source(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
+        """source_ids [B, width] (truncated, <pad>-padded), source_length [B], full_length [B]."""
+        ids = self.token_ids(texts)
+        full_length = ids.row_lengths()
+        kept = ids[:, : self.width]
+        return {
+            "source_ids": _pad(kept, self.width),
+            "source_length": kept.row_lengths(),
+            "full_length": full_length,
+        }
+
+    def encode_target(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
+        """target_input = <bos> y <eos>, target_output = y <eos>, both [B, width]; y keeps width-2 ids."""
+        ids = self.token_ids(texts)
+        full_length = ids.row_lengths()
+        kept = ids[:, : self.width - 2]
+        batch = kept.nrows()
+        bos = tf.fill([batch, 1], tf.constant(BOS_ID, tf.int64))
+        eos = tf.fill([batch, 1], tf.constant(EOS_ID, tf.int64))
+        target_output = tf.concat([kept, eos], axis=1)
+        target_input = tf.concat([bos, target_output], axis=1)
+        return {
+            "target_input": _pad(target_input, self.width),
+            "target_output": _pad(target_output, self.width),
+            "target_length": target_output.row_lengths(),
+            "full_length": full_length,
+        }
+
+
+def _pad(ids: tf.RaggedTensor, width: int) -> tf.Tensor:
+    return ids.to_tensor(default_value=tf.constant(PAD_ID, tf.int64), shape=[None, width])

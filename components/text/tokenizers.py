@@ -1,0 +1,126 @@
+"""Tokenizers shared by the Beam job and the serving graph.
+
+A tokenizer is a `tf.Module` whose `tokenize` maps a batch of raw strings `[B]` to a ragged batch
+of string tokens `[B, (n)]`. The Beam job calls it on thousands of strings per call and the
+exported SavedModel calls the very same function, so training and serving cannot drift.
+
+- `whitespace` (default): core TF ops only; the exported model loads with a plain `import tensorflow`.
+- `unicode_script`: tensorflow-text's UnicodeScriptTokenizer (splits punctuation and script changes).
+- `wordpiece`: whitespace words split into WordPiece subwords (tensorflow-text), with a vocabulary
+  learned in the Beam job. Loading a model with either tensorflow-text tokenizer needs
+  `import tensorflow_text` first.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import tensorflow as tf
+
+from components.text.vocabulary import UNK
+
+TOKENIZERS = ("whitespace", "unicode_script", "wordpiece")
+WORDPIECE_SUFFIX = "##"
+
+
+def normalize(texts: tf.Tensor, lowercase: bool) -> tf.Tensor:
+    """Collapse whitespace runs (CR, tabs, NBSP-free ASCII space), strip the ends, optionally lowercase."""
+    texts = tf.strings.regex_replace(texts, r"[\s\p{Z}\x{FEFF}]+", " ")
+    texts = tf.strings.strip(texts)
+    if lowercase:
+        texts = tf.strings.lower(texts, encoding="utf-8")
+    return texts
+
+
+class Tokenizer(tf.Module):
+    """Base class; subclasses implement `_split` on normalized text."""
+
+    name = "base"
+    needs_tensorflow_text = False
+
+    def __init__(self, lowercase: bool = False):
+        super().__init__(name=f"{self.name}_tokenizer")
+        self.lowercase = lowercase
+
+    def tokenize(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        """[B] raw strings -> [B, (n)] string tokens."""
+        return self._split(normalize(tf.convert_to_tensor(texts, tf.string), self.lowercase))
+
+    def detokenize(self, tokens: tf.RaggedTensor) -> tf.Tensor:
+        """[B, (n)] string tokens -> [B] strings (space-joined)."""
+        return tf.strings.reduce_join(tokens, axis=-1, separator=" ")
+
+    def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class WhitespaceTokenizer(Tokenizer):
+    name = "whitespace"
+
+    def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        return tf.strings.split(texts)
+
+
+def _import_tf_text():
+    try:
+        import tensorflow_text  # noqa: F401  (registers the custom ops in this process)
+    except ImportError as e:  # pragma: no cover - it is a declared dependency
+        raise RuntimeError("this tokenizer needs tensorflow-text: pip install 'tensorflow-text~=2.21.0'") from e
+    return tensorflow_text
+
+
+class UnicodeScriptTokenizer(Tokenizer):
+    name = "unicode_script"
+    needs_tensorflow_text = True
+
+    def __init__(self, lowercase: bool = False):
+        super().__init__(lowercase)
+        self._impl = _import_tf_text().UnicodeScriptTokenizer()
+
+    def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        return self._impl.tokenize(texts)
+
+
+class WordpieceTokenizer(Tokenizer):
+    """Whitespace words, then greedy longest-match WordPiece; continuation pieces start with ##."""
+
+    name = "wordpiece"
+    needs_tensorflow_text = True
+
+    def __init__(self, vocab_path: str, lowercase: bool = False):
+        super().__init__(lowercase)
+        text = _import_tf_text()
+        self.vocab_path = vocab_path
+        init = tf.lookup.TextFileInitializer(
+            vocab_path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+            tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+        )
+        self._table = tf.lookup.StaticVocabularyTable(init, num_oov_buckets=1)
+        self._impl = text.WordpieceTokenizer(
+            self._table, suffix_indicator=WORDPIECE_SUFFIX, unknown_token=UNK,
+            token_out_type=tf.string, max_bytes_per_word=100,
+        )
+
+    def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        words = tf.strings.split(texts)
+        return self._impl.tokenize(words).merge_dims(-2, -1)
+
+    def detokenize(self, tokens: tf.RaggedTensor) -> tf.Tensor:
+        joined = super().detokenize(tokens)
+        return tf.strings.regex_replace(joined, " " + WORDPIECE_SUFFIX, "")
+
+
+def make_tokenizer(name: str, lowercase: bool = False, wordpiece_vocab: Optional[str] = None) -> Tokenizer:
+    """Build the tokenizer `preprocess.tokenizer` names. `wordpiece` needs its learned vocabulary file."""
+    if name == "whitespace":
+        return WhitespaceTokenizer(lowercase)
+    if name == "unicode_script":
+        return UnicodeScriptTokenizer(lowercase)
+    if name == "wordpiece":
+        if not wordpiece_vocab:
+            raise ValueError("the wordpiece tokenizer needs the vocabulary learned by preprocessing")
+        return WordpieceTokenizer(wordpiece_vocab, lowercase)
+    raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)}")
+
+
+def needs_tensorflow_text(name: str) -> bool:
+    return name in ("unicode_script", "wordpiece")

@@ -1,0 +1,100 @@
+"""Vocabularies: one token per line (id = line number), special tokens first, counts beside.
+
+Invariant, asserted on every load: ids 0..3 are <pad>, <bos>, <eos>, <unk>.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Optional, Sequence
+
+from pipeline.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK)
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+COUNTS_SUFFIX = ".counts.tsv"
+
+
+class VocabularyError(UserError, ValueError):
+    """A vocabulary file breaks the special-token invariant or is unreadable."""
+
+
+def ordered_tokens(
+    counts: Mapping[str, int], min_frequency: int = 1, max_size: Optional[int] = None
+) -> list[tuple[str, int]]:
+    """Tokens by descending count, ties by token, cut by min_frequency and max_size (specials count)."""
+    kept = [(tok, n) for tok, n in counts.items() if n >= min_frequency and tok not in SPECIAL_TOKENS]
+    kept.sort(key=lambda item: (-item[1], item[0]))
+    if max_size is not None:
+        kept = kept[: max(0, max_size - len(SPECIAL_TOKENS))]
+    return kept
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    tokens: tuple[str, ...]
+    counts: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if tuple(self.tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise VocabularyError(
+                f"vocabulary must start with {', '.join(SPECIAL_TOKENS)} (ids 0-3), "
+                f"got {list(self.tokens[:len(SPECIAL_TOKENS)])}"
+            )
+        if len(set(self.tokens)) != len(self.tokens):
+            raise VocabularyError("vocabulary has duplicate tokens")
+        object.__setattr__(self, "_index", {tok: i for i, tok in enumerate(self.tokens)})
+
+    @classmethod
+    def from_counts(
+        cls, counts: Mapping[str, int], min_frequency: int = 1, max_size: Optional[int] = None
+    ) -> "Vocabulary":
+        kept = ordered_tokens(counts, min_frequency, max_size)
+        return cls(SPECIAL_TOKENS + tuple(t for t, _ in kept), (0,) * 4 + tuple(n for _, n in kept))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def id(self, token: str) -> int:
+        return self._index.get(token, UNK_ID)  # type: ignore[attr-defined]
+
+    def ids(self, tokens: Iterable[str]) -> list[int]:
+        index = self._index  # type: ignore[attr-defined]
+        return [index.get(t, UNK_ID) for t in tokens]
+
+    def lookup(self, ids: Sequence[int]) -> list[str]:
+        return [self.tokens[i] for i in ids]
+
+    def save(self, path: str) -> None:
+        """Write PATH (tokens) and PATH.counts.tsv (token<TAB>count), each via a temp file + rename."""
+        _atomic_write(path, "".join(t + "\n" for t in self.tokens))
+        if self.counts:
+            rows = "".join(f"{t}\t{n}\n" for t, n in zip(self.tokens, self.counts))
+            _atomic_write(path + COUNTS_SUFFIX, rows)
+
+    @classmethod
+    def load(cls, path: str) -> "Vocabulary":
+        import tensorflow as tf
+
+        if not tf.io.gfile.exists(path):
+            raise VocabularyError(f"vocabulary file {path} does not exist")
+        with tf.io.gfile.GFile(path, "rb") as f:
+            raw = f.read().decode("utf-8")
+        # Split on "\n" only: tokens may contain other Unicode line separators.
+        tokens = tuple(raw.split("\n")[:-1] if raw.endswith("\n") else raw.split("\n"))
+        try:
+            return cls(tokens)
+        except VocabularyError as e:
+            raise VocabularyError(f"{path}: {e}") from None
+
+
+def _atomic_write(path: str, text: str) -> None:
+    import tensorflow as tf
+
+    tmp = f"{path}.tmp"
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(text.encode("utf-8"))
+    tf.io.gfile.rename(tmp, path, overwrite=True)

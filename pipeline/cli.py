@@ -1,0 +1,153 @@
+"""`seq2seq`: one console script, one subcommand per component, plus `run` for the whole pipeline.
+
+Components are imported lazily so that `seq2seq --help` answers without loading TensorFlow.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+logger = logging.getLogger("seq2seq")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Everything after a bare `--` belongs to Beam's PipelineOptions."""
+    argv = list(argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config merged over the packaged defaults")
+    p.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                   help="override one config key (repeatable), e.g. --set trainer.epochs=5")
+
+
+def _load_config(args: argparse.Namespace):
+    from pipeline.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from components.preprocess import run_preprocess
+
+    run_preprocess(args.data, args.out, _load_config(args), beam_args=args.beam_args,
+                   overwrite=args.overwrite)
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from components.trainer import run_training
+
+    run_training(args.examples, args.out, _load_config(args))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from components.exporter import run_export
+
+    run_export(args.model, args.out, overrides=args.overrides)
+    return EXIT_OK
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from components.exporter.translate import translate_main
+
+    return translate_main(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.runner import run_pipeline
+
+    return run_pipeline(args, _load_config(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seq2seq",
+        description="Parallel corpus -> Beam preprocessing -> attention seq2seq -> servable SavedModel.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the whole pipeline",
+                       description="Run every component in order. Arguments after `--` go to Beam.")
+    p.add_argument("--data", default="data/raw", help="corpus path, directory or glob (default: data/raw)")
+    p.add_argument("--artifacts", default="artifacts", help="artifacts root (default: artifacts)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
+    p.add_argument("--no-cache", action="store_true", help="re-run every component")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("preprocess", help="Beam job: corpus -> vocabularies + padded TFRecords",
+                       description="Arguments after `--` are Beam pipeline options "
+                                   "(--runner, --direct_num_workers, Dataflow/Flink/Spark options).")
+    p.add_argument("--data", required=True, help="corpus path, directory or glob (gs:// works)")
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("train", help="train the attention seq2seq on preprocessed TFRecords")
+    p.add_argument("--examples", required=True, help="output folder of `seq2seq preprocess`")
+    p.add_argument("--out", required=True, help="training folder (an existing one is resumed)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="write a SavedModel with greedy-decode signatures")
+    p.add_argument("--model", required=True, help="output folder of `seq2seq train`")
+    p.add_argument("--out", required=True, help="SavedModel folder to create")
+    p.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                   help="override an export key, e.g. --set export.max_decode_length=50")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("translate", help="translate with an exported SavedModel")
+    p.add_argument("--model", required=True, help="SavedModel folder")
+    p.add_argument("text", nargs="*", help="sentences; with none, read lines from stdin")
+    p.add_argument("--max-length", type=int, default=None, help="maximum decoded tokens")
+    p.add_argument("--batch-size", type=int, default=64, help="lines per batch when reading stdin")
+    p.add_argument("--json", action="store_true", help="one JSON object per line: translation, tokens, score")
+    p.add_argument("--attention-plot", metavar="FILE.png", help="draw the attention of the first sentence")
+    p.set_defaults(func=cmd_translate)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    own, beam_args = _split_beam_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(own)
+    args.beam_args = beam_args
+    _configure_logging(args.verbose)
+    from pipeline.errors import UserError
+
+    try:
+        return args.func(args)
+    except UserError as e:
+        logger.error("%s", e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

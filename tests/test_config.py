@@ -1,0 +1,57 @@
+"""Config: YAML defaults, --set overrides, strict keys and values."""
+import pytest
+
+from pipeline.config import ConfigError, PipelineConfig, load_config, read_config, write_config
+
+
+def test_defaults_load_and_are_typed():
+    config = load_config()
+    assert isinstance(config, PipelineConfig)
+    assert config.preprocess.tokenizer == "whitespace"
+    assert config.model.attention == "bahdanau"
+    assert config.preprocess.max_vocab_size is None
+
+
+def test_set_overrides_are_coerced_to_the_field_type():
+    config = load_config(overrides=[
+        "preprocess.tokenizer=wordpiece", "preprocess.max_source_length=7",
+        "preprocess.eval_fraction=0.25", "preprocess.min_frequency=2",
+        "preprocess.max_vocab_size=100", "trainer.learning_rate=1e-3", "preprocess.lowercase=true",
+    ])
+    p = config.preprocess
+    assert (p.tokenizer, p.max_source_length, p.eval_fraction, p.min_frequency, p.max_vocab_size) == (
+        "wordpiece", 7, 0.25, 2, 100)
+    assert config.trainer.learning_rate == pytest.approx(0.001)
+    assert p.lowercase is True
+
+
+@pytest.mark.parametrize("override, named", [
+    ("preprocess.tokeniser=whitespace", "preprocess.tokeniser"),
+    ("prepro.tokenizer=whitespace", "prepro.tokenizer"),
+    ("preprocess.max_source_length=abc", "preprocess.max_source_length"),
+    ("preprocess.tokenizer=bpe", "preprocess.tokenizer"),
+    ("preprocess.eval_fraction=1.5", "preprocess.eval_fraction"),
+    ("model.attention=dot", "model.attention"),
+])
+def test_bad_keys_and_values_name_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(overrides=[override])
+
+
+def test_config_file_is_merged_and_unknown_file_keys_fail(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("trainer:\n  epochs: 3\n")
+    assert load_config(str(good)).trainer.epochs == 3
+    assert load_config(str(good)).trainer.batch_size == 64  # untouched keys keep defaults
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"trainer\.epoch\b"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_snapshot_round_trips(tmp_path):
+    config = load_config(overrides=["model.units=17", "preprocess.max_vocab_size=null"])
+    write_config(config, str(tmp_path))
+    assert read_config(str(tmp_path)) == config

@@ -42,6 +42,6 @@ def feature_spec(max_source_length: int, max_target_length: int) -> dict[str, An
     features = load_schema(EXAMPLES_SCHEMA)["features"]
     shapes = feature_shapes(max_source_length, max_target_length)
     return {
-        name: tf.io.FixedLenFeature(shapes[name], tf.dtypes.as_dtype(spec["dtype"]))
+        name: tf.io.FixedLenFeature(shapes[name], tf.dtypes.as_dtype(spec["dtype"]), spec.get("default"))
         for name, spec in features.items()
     }

@@ -1,0 +1,68 @@
+"""Batched greedy decoding: THE decoder, used by the trainer's checks and by the exported SavedModel.
+
+Runs eagerly, inside `tf.function` and in a SavedModel graph alike: one `tf.while_loop` over
+decoder steps that stops as soon as every row has emitted <eos>, or at `max_length`.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from components.text.vocabulary import BOS_ID, EOS_ID, PAD_ID
+
+
+def greedy_decode(model, source_ids: tf.Tensor, source_length: tf.Tensor, max_length) -> dict[str, tf.Tensor]:
+    """Greedy-decode a batch with a `Seq2Seq`.
+
+    Returns:
+      token_ids  int64 [B, T]: the chosen ids, <pad> after a row's <eos>;
+      length     int64 [B]: tokens up to and including <eos> (T if the row never emitted <eos>);
+      score      float32 [B]: sum of the log-probabilities of the chosen tokens, <eos> included;
+      attention  float32 [B, T, S]: attention weights per emitted token (zeros for attention 'none'
+                 and after <eos>).
+    T is the number of steps actually run: at most max_length (a Python int or scalar tensor).
+    """
+    source_ids = tf.convert_to_tensor(source_ids, tf.int64)
+    source_length = tf.convert_to_tensor(source_length, tf.int64)
+    max_length = tf.cast(max_length, tf.int32)
+    encoded = model.encode(source_ids, source_length)
+    batch = tf.shape(source_ids)[0]
+    source_steps = tf.shape(source_ids)[1]
+
+    tokens_ta = tf.TensorArray(tf.int64, size=0, dynamic_size=True, element_shape=tf.TensorShape([None]))
+    attention_ta = tf.TensorArray(tf.float32, size=0, dynamic_size=True,
+                                  element_shape=tf.TensorShape([None, None]))
+
+    def keep_going(t, previous, state, finished, length, score, tokens, attention):
+        return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(finished)))
+
+    def body(t, previous, state, finished, length, score, tokens, attention):
+        logits, state, weights = model.decode_step(previous, state, encoded)
+        log_probs = tf.nn.log_softmax(logits, axis=-1)
+        chosen = tf.argmax(logits, axis=-1, output_type=tf.int64)
+        chosen_log_prob = tf.gather(log_probs, chosen, batch_dims=1)
+        running = tf.logical_not(finished)
+        score += tf.where(running, chosen_log_prob, 0.0)
+        length += tf.cast(running, tf.int64)
+        chosen = tf.where(running, chosen, tf.constant(PAD_ID, tf.int64))
+        weights = tf.where(running[:, None], weights, 0.0)
+        finished = tf.logical_or(finished, tf.equal(chosen, EOS_ID))
+        return (t + 1, chosen, state, finished, length, score,
+                tokens.write(t, chosen), attention.write(t, weights))
+
+    initial = (
+        tf.constant(0),
+        tf.fill([batch], tf.constant(BOS_ID, tf.int64)),
+        encoded.final_state,
+        tf.zeros([batch], tf.bool),
+        tf.zeros([batch], tf.int64),
+        tf.zeros([batch], tf.float32),
+        tokens_ta,
+        attention_ta,
+    )
+    steps, _, _, _, length, score, tokens_ta, attention_ta = tf.while_loop(keep_going, body, initial)
+    # stack() of an empty TensorArray needs a fully known element shape, so max_length=0 is special.
+    token_ids = tf.cond(steps > 0, lambda: tf.transpose(tokens_ta.stack()),
+                        lambda: tf.zeros([batch, 0], tf.int64))
+    attention = tf.cond(steps > 0, lambda: tf.transpose(attention_ta.stack(), [1, 0, 2]),
+                        lambda: tf.zeros([batch, 0, source_steps], tf.float32))
+    return {"token_ids": token_ids, "length": length, "score": score, "attention": attention}

@@ -1,0 +1,233 @@
+"""The attention seq2seq in plain TensorFlow: embeddings, a GRU encoder, a GRU decoder with
+Bahdanau (additive), Luong ("general", multiplicative) or no attention, and a vocabulary projection.
+
+Pure `tf.Module` + `tf.Variable` (no Keras layers), so a SavedModel of it loads with a plain
+`import tensorflow` and `saved_model_cli` can read it. Every variable is created in `__init__`,
+so a checkpoint restores into a freshly built model.
+
+Shapes: B batch, S source steps, T target steps, E embedding_dim, U units, V target vocabulary.
+The decoder step, as in the seed: attention over the encoder states from the previous decoder
+state, the context vector concatenated with the token embedding as the GRU input, the GRU state
+projected to the vocabulary. Source padding gets zero attention weight.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import tensorflow as tf
+
+ATTENTIONS = ("bahdanau", "luong", "none")
+# Added to the scores of padded source positions; exp() of it underflows to exactly 0.
+_MASK_PENALTY = -1e9
+
+
+class Encoded(NamedTuple):
+    """What `Seq2Seq.encode` computes once per batch and every decoder step reads."""
+
+    states: tf.Tensor       # [B, S, U] encoder GRU states (zeros at padded positions)
+    final_state: tf.Tensor  # [B, U] state after each row's last real token
+    mask: tf.Tensor         # [B, S] bool, True at real source tokens
+    keys: tf.Tensor         # [B, S, U] W1·enc (+b1) for bahdanau, enc·Wa for luong, [B, S, 0] for none
+
+
+class _Init:
+    """Deterministic (stateless) initializers, so the same seed builds the same model."""
+
+    def __init__(self, seed: int):
+        self._seed = seed
+        self._count = 0
+
+    def _next_seed(self) -> tf.Tensor:
+        self._count += 1
+        return tf.constant([self._seed, self._count], tf.int64)
+
+    def uniform(self, shape: list[int], limit: float) -> tf.Tensor:
+        return tf.random.stateless_uniform(shape, self._next_seed(), -limit, limit)
+
+    def glorot(self, shape: list[int]) -> tf.Tensor:
+        return self.uniform(shape, math.sqrt(6.0 / (shape[0] + shape[-1])))
+
+    def orthogonal(self, rows: int, cols: int) -> tf.Tensor:
+        a = tf.random.stateless_normal([max(rows, cols), min(rows, cols)], self._next_seed())
+        q, r = tf.linalg.qr(a)
+        q = q * tf.sign(tf.linalg.diag_part(r))
+        return q if rows >= cols else tf.transpose(q)
+
+
+def gru_cell(x_proj: tf.Tensor, h: tf.Tensor, recurrent_kernel: tf.Variable,
+             recurrent_bias: tf.Variable) -> tf.Tensor:
+    """One GRU step (Keras gate order z, r, h and `reset_after=True`), given x·W + b already computed."""
+    units = recurrent_kernel.shape[0]
+    inner = tf.matmul(h, recurrent_kernel) + recurrent_bias
+    x_zr, x_h = x_proj[:, : 2 * units], x_proj[:, 2 * units:]
+    in_zr, in_h = inner[:, : 2 * units], inner[:, 2 * units:]
+    zr = tf.sigmoid(x_zr + in_zr)
+    z, r = zr[:, :units], zr[:, units:]
+    candidate = tf.tanh(x_h + r * in_h)
+    return z * h + (1.0 - z) * candidate
+
+
+class Seq2Seq(tf.Module):
+    """GRU encoder-decoder with `bahdanau`, `luong` or `none` attention."""
+
+    def __init__(self, source_vocab_size: int, target_vocab_size: int, embedding_dim: int, units: int,
+                 attention: str, seed: int = 0, name: str = "seq2seq"):
+        super().__init__(name=name)
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+        self.source_vocab_size = int(source_vocab_size)
+        self.target_vocab_size = int(target_vocab_size)
+        self.embedding_dim = int(embedding_dim)
+        self.units = int(units)
+        self.attention = attention
+        E, U, init = self.embedding_dim, self.units, _Init(seed)
+        context_dim = 0 if attention == "none" else U
+
+        def var(value: tf.Tensor, name: str) -> tf.Variable:
+            return tf.Variable(value, name=name, trainable=True)
+
+        with self.name_scope:
+            self.source_embedding = var(init.uniform([self.source_vocab_size, E], 0.05), "source_embedding")
+            self.target_embedding = var(init.uniform([self.target_vocab_size, E], 0.05), "target_embedding")
+            self.encoder_kernel = var(init.glorot([E, 3 * U]), "encoder_kernel")
+            self.encoder_recurrent_kernel = var(self._recurrent(init), "encoder_recurrent_kernel")
+            self.encoder_bias = var(tf.zeros([3 * U]), "encoder_bias")
+            self.encoder_recurrent_bias = var(tf.zeros([3 * U]), "encoder_recurrent_bias")
+            # The decoder GRU input is [context; embedding]; its kernel is kept in two parts so the
+            # embedding part is applied to all target steps in one matmul under teacher forcing.
+            self.decoder_kernel = var(init.glorot([E, 3 * U]), "decoder_kernel")
+            if context_dim:
+                self.decoder_context_kernel = var(init.glorot([context_dim, 3 * U]), "decoder_context_kernel")
+            self.decoder_recurrent_kernel = var(self._recurrent(init), "decoder_recurrent_kernel")
+            self.decoder_bias = var(tf.zeros([3 * U]), "decoder_bias")
+            self.decoder_recurrent_bias = var(tf.zeros([3 * U]), "decoder_recurrent_bias")
+            if attention == "bahdanau":
+                self.attention_key_kernel = var(init.glorot([U, U]), "attention_W1")
+                self.attention_key_bias = var(tf.zeros([U]), "attention_b1")
+                self.attention_query_kernel = var(init.glorot([U, U]), "attention_W2")
+                self.attention_query_bias = var(tf.zeros([U]), "attention_b2")
+                self.attention_v = var(init.glorot([U, 1])[:, 0], "attention_V")
+            elif attention == "luong":
+                self.attention_key_kernel = var(init.glorot([U, U]), "attention_Wa")
+            self.output_kernel = var(init.glorot([U, self.target_vocab_size]), "output_kernel")
+            self.output_bias = var(tf.zeros([self.target_vocab_size]), "output_bias")
+
+    def _recurrent(self, init: _Init) -> tf.Tensor:
+        U = self.units
+        return tf.concat([init.orthogonal(U, U) for _ in range(3)], axis=1)
+
+    @classmethod
+    def from_config(cls, model_config, source_vocab_size: int, target_vocab_size: int,
+                    seed: int = 0) -> "Seq2Seq":
+        """Build from a `pipeline.config.ModelConfig`."""
+        return cls(source_vocab_size, target_vocab_size, model_config.embedding_dim, model_config.units,
+                   model_config.attention, seed=seed)
+
+    def shape_summary(self) -> dict[str, object]:
+        """The hyperparameters a checkpoint depends on (compared on restore)."""
+        return {"source_vocab_size": self.source_vocab_size, "target_vocab_size": self.target_vocab_size,
+                "embedding_dim": self.embedding_dim, "units": self.units, "attention": self.attention}
+
+    # ---------------------------------------------------------------- encoder
+
+    def encode(self, source_ids: tf.Tensor, source_length: tf.Tensor) -> Encoded:
+        """[B, S] int64 ids and [B] lengths -> `Encoded` (states, final state, mask, attention keys)."""
+        source_ids = tf.convert_to_tensor(source_ids, tf.int64)
+        source_length = tf.convert_to_tensor(source_length, tf.int64)
+        steps = tf.shape(source_ids)[1]
+        mask = tf.sequence_mask(source_length, steps)
+        embedded = tf.gather(self.source_embedding, source_ids)
+        # x·W for every source step in one matmul; only h·U stays inside the recurrence.
+        x_proj = tf.einsum("bse,eg->bsg", embedded, self.encoder_kernel) + self.encoder_bias
+        x_proj_t = tf.transpose(x_proj, [1, 0, 2])
+        mask_t = tf.transpose(mask)
+        batch = tf.shape(source_ids)[0]
+        h0 = tf.zeros([batch, self.units])
+        states_ta = tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, self.units]))
+
+        def body(t, h, states):
+            h_new = gru_cell(x_proj_t[t], h, self.encoder_recurrent_kernel, self.encoder_recurrent_bias)
+            real = mask_t[t][:, None]
+            # Padding leaves the state unchanged, so final_state is the state at the last real token.
+            h = tf.where(real, h_new, h)
+            return t + 1, h, states.write(t, tf.where(real, h_new, tf.zeros_like(h_new)))
+
+        _, final_state, states_ta = tf.while_loop(
+            lambda t, *_: t < steps, body, (tf.constant(0), h0, states_ta))
+        states = tf.transpose(states_ta.stack(), [1, 0, 2])
+        states = tf.ensure_shape(states, [None, None, self.units])
+        return Encoded(states, final_state, mask, self._keys(states))
+
+    def _keys(self, states: tf.Tensor) -> tf.Tensor:
+        """The per-batch half of the attention score, computed once, not at every decoder step."""
+        if self.attention == "bahdanau":
+            return tf.einsum("bsu,uk->bsk", states, self.attention_key_kernel) + self.attention_key_bias
+        if self.attention == "luong":
+            return tf.einsum("bsu,uk->bsk", states, self.attention_key_kernel)
+        return states[:, :, :0]
+
+    # ---------------------------------------------------------------- decoder
+
+    def attend(self, state: tf.Tensor, encoded: Encoded) -> tuple[tf.Tensor, tf.Tensor]:
+        """Decoder state [B, U] -> (context [B, U], weights [B, S]); padded positions weigh exactly 0."""
+        if self.attention == "bahdanau":
+            query = tf.matmul(state, self.attention_query_kernel) + self.attention_query_bias
+            scores = tf.linalg.matvec(tf.tanh(encoded.keys + query[:, None, :]), self.attention_v)
+        else:  # luong "general": score(h, enc_s) = h · Wa · enc_s, with enc·Wa precomputed as keys
+            scores = tf.linalg.matvec(encoded.keys, state)
+        scores = tf.where(encoded.mask, scores, _MASK_PENALTY)
+        weights = tf.nn.softmax(scores, axis=-1)
+        context = tf.linalg.matvec(encoded.states, weights, transpose_a=True)
+        return context, weights
+
+    def _step(self, x_proj: tf.Tensor, state: tf.Tensor, encoded: Encoded) -> tuple[tf.Tensor, tf.Tensor]:
+        """One decoder GRU step from the embedding projection: (new_state, attention weights)."""
+        if self.attention == "none":
+            weights = tf.zeros(tf.shape(encoded.mask), tf.float32)
+        else:
+            context, weights = self.attend(state, encoded)
+            x_proj = x_proj + tf.matmul(context, self.decoder_context_kernel)
+        new_state = gru_cell(x_proj, state, self.decoder_recurrent_kernel, self.decoder_recurrent_bias)
+        return new_state, weights
+
+    def decode_step(self, token_ids: tf.Tensor, state: tf.Tensor,
+                    encoded: Encoded) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """[B] previous tokens, [B, U] state -> (logits [B, V], new state [B, U], attention [B, S])."""
+        embedded = tf.gather(self.target_embedding, tf.convert_to_tensor(token_ids, tf.int64))
+        x_proj = tf.matmul(embedded, self.decoder_kernel) + self.decoder_bias
+        new_state, weights = self._step(x_proj, state, encoded)
+        return self.project(new_state), new_state, weights
+
+    def project(self, states: tf.Tensor) -> tf.Tensor:
+        """Decoder states [..., U] -> vocabulary logits [..., V], one matmul over all leading dims."""
+        flat = tf.reshape(states, [-1, self.units])
+        logits = tf.matmul(flat, self.output_kernel) + self.output_bias
+        return tf.reshape(logits, tf.concat([tf.shape(states)[:-1], [self.target_vocab_size]], 0))
+
+    def decoder_states(self, encoded: Encoded, target_input: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Teacher forcing: [B, T] decoder inputs -> (states [B, T, U], attention [B, T, S])."""
+        target_input = tf.convert_to_tensor(target_input, tf.int64)
+        steps = tf.shape(target_input)[1]
+        embedded = tf.gather(self.target_embedding, target_input)
+        x_proj = tf.einsum("bte,eg->btg", embedded, self.decoder_kernel) + self.decoder_bias
+        x_proj_t = tf.transpose(x_proj, [1, 0, 2])
+        states_ta = tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, self.units]))
+        attention_ta = tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, None]))
+
+        def body(t, h, states, attention):
+            h, weights = self._step(x_proj_t[t], h, encoded)
+            return t + 1, h, states.write(t, h), attention.write(t, weights)
+
+        _, _, states_ta, attention_ta = tf.while_loop(
+            lambda t, *_: t < steps, body, (tf.constant(0), encoded.final_state, states_ta, attention_ta))
+        states = tf.ensure_shape(tf.transpose(states_ta.stack(), [1, 0, 2]), [None, None, self.units])
+        return states, tf.transpose(attention_ta.stack(), [1, 0, 2])
+
+    def __call__(self, source_ids: tf.Tensor, source_length: tf.Tensor, target_input: tf.Tensor,
+                 training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+        """Teacher forcing: (logits [B, T, V], attention [B, T, S]); the projection is one batched matmul."""
+        del training  # no dropout: kept for the conventional call signature
+        encoded = self.encode(source_ids, source_length)
+        states, attention = self.decoder_states(encoded, target_input)
+        return self.project(states), attention

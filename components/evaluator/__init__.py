@@ -1,0 +1,137 @@
+"""Evaluator: score the exported SavedModel (what is served is what is measured) and decide blessing.
+
+Inputs: the SavedModel, the preprocess output (references) and the training folder (loss curve,
+eval loss); optionally the SavedModel now in service. Outputs in OUT: evaluation.json,
+blessing.json, report.md, loss_curve.png and attention.png.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Optional
+
+from components.evaluator.metrics import Blessing, Scores, decide, score
+from components.evaluator.report import write_report
+from pipeline.config import EvaluatorConfig
+from pipeline.errors import ArtifactError
+
+logger = logging.getLogger(__name__)
+
+TRANSLATE_BATCH = 64
+
+
+def load_references(examples_dir: str) -> tuple[str, list[str], list[str]]:
+    """(split, sources, references) from the eval split, or the training split when there is none."""
+    import tensorflow as tf
+
+    from components.text.artifacts import PreprocessArtifact
+
+    artifact = PreprocessArtifact.load(examples_dir)
+    split = "eval" if artifact.split_files("eval") else "train"
+    files = artifact.split_files(split)
+    if not files:
+        raise ArtifactError(f"{examples_dir} has no train or eval TFRecords to evaluate on")
+    spec = {k: v for k, v in artifact.feature_spec().items() if k in ("source_text", "target_text")}
+    sources, references = [], []
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1024):
+        parsed = tf.io.parse_example(record, spec)
+        sources += [s.decode("utf-8") for s in parsed["source_text"].numpy()]
+        references += [s.decode("utf-8") for s in parsed["target_text"].numpy()]
+    if not any(sources):
+        raise ArtifactError(f"{examples_dir}: the examples carry no source_text/target_text to score against")
+    return split, sources, references
+
+
+def load_saved_model(path: str) -> Any:
+    """Load a SavedModel as a downstream service would (tensorflow-text ops registered first)."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (models with tensorflow-text tokenizers need the ops)
+
+    if not tf.io.gfile.exists(f"{path}/saved_model.pb"):
+        raise ArtifactError(f"{path} is not a SavedModel (no saved_model.pb)")
+    return tf.saved_model.load(path)
+
+
+def translate(model: Any, sources: list[str], batch_size: int = TRANSLATE_BATCH) -> list[dict[str, Any]]:
+    """Run serving_default over all sources; one dict (translation, tokens, attention) per sentence."""
+    import tensorflow as tf
+
+    serve = model.signatures["serving_default"]
+    results = []
+    for start in range(0, len(sources), batch_size):
+        out = serve(text=tf.constant(sources[start:start + batch_size]))
+        for i, translation in enumerate(out["translation"].numpy()):
+            length = int(out["length"][i])
+            tokens = [t.decode("utf-8") for t in out["tokens"][i].numpy()[:length]]
+            results.append({"translation": translation.decode("utf-8"), "tokens": tokens,
+                            "attention": out["attention"][i].numpy()[:length]})
+    return results
+
+
+def _train_metrics(train_dir: Optional[str]) -> dict[str, Any]:
+    import tensorflow as tf
+
+    path = f"{train_dir}/metrics.json" if train_dir else None
+    if not path or not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def _write_json(directory: str, name: str, data: dict[str, Any]) -> None:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(f"{directory}/{name}", "w") as f:
+        f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def run_evaluation(
+    saved_model: str,
+    examples: str,
+    out: str,
+    config: EvaluatorConfig,
+    train_dir: Optional[str] = None,
+    baseline_model: Optional[str] = None,
+) -> dict[str, Any]:
+    """Score the candidate (and the served baseline on the same examples); write the verdict."""
+    import tensorflow as tf
+
+    started = time.time()
+    tf.io.gfile.makedirs(out)
+    split, sources, references = load_references(examples)
+    logger.info("evaluating %s on the %s split (%d pairs)%s", saved_model, split, len(sources),
+                "" if split == "eval" else ": there is no eval split, so these are training pairs")
+    candidate = translate(load_saved_model(saved_model), sources)
+    scores = score([c["translation"] for c in candidate], references)
+    baseline_scores: Optional[Scores] = None
+    if baseline_model:
+        baseline = translate(load_saved_model(baseline_model), sources)
+        baseline_scores = score([b["translation"] for b in baseline], references)
+    blessing = decide(scores.bleu, baseline_scores.bleu if baseline_scores else None,
+                      config.tolerance, config.min_bleu)
+    train_metrics = _train_metrics(train_dir)
+    evaluation = {
+        "split": split,
+        "examples": len(sources),
+        **scores.to_dict(),
+        "eval_loss": train_metrics.get("best_eval_loss", train_metrics.get("final_eval_loss")),
+        "baseline_model": baseline_model,
+        "baseline": baseline_scores.to_dict() if baseline_scores else None,
+        "seconds": round(time.time() - started, 3),
+    }
+    _write_json(out, "evaluation.json", evaluation)
+    _write_json(out, "blessing.json", {**blessing.to_dict(), "candidate_model": saved_model,
+                                       "baseline_model": baseline_model, "split": split})
+    samples = [{"source": s, "reference": r, **c}
+               for s, r, c in list(zip(sources, references, candidate))[: config.num_samples]]
+    write_report(out, evaluation, blessing, samples, train_metrics.get("history", []))
+    _log_verdict(scores, blessing)
+    return {"evaluation": evaluation, "blessing": blessing.to_dict(),
+            "samples": [{k: s[k] for k in ("source", "reference", "translation")} for s in samples]}
+
+
+def _log_verdict(scores: Scores, blessing: Blessing) -> None:
+    logger.info("BLEU %.2f  chrF %.2f  exact match %.1f%% on %d pairs", scores.bleu, scores.chrf,
+                scores.exact_match, scores.count)
+    logger.info("%s: %s", "BLESSED" if blessing.blessed else "NOT BLESSED", blessing.reason)

@@ -1,0 +1,71 @@
+"""A short Markdown report: metrics, verdict, loss curve, sample translations, one attention map."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+def plot_loss_curve(history: Sequence[dict[str, Any]], path: str) -> bool:
+    """Train and eval loss per epoch; False when there is no history to draw."""
+    if not history:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import tensorflow as tf
+
+    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("train_loss", "train"), ("eval_loss", "eval")):
+        values = [h.get(key) for h in history]
+        if any(v is not None for v in values):
+            ax.plot(epochs, [float("nan") if v is None else v for v in values], label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (per target token)")
+    ax.legend()
+    fig.tight_layout()
+    with tf.io.gfile.GFile(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: Sequence[dict[str, Any]],
+                 history: Sequence[dict[str, Any]]) -> str:
+    import tensorflow as tf
+
+    from components.exporter.plotting import plot_attention
+
+    lines = [
+        "# Evaluation report", "",
+        f"Scored the exported SavedModel on the **{evaluation['split']}** split "
+        f"({evaluation['examples']} pairs)"
+        + ("." if evaluation["split"] == "eval" else ": there is no eval split, so these are training pairs."),
+        "", "| metric | candidate | served |", "|---|---|---|",
+    ]
+    baseline = evaluation.get("baseline") or {}
+    for key in ("bleu", "chrf", "exact_match"):
+        served = baseline.get(key)
+        lines.append(f"| {key} | {evaluation[key]:.2f} | {'—' if served is None else f'{served:.2f}'} |")
+    if evaluation.get("eval_loss") is not None:
+        lines.append(f"| eval_loss | {evaluation['eval_loss']:.4f} | — |")
+    lines += ["", f"**{'Blessed' if blessing.blessed else 'Not blessed'}**: {blessing.reason}", ""]
+    if plot_loss_curve(history, f"{out}/loss_curve.png"):
+        lines += ["## Loss", "", "![loss curve](loss_curve.png)", ""]
+    lines += ["## Samples", "", "| source | reference | hypothesis |", "|---|---|---|"]
+    lines += [f"| {_cell(s['source'])} | {_cell(s['reference'])} | {_cell(s['translation'])} |" for s in samples]
+    if samples and len(samples[0]["tokens"]):
+        first = samples[0]
+        plot_attention(first["source"].split(), first["tokens"], first["attention"], f"{out}/attention.png")
+        lines += ["", "## Attention (first sample)", "", "![attention](attention.png)"]
+    path = f"{out}/report.md"
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path

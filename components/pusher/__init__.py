@@ -115,6 +115,7 @@ def run_push(
     version = (versions(serving_dir) or [0])[-1] + 1
     partial = f"{serving_dir}/{PARTIAL_PREFIX}{version}-{os.getpid()}"
     copy_tree(saved_model, partial)
+    tf.io.gfile.makedirs(f"{partial}/{PUSH_RECORD.rsplit('/', 1)[0]}")
     with tf.io.gfile.GFile(f"{partial}/{PUSH_RECORD}", "w") as f:
         f.write(json.dumps({**(record or {}), "version": version, "source": saved_model,
                             "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},

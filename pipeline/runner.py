@@ -396,11 +396,11 @@ def _sample_translations(state: RunState, limit: int = 10) -> None:
     """Translate a few corpus sentences with the model now in service, as a user would."""
     if not state.serving_model:
         return
-    from components.evaluator import load_references, load_saved_model, translate
+    from components.evaluator import load_references, translate_all
 
     _, sources, _ = load_references(state.outputs["preprocess"])
-    results = translate(load_saved_model(state.serving_model), sources[:limit])
-    state.samples = [{"source": s, "translation": r["translation"]} for s, r in zip(sources, results)]
+    results = translate_all(state.serving_model, sources[:limit])
+    state.samples = [{"source": r.source, "translation": r.translation} for r in results]
 
 
 def run_pipeline(args: argparse.Namespace, config: PipelineConfig) -> int:

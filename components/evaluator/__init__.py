@@ -43,30 +43,21 @@ def load_references(examples_dir: str) -> tuple[str, list[str], list[str]]:
     return split, sources, references
 
 
-def load_saved_model(path: str) -> Any:
-    """Load a SavedModel as a downstream service would (tensorflow-text ops registered first)."""
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (models with tensorflow-text tokenizers need the ops)
+def translate_all(model_dir: str, sources: list[str], batch_size: int = TRANSLATE_BATCH) -> list[Any]:
+    """Translate every source with the SavedModel's serving_default, as a downstream service would."""
+    from components.exporter.serving import load_translator
 
-    if not tf.io.gfile.exists(f"{path}/saved_model.pb"):
-        raise ArtifactError(f"{path} is not a SavedModel (no saved_model.pb)")
-    return tf.saved_model.load(path)
-
-
-def translate(model: Any, sources: list[str], batch_size: int = TRANSLATE_BATCH) -> list[dict[str, Any]]:
-    """Run serving_default over all sources; one dict (translation, tokens, attention) per sentence."""
-    import tensorflow as tf
-
-    serve = model.signatures["serving_default"]
+    translator = load_translator(model_dir)
     results = []
     for start in range(0, len(sources), batch_size):
-        out = serve(text=tf.constant(sources[start:start + batch_size]))
-        for i, translation in enumerate(out["translation"].numpy()):
-            length = int(out["length"][i])
-            tokens = [t.decode("utf-8") for t in out["tokens"][i].numpy()[:length]]
-            results.append({"translation": translation.decode("utf-8"), "tokens": tokens,
-                            "attention": out["attention"][i].numpy()[:length]})
+        results += translator.translate(sources[start:start + batch_size])
     return results
+
+
+def _with_attention(model_dir: str, sources: list[str]) -> list[Any]:
+    from components.exporter.serving import load_translator
+
+    return load_translator(model_dir).translate(sources, with_attention=True) if sources else []
 
 
 def _train_metrics(train_dir: Optional[str]) -> dict[str, Any]:
@@ -102,12 +93,12 @@ def run_evaluation(
     split, sources, references = load_references(examples)
     logger.info("evaluating %s on the %s split (%d pairs)%s", saved_model, split, len(sources),
                 "" if split == "eval" else ": there is no eval split, so these are training pairs")
-    candidate = translate(load_saved_model(saved_model), sources)
-    scores = score([c["translation"] for c in candidate], references)
+    candidate = translate_all(saved_model, sources)
+    scores = score([c.translation for c in candidate], references)
     baseline_scores: Optional[Scores] = None
     if baseline_model:
-        baseline = translate(load_saved_model(baseline_model), sources)
-        baseline_scores = score([b["translation"] for b in baseline], references)
+        baseline = translate_all(baseline_model, sources)
+        baseline_scores = score([b.translation for b in baseline], references)
     blessing = decide(scores.bleu, baseline_scores.bleu if baseline_scores else None,
                       config.tolerance, config.min_bleu)
     train_metrics = _train_metrics(train_dir)
@@ -123,12 +114,14 @@ def run_evaluation(
     _write_json(out, "evaluation.json", evaluation)
     _write_json(out, "blessing.json", {**blessing.to_dict(), "candidate_model": saved_model,
                                        "baseline_model": baseline_model, "split": split})
-    samples = [{"source": s, "reference": r, **c}
-               for s, r, c in list(zip(sources, references, candidate))[: config.num_samples]]
-    write_report(out, evaluation, blessing, samples, train_metrics.get("history", []))
+    count = config.num_samples
+    samples = [{"source": s, "reference": r, "translation": c.translation}
+               for s, r, c in zip(sources[:count], references[:count], candidate[:count])]
+    attention = _with_attention(saved_model, sources[:1])
+    write_report(out, evaluation, blessing, samples, train_metrics.get("history", []),
+                 attention[0] if attention else None)
     _log_verdict(scores, blessing)
-    return {"evaluation": evaluation, "blessing": blessing.to_dict(),
-            "samples": [{k: s[k] for k in ("source", "reference", "translation")} for s in samples]}
+    return {"evaluation": evaluation, "blessing": blessing.to_dict(), "samples": samples}
 
 
 def _log_verdict(scores: Scores, blessing: Blessing) -> None:

@@ -38,7 +38,8 @@ def _cell(text: str) -> str:
 
 
 def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: Sequence[dict[str, Any]],
-                 history: Sequence[dict[str, Any]]) -> str:
+                 history: Sequence[dict[str, Any]], attention: Any = None) -> str:
+    """report.md (+ loss_curve.png, attention.png); `attention` is a Translation with attention."""
     import tensorflow as tf
 
     from components.exporter.plotting import plot_attention
@@ -61,9 +62,9 @@ def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: S
         lines += ["## Loss", "", "![loss curve](loss_curve.png)", ""]
     lines += ["## Samples", "", "| source | reference | hypothesis |", "|---|---|---|"]
     lines += [f"| {_cell(s['source'])} | {_cell(s['reference'])} | {_cell(s['translation'])} |" for s in samples]
-    if samples and len(samples[0]["tokens"]):
-        first = samples[0]
-        plot_attention(first["source"].split(), first["tokens"], first["attention"], f"{out}/attention.png")
+    if attention is not None and attention.tokens and attention.source_tokens:
+        plot_attention(attention.source_tokens, attention.tokens, attention.attention, f"{out}/attention.png",
+                       title=attention.source)
         lines += ["", "## Attention (first sample)", "", "![attention](attention.png)"]
     path = f"{out}/report.md"
     with tf.io.gfile.GFile(path, "w") as f:

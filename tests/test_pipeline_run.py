@@ -1,0 +1,128 @@
+"""`seq2seq run` end to end: push, cache, bless against the served model, fail safely, resume.
+
+Real Beam, real TensorFlow, the real seed corpus; one shared artifacts folder walks through the
+scheduled-retraining story in order.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = REPO / "data" / "raw" / "seed.tsv"
+EMBEDDED = str(REPO / "pipeline" / "embedded.yaml")
+SEED_PAIRS = dict(line.split("\t") for line in SEED.read_text(encoding="utf-8").splitlines())
+
+pytestmark = pytest.mark.slow
+
+
+def run(capsys, data, artifacts, *extra):
+    code = main(["run", "--data", str(data), "--artifacts", str(artifacts), "--config", EMBEDDED, "--json", *extra])
+    out = capsys.readouterr().out
+    return code, json.loads(out.strip().splitlines()[-1]), out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    shutil.copy(SEED, folder / "seed.tsv")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    return tmp_path_factory.mktemp("artifacts")
+
+
+def test_first_run_pushes_a_model_that_translates_the_seed(capsys, corpus, artifacts):
+    code, result, out = run(capsys, corpus, artifacts)
+    assert code == 0, out
+    assert result["status"] == "pushed"
+    assert result["serving_model"] == f"{artifacts}/serving/1"
+    assert result["metrics"]["exact_match"] == 100.0
+    assert result["cached"] == []
+    for source, target in SEED_PAIRS.items():
+        assert f"{source}  ->  {target}" in out  # printed from the pushed model
+    manifest = json.loads(Path(result["manifest"]).read_text())
+    assert [manifest["components"][c]["status"] for c in ("preprocess", "train", "export", "evaluate", "push")] \
+        == ["succeeded"] * 5
+    assert manifest["inputs"]["corpus"] and manifest["versions"]["tensorflow"].startswith("2.21")
+    assert manifest["config"]["trainer"]["epochs"] == 100
+    blessing = json.loads((Path(manifest["components"]["evaluate"]["output"]) / "blessing.json").read_text())
+    assert blessing["blessed"] and blessing["baseline_bleu"] is None
+    assert (Path(manifest["components"]["evaluate"]["output"]) / "report.md").exists()
+
+
+def test_second_run_on_the_same_corpus_reruns_nothing(capsys, corpus, artifacts):
+    code, result, _ = run(capsys, corpus, artifacts)
+    assert code == 0
+    assert set(result["cached"]) == {"preprocess", "train", "export", "evaluate"}
+    assert result["serving_model"] == f"{artifacts}/serving/1"
+    assert sorted(os.listdir(artifacts / "serving")) == ["1"]
+
+
+def test_changing_a_trainer_setting_reuses_preprocessing_only(capsys, corpus, artifacts):
+    # Two epochs cannot learn the seed: the candidate is worse than the served model, so it is not pushed.
+    code, result, _ = run(capsys, corpus, artifacts, "--set", "trainer.epochs=2")
+    assert result["cached"] == ["preprocess"]
+    assert code == 3 and result["status"] == "not_blessed"
+    assert "worse than the served model" in result["reason"]
+    assert result["serving_model"] is None
+    assert sorted(os.listdir(artifacts / "serving")) == ["1"]
+
+
+def test_a_corrupt_corpus_fails_clearly_and_leaves_serving_alone(capsys, corpus, artifacts, tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_bytes(b"no tab here\n\xff\xfe broken\tbytes\n\x00\t\x00\n")
+    before = sorted(os.listdir(artifacts / "serving"))
+    code, result, _ = run(capsys, bad, artifacts)
+    assert code == 1 and result["status"] == "failed"
+    assert "bad.tsv" in result["reason"] or "quarantine" in result["reason"]
+    assert sorted(os.listdir(artifacts / "serving")) == before
+
+
+def test_changing_one_corpus_line_reruns_from_preprocessing(capsys, corpus, artifacts):
+    with open(corpus / "seed.tsv", "a", encoding="utf-8") as f:
+        f.write("I feel very hungry\t나는 매우 배가 고프다\n")
+    code, result, _ = run(capsys, corpus, artifacts)
+    assert result["cached"] == []
+    assert code in (0, 3)
+
+
+def _wait_for(predicate, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_run_killed_during_training_is_resumed_by_the_next_run(capsys, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    args = ["run", "--data", str(SEED), "--artifacts", str(artifacts), "--config", EMBEDDED, "--json",
+            "--set", "trainer.epochs=400"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: list(artifacts.glob("runs/*/train/checkpoints/ckpt-*.index")), 300), \
+            "training never wrote a checkpoint"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_dir = next(artifacts.glob("runs/*/train"))
+    code, result, _ = run(capsys, SEED, artifacts, "--set", "trainer.epochs=400")  # stale lock is taken over
+    manifest = json.loads(Path(result["manifest"]).read_text())
+    train = manifest["components"]["train"]
+    assert train.get("resumed") is True and train["output"] == str(killed_dir)
+    assert code == 0 and result["metrics"]["exact_match"] == 100.0

@@ -1,0 +1,196 @@
+"""The model card (JSON) and README that travel inside the SavedModel's assets/ folder."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+from typing import Any, Optional
+
+logger = logging.getLogger(__name__)
+
+CARD_NAME = "model_card.json"
+README_NAME = "README.md"
+CARD_FORMAT = "seq2seq-pipeline/saved-model"
+CARD_VERSION = 1
+
+SIGNATURES: dict[str, Any] = {
+    "serving_default": {
+        "description": "Greedy translation of raw sentences, decoded in the graph.",
+        "inputs": {"text": {"dtype": "string", "shape": [None],
+                            "meaning": "raw source sentences (UTF-8); empty or whitespace-only gives an empty translation"}},
+        "outputs": {
+            "translation": {"dtype": "string", "shape": [None],
+                            "meaning": "detokenized translation, special tokens (<pad> <bos> <eos> <unk>) removed"},
+            "tokens": {"dtype": "string", "shape": [None, None],
+                       "meaning": "output tokens aligned with token_ids, including <eos> when emitted, padded with ''"},
+            "token_ids": {"dtype": "int64", "shape": [None, None],
+                          "meaning": "target vocabulary ids, padded with 0 (<pad>) after <eos>"},
+            "length": {"dtype": "int64", "shape": [None],
+                       "meaning": "number of decoded tokens up to and including <eos> (0 for empty input)"},
+            "score": {"dtype": "float32", "shape": [None],
+                      "meaning": "sum of the log-probabilities of the decoded tokens"},
+            "attention": {"dtype": "float32", "shape": [None, "target_steps", "max_source_length"],
+                          "meaning": "attention weights of each output step over source positions "
+                                     "(padding gets 0; all zeros for model.attention: none)"},
+        },
+    },
+    "translate_with_max_length": {
+        "description": "As serving_default, with the maximum decode length chosen per call.",
+        "inputs": {
+            "text": {"dtype": "string", "shape": [None], "meaning": "raw source sentences"},
+            "max_length": {"dtype": "int32", "shape": [],
+                           "meaning": "maximum decoded tokens (<eos> included); <= 0 means the exported default"},
+        },
+        "outputs": "as serving_default",
+    },
+    "encode": {
+        "description": "The preprocessing of a source sentence, exactly as written to the training TFRecords.",
+        "inputs": {"text": {"dtype": "string", "shape": [None], "meaning": "raw source sentences"}},
+        "outputs": {
+            "source_ids": {"dtype": "int64", "shape": [None, "max_source_length"],
+                           "meaning": "source vocabulary ids, truncated and padded with 0 (<pad>); <unk>=3 for unknown tokens"},
+            "source_length": {"dtype": "int64", "shape": [None], "meaning": "number of real source tokens"},
+        },
+    },
+    "source_tokens": {
+        "description": "The source tokens the model sees (truncated; unknown tokens as <unk>), for display.",
+        "inputs": {"text": {"dtype": "string", "shape": [None], "meaning": "raw source sentences"}},
+        "outputs": {"source_tokens": {"dtype": "string", "shape": [None, "max_source_length"],
+                                      "meaning": "source tokens padded with ''"}},
+    },
+}
+
+
+def sha256_files(paths: list[str]) -> str:
+    """One digest over the named files' bytes, in the given order (names excluded: copies hash equal)."""
+    import tensorflow as tf
+
+    digest = hashlib.sha256()
+    for path in paths:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                digest.update(chunk)
+        digest.update(b"\0")
+    return "sha256:" + digest.hexdigest()
+
+
+def training_data_fingerprint(artifact) -> dict[str, Any]:
+    """Digest of the vocabularies and training TFRecords, plus the counts from stats.json if present."""
+    import tensorflow as tf
+
+    files = [artifact.vocab_path("source"), artifact.vocab_path("target")]
+    files += [p for p in (artifact.wordpiece_vocab_path("source"), artifact.wordpiece_vocab_path("target")) if p]
+    records = artifact.split_files("train")
+    fingerprint: dict[str, Any] = {
+        "preprocess_dir": artifact.directory,
+        "vocabulary_sha256": sha256_files(files),
+        "train_records_sha256": sha256_files(records) if records else None,
+        "train_shards": len(records),
+    }
+    if tf.io.gfile.exists(f"{artifact.directory}/stats.json"):
+        try:
+            stats = artifact.stats()
+        except (ValueError, OSError) as e:
+            logger.warning("could not read %s/stats.json: %s", artifact.directory, e)
+            stats = {}
+        for key in ("fingerprint", "input_fingerprint", "data_fingerprint", "counts", "examples"):
+            if key in stats:
+                fingerprint[f"stats_{key}"] = stats[key]
+    return fingerprint
+
+
+def build_card(
+    config,
+    artifact,
+    vocab_sizes: dict[str, int],
+    max_decode_length: int,
+    checkpoint: Optional[str],
+    metrics: Optional[dict[str, Any]],
+) -> dict[str, Any]:
+    from components.text.tokenizers import needs_tensorflow_text
+    from components.text.vocabulary import SPECIAL_TOKENS
+
+    p = config.preprocess
+    needs_text = needs_tensorflow_text(p.tokenizer)
+    load = ("import tensorflow as tf\nimport tensorflow_text  # registers the tokenizer ops\n" if needs_text
+            else "import tensorflow as tf\n")
+    load += "model = tf.saved_model.load(SAVED_MODEL_DIR)\n" \
+            "out = model.signatures['serving_default'](text=tf.constant(['I feel hungry']))\n" \
+            "print(out['translation'].numpy()[0].decode('utf-8'))"
+    return {
+        "format": CARD_FORMAT,
+        "card_version": CARD_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "signatures": SIGNATURES,
+        "tokenizer": {
+            "name": p.tokenizer,
+            "lowercase": p.lowercase,
+            "needs_tensorflow_text": needs_text,
+            "tensorflow_text_requirement": "tensorflow-text with the same minor version as tensorflow" if needs_text else None,
+        },
+        "load_example": load,
+        "special_tokens": {tok: i for i, tok in enumerate(SPECIAL_TOKENS)},
+        "vocabulary_sizes": vocab_sizes,
+        "preprocess": {"max_source_length": p.max_source_length, "max_target_length": p.max_target_length,
+                       "length_policy": p.length_policy, "tokenizer": p.tokenizer, "lowercase": p.lowercase},
+        "model": dataclasses.asdict(config.model),
+        "decoding": {"algorithm": "greedy", "max_decode_length": max_decode_length,
+                     "stops_when": "every sentence has emitted <eos>, or max_decode_length steps"},
+        "checkpoint": checkpoint,
+        "training_data": training_data_fingerprint(artifact),
+        "eval_metrics": metrics,
+        "config": config.to_dict(),
+    }
+
+
+def render_readme(card: dict[str, Any]) -> str:
+    """A short human-readable summary of the card."""
+    tok = card["tokenizer"]
+    lines = [
+        "# seq2seq-pipeline SavedModel",
+        "",
+        "Greedy attention seq2seq translator. Raw strings in, translations out: tokenizer, vocabularies,",
+        "encoder, decoder and the decoding loop are all inside the graph.",
+        "",
+        "## Load",
+        "",
+        "```python",
+        card["load_example"],
+        "```",
+        "",
+        f"Tokenizer: `{tok['name']}` (lowercase: {tok['lowercase']}). "
+        + ("Loading needs `import tensorflow_text` first." if tok["needs_tensorflow_text"]
+           else "Loading needs only `import tensorflow`."),
+        "",
+        "## Signatures",
+        "",
+    ]
+    for name, sig in card["signatures"].items():
+        lines.append(f"### `{name}`: {sig['description']}")
+        lines.append("")
+        for kind in ("inputs", "outputs"):
+            entries = sig[kind]
+            if isinstance(entries, str):
+                lines.append(f"- {kind}: {entries}")
+                continue
+            for key, spec in entries.items():
+                lines.append(f"- {kind[:-1]} `{key}` ({spec['dtype']} {spec['shape']}): {spec['meaning']}")
+        lines.append("")
+    lines += [
+        "## Data and metrics",
+        "",
+        f"- vocabulary sizes: {json.dumps(card['vocabulary_sizes'])}",
+        f"- max decode length: {card['decoding']['max_decode_length']}",
+        f"- training data: {card['training_data'].get('vocabulary_sha256')} (vocabularies), "
+        f"{card['training_data'].get('train_records_sha256')} (train records)",
+        f"- eval metrics: {json.dumps(card['eval_metrics']) if card['eval_metrics'] else 'not known at export'}",
+        "",
+        "The full details are in model_card.json beside this file.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""The exported `tf.Module`: raw strings in, greedy translations out, everything in the graph.
+
+It holds the very `SequenceEncoder` the Beam job used (tokenizer + source vocabulary table read
+from the vocabulary FILE, so the file travels as a SavedModel asset), id->token tables for both
+vocabularies (also from their files), the target tokenizer (for detokenizing), the trained
+`Seq2Seq`, and calls the trainer's own `greedy_decode`, so serving cannot drift from training.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import tensorflow as tf
+
+from components.model.decoding import greedy_decode
+from components.text.encoding import SequenceEncoder
+from components.text.tokenizers import Tokenizer
+from components.text.vocabulary import PAD_ID, SPECIAL_TOKENS
+
+TEXT_SPEC = tf.TensorSpec([None], tf.string, name="text")
+MAX_LENGTH_SPEC = tf.TensorSpec([], tf.int32, name="max_length")
+
+
+def id_to_token_table(vocab_path: str) -> tf.lookup.StaticHashTable:
+    """id (line number) -> token, from a vocabulary file, so the file is tracked as an asset."""
+    init = tf.lookup.TextFileInitializer(
+        vocab_path, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+        tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+    )
+    return tf.lookup.StaticHashTable(init, default_value="<unk>")
+
+
+class ServingModule(tf.Module):
+    """The object `tf.saved_model.save` writes; its signatures are listed in card.SIGNATURES."""
+
+    def __init__(
+        self,
+        model: tf.Module,
+        source_encoder: SequenceEncoder,
+        target_tokenizer: Tokenizer,
+        source_vocab_path: str,
+        target_vocab_path: str,
+        max_decode_length: int,
+        extra_assets: Optional[dict[str, str]] = None,
+    ):
+        super().__init__(name="translator")
+        self.model = model
+        self.source_encoder = source_encoder
+        self.target_tokenizer = target_tokenizer
+        self.source_id_to_token = id_to_token_table(source_vocab_path)
+        self.target_id_to_token = id_to_token_table(target_vocab_path)
+        self.max_decode_length = int(max_decode_length)
+        # README.md / model_card.json: tracked so the saver copies them into assets/.
+        for attribute, path in (extra_assets or {}).items():
+            setattr(self, attribute, tf.saved_model.Asset(path))
+
+    def _encode(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+        encoded = self.source_encoder.encode_source(text)
+        return {"source_ids": encoded["source_ids"], "source_length": encoded["source_length"]}
+
+    @tf.function(input_signature=[TEXT_SPEC])
+    def encode(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+        """text [B] -> source_ids [B, max_source_length], source_length [B], as in the TFRecords."""
+        return self._encode(text)
+
+    @tf.function(input_signature=[TEXT_SPEC])
+    def source_tokens(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+        """text [B] -> the source tokens the model sees (<unk> for unknown), padded with ''."""
+        encoded = self._encode(text)
+        tokens = self.source_id_to_token.lookup(encoded["source_ids"])
+        valid = tf.sequence_mask(encoded["source_length"], tf.shape(tokens)[1])
+        return {"source_tokens": tf.where(valid, tokens, "")}
+
+    @tf.function(input_signature=[TEXT_SPEC])
+    def translate(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+        """serving_default: greedy translation up to the exported max decode length."""
+        return self._translate(text, tf.constant(self.max_decode_length, tf.int32))
+
+    @tf.function(input_signature=[TEXT_SPEC, MAX_LENGTH_SPEC])
+    def translate_with_max_length(self, text: tf.Tensor, max_length: tf.Tensor) -> dict[str, tf.Tensor]:
+        """As `translate`; max_length <= 0 means the exported default."""
+        default = tf.constant(self.max_decode_length, tf.int32)
+        return self._translate(text, tf.where(max_length > 0, max_length, default))
+
+    def _translate(self, text: tf.Tensor, max_length: tf.Tensor) -> dict[str, tf.Tensor]:
+        encoded = self._encode(text)
+        source_length = encoded["source_length"]
+        empty = tf.equal(source_length, 0)
+        # An empty source would leave every attention score masked; decode it as one <pad> token
+        # so the arithmetic stays finite, then blank its outputs below.
+        decoded = greedy_decode(self.model, encoded["source_ids"], tf.maximum(source_length, 1), max_length)
+        keep = tf.logical_not(empty)
+        token_ids = tf.where(keep[:, None], decoded["token_ids"], tf.constant(PAD_ID, tf.int64))
+        length = tf.where(keep, decoded["length"], tf.constant(0, tf.int64))
+        score = tf.where(keep, decoded["score"], 0.0)
+        attention = tf.where(keep[:, None, None], decoded["attention"], 0.0)
+
+        steps = tf.shape(token_ids, out_type=tf.int64)[1]
+        valid = tf.sequence_mask(length, steps)
+        tokens = tf.where(valid, self.target_id_to_token.lookup(token_ids), "")
+        # The translation drops every special token (ids 0-3), <eos> and <unk> included.
+        words = tf.ragged.boolean_mask(tokens, valid & (token_ids >= len(SPECIAL_TOKENS)))
+        translation = self.target_tokenizer.detokenize(words)
+        return {
+            "translation": translation,
+            "tokens": tokens,
+            "token_ids": token_ids,
+            "length": length,
+            "score": score,
+            "attention": attention,
+        }
+
+    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        return {
+            "serving_default": self.translate.get_concrete_function(),
+            "translate_with_max_length": self.translate_with_max_length.get_concrete_function(),
+            "encode": self.encode.get_concrete_function(),
+            "source_tokens": self.source_tokens.get_concrete_function(),
+        }

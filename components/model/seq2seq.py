@@ -55,16 +55,12 @@ class _Init:
         return q if rows >= cols else tf.transpose(q)
 
 
-def gru_cell(x_proj: tf.Tensor, h: tf.Tensor, recurrent_kernel: tf.Variable,
-             recurrent_bias: tf.Variable) -> tf.Tensor:
-    """One GRU step (Keras gate order z, r, h and `reset_after=True`), given x·W + b already computed."""
-    units = recurrent_kernel.shape[0]
-    inner = tf.matmul(h, recurrent_kernel) + recurrent_bias
-    x_zr, x_h = x_proj[:, : 2 * units], x_proj[:, 2 * units:]
-    in_zr, in_h = inner[:, : 2 * units], inner[:, 2 * units:]
-    zr = tf.sigmoid(x_zr + in_zr)
+def gru_cell(x_proj: tf.Tensor, inner: tf.Tensor, h: tf.Tensor) -> tf.Tensor:
+    """One GRU step (Keras gate order z, r, h and `reset_after=True`) from x·W + b and h·U + b."""
+    units = h.shape[-1]
+    zr = tf.sigmoid(x_proj[:, : 2 * units] + inner[:, : 2 * units])
     z, r = zr[:, :units], zr[:, units:]
-    candidate = tf.tanh(x_h + r * in_h)
+    candidate = tf.tanh(x_proj[:, 2 * units:] + r * inner[:, 2 * units:])
     return z * h + (1.0 - z) * candidate
 
 
@@ -146,15 +142,18 @@ class Seq2Seq(tf.Module):
         h0 = tf.zeros([batch, self.units])
         states_ta = tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, self.units]))
 
+        recurrent_kernel = tf.convert_to_tensor(self.encoder_recurrent_kernel)
+        recurrent_bias = tf.convert_to_tensor(self.encoder_recurrent_bias)
+
         def body(t, h, states):
-            h_new = gru_cell(x_proj_t[t], h, self.encoder_recurrent_kernel, self.encoder_recurrent_bias)
+            h_new = gru_cell(x_proj_t[t], tf.matmul(h, recurrent_kernel) + recurrent_bias, h)
             real = mask_t[t][:, None]
             # Padding leaves the state unchanged, so final_state is the state at the last real token.
             h = tf.where(real, h_new, h)
             return t + 1, h, states.write(t, tf.where(real, h_new, tf.zeros_like(h_new)))
 
         _, final_state, states_ta = tf.while_loop(
-            lambda t, *_: t < steps, body, (tf.constant(0), h0, states_ta))
+            lambda t, *_: t < steps, body, (tf.constant(0), h0, states_ta), maximum_iterations=steps)
         states = tf.transpose(states_ta.stack(), [1, 0, 2])
         states = tf.ensure_shape(states, [None, None, self.units])
         return Encoded(states, final_state, mask, self._keys(states))
@@ -169,35 +168,62 @@ class Seq2Seq(tf.Module):
 
     # ---------------------------------------------------------------- decoder
 
-    def attend(self, state: tf.Tensor, encoded: Encoded) -> tuple[tf.Tensor, tf.Tensor]:
-        """Decoder state [B, U] -> (context [B, U], weights [B, S]); padded positions weigh exactly 0."""
+    def _step_weights(self) -> dict[str, tf.Tensor]:
+        """The decoder-step weights, read once per batch.
+
+        A `tf.while_loop` body that read the variables itself would make the gradient keep a copy
+        of every kernel for every step. For bahdanau the recurrent kernel and the attention query
+        kernel (W2) both multiply the previous state, so they are fused into one [U, 4U] matmul.
+        """
+        w = {"state_kernel": tf.convert_to_tensor(self.decoder_recurrent_kernel),
+             "state_bias": tf.convert_to_tensor(self.decoder_recurrent_bias)}
         if self.attention == "bahdanau":
-            query = tf.matmul(state, self.attention_query_kernel) + self.attention_query_bias
-            scores = tf.linalg.matvec(tf.tanh(encoded.keys + query[:, None, :]), self.attention_v)
-        else:  # luong "general": score(h, enc_s) = h · Wa · enc_s, with enc·Wa precomputed as keys
+            w["state_kernel"] = tf.concat([w["state_kernel"], self.attention_query_kernel], axis=1)
+            w["state_bias"] = tf.concat([w["state_bias"], self.attention_query_bias], axis=0)
+            w["attention_v"] = tf.convert_to_tensor(self.attention_v)
+        if self.attention != "none":
+            w["context_kernel"] = tf.convert_to_tensor(self.decoder_context_kernel)
+        return w
+
+    def _attend(self, state: tf.Tensor, query: tf.Tensor, encoded: Encoded,
+                w: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        """(context [B, U], weights [B, S]); padded source positions weigh exactly 0."""
+        if self.attention == "bahdanau":  # V·tanh(W1·enc + W2·h), W1·enc precomputed as keys
+            scores = tf.linalg.matvec(tf.tanh(encoded.keys + query[:, None, :]), w["attention_v"])
+        else:  # luong "general": h·Wa·enc, enc·Wa precomputed as keys
             scores = tf.linalg.matvec(encoded.keys, state)
         scores = tf.where(encoded.mask, scores, _MASK_PENALTY)
         weights = tf.nn.softmax(scores, axis=-1)
         context = tf.linalg.matvec(encoded.states, weights, transpose_a=True)
         return context, weights
 
-    def _step(self, x_proj: tf.Tensor, state: tf.Tensor, encoded: Encoded) -> tuple[tf.Tensor, tf.Tensor]:
+    def attend(self, state: tf.Tensor, encoded: Encoded) -> tuple[tf.Tensor, tf.Tensor]:
+        """Decoder state [B, U] -> (context [B, U], attention weights [B, S])."""
+        if self.attention == "none":
+            raise ValueError("attention 'none' has no attention to compute")
+        w = self._step_weights()
+        query = tf.matmul(state, w["state_kernel"])[:, 3 * self.units:] + w["state_bias"][3 * self.units:]
+        return self._attend(state, query, encoded, w)
+
+    def _step(self, x_proj: tf.Tensor, state: tf.Tensor, encoded: Encoded,
+              w: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         """One decoder GRU step from the embedding projection: (new_state, attention weights)."""
+        state_proj = tf.matmul(state, w["state_kernel"]) + w["state_bias"]
+        inner, query = state_proj[:, : 3 * self.units], state_proj[:, 3 * self.units:]
         if self.attention == "none":
             weights = tf.zeros(tf.shape(encoded.mask), tf.float32)
         else:
-            context, weights = self.attend(state, encoded)
-            x_proj = x_proj + tf.matmul(context, self.decoder_context_kernel)
-        new_state = gru_cell(x_proj, state, self.decoder_recurrent_kernel, self.decoder_recurrent_bias)
-        return new_state, weights
+            context, weights = self._attend(state, query, encoded, w)
+            x_proj = x_proj + tf.matmul(context, w["context_kernel"])
+        return gru_cell(x_proj, inner, state), weights
 
     def decode_step(self, token_ids: tf.Tensor, state: tf.Tensor,
                     encoded: Encoded) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """[B] previous tokens, [B, U] state -> (logits [B, V], new state [B, U], attention [B, S])."""
         embedded = tf.gather(self.target_embedding, tf.convert_to_tensor(token_ids, tf.int64))
         x_proj = tf.matmul(embedded, self.decoder_kernel) + self.decoder_bias
-        new_state, weights = self._step(x_proj, state, encoded)
-        return self.project(new_state), new_state, weights
+        new_state, attention = self._step(x_proj, state, encoded, self._step_weights())
+        return self.project(new_state), new_state, attention
 
     def project(self, states: tf.Tensor) -> tf.Tensor:
         """Decoder states [..., U] -> vocabulary logits [..., V], one matmul over all leading dims."""
@@ -215,12 +241,15 @@ class Seq2Seq(tf.Module):
         states_ta = tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, self.units]))
         attention_ta = tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, None]))
 
+        w = self._step_weights()
+
         def body(t, h, states, attention):
-            h, weights = self._step(x_proj_t[t], h, encoded)
+            h, weights = self._step(x_proj_t[t], h, encoded, w)
             return t + 1, h, states.write(t, h), attention.write(t, weights)
 
         _, _, states_ta, attention_ta = tf.while_loop(
-            lambda t, *_: t < steps, body, (tf.constant(0), encoded.final_state, states_ta, attention_ta))
+            lambda t, *_: t < steps, body, (tf.constant(0), encoded.final_state, states_ta, attention_ta),
+            maximum_iterations=steps)
         states = tf.ensure_shape(tf.transpose(states_ta.stack(), [1, 0, 2]), [None, None, self.units])
         return states, tf.transpose(attention_ta.stack(), [1, 0, 2])
 

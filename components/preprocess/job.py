@@ -1,0 +1,362 @@
+"""`run_preprocess`: build and run the Beam job, check its counts, publish the output folder.
+
+The pipeline reads the corpus twice (three times for wordpiece) instead of holding it anywhere:
+
+    read #1 -> validate -> tokenize -> count train tokens --CombinePerKey--> vocabularies
+    read #2 -> validate -> encode with the vocabularies (side input) -> gzip TFRecord shards
+            \\-> rejects -> quarantine/*.jsonl          counts of every step -> stats
+
+Only counts, vocabularies and file names cross between stages, so memory stays flat as the
+corpus grows, and every stage splits over the runner's workers by read unit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any, Mapping, Optional, Sequence
+
+import schemas
+from components.preprocess import inputs, transforms
+from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SHARDS, SIDES, SPLITS
+from pipeline.config import PipelineConfig, PreprocessConfig, write_config
+from pipeline.errors import InputError, UserError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RUNNER = "DirectRunner"  # named explicitly: the default Prism runner downloads a binary
+METRICS_FILE = "_metrics.json"
+SHARD_DIR = "_shards"
+QUARANTINE_DIR = "quarantine"
+QUARANTINE_PREFIX = "rejected"
+PERCENTILES = (50, 90, 95, 99)
+
+
+class OutputExistsError(UserError):
+    """The output folder exists and --overwrite was not given."""
+
+
+def pipeline_options(beam_args: Sequence[str] = ()):
+    """Beam options from the args after `--`, with the offline DirectRunner unless --runner is given."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    args = list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.insert(0, f"--runner={DEFAULT_RUNNER}")
+    return PipelineOptions(args)
+
+
+def _direct_runner(options):
+    """The DirectRunner's own in-process/multi-process engine (FnApiRunner), without its Prism try.
+
+    Beam's DirectRunner first tries the Prism runner, which downloads a binary and fails (or
+    hangs) offline; our pipeline needs nothing Prism offers, so a DirectRunner request goes straight
+    to the engine the DirectRunner falls back to. It honours --direct_num_workers and
+    --direct_running_mode. Any other --runner is left to Beam.
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    name = options.view_as(StandardOptions).runner
+    if name not in ("DirectRunner", "direct", "directrunner", "SwitchingDirectRunner"):
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=provision)
+
+
+def run_preprocess(data: str, out: str, config: PipelineConfig, beam_args: Sequence[str] = (),
+                   overwrite: bool = False) -> dict[str, Any]:
+    """Corpus at DATA (path, directory or glob) -> OUT (layout in components/text/artifacts.py).
+
+    Returns the stats dict also written to OUT/stats.json.
+    """
+    import tensorflow as tf
+
+    started = time.time()
+    out = out.rstrip("/")
+    if tf.io.gfile.exists(out) and not overwrite:
+        raise OutputExistsError(f"output folder {out} already exists (pass --overwrite to replace it)")
+    units = inputs.resolve_inputs(data, config.preprocess)
+    staging = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
+    for folder in (staging, f"{staging}/{SHARD_DIR}", f"{staging}/{QUARANTINE_DIR}"):
+        tf.io.gfile.makedirs(folder)
+    keep_staging = False
+    try:
+        _run_pipeline(units, staging, config.preprocess, beam_args)
+        metrics = _read_json(f"{staging}/{METRICS_FILE}")
+        stats = build_stats(metrics, config.preprocess, time.time() - started)
+        _write_json(f"{staging}/stats.json", stats)
+        write_config(config, staging)
+        try:
+            check_counts(stats, config.preprocess, out)
+        except InputError:
+            keep_staging = True
+            _move(staging, f"{out}.failed", replace=True)
+            raise
+        tf.io.gfile.remove(f"{staging}/{METRICS_FILE}")
+        tf.io.gfile.rmtree(f"{staging}/{SHARD_DIR}")  # leftovers of retried bundles, if any
+        _move(staging, out, replace=overwrite)
+    finally:
+        if not keep_staging and tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
+    log_summary(stats, data, out)
+    return stats
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------
+
+def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessConfig,
+                  beam_args: Sequence[str]) -> None:
+    import apache_beam as beam
+    from apache_beam.runners.runner import PipelineState
+
+    # Beam logs every string type hint it cannot resolve; ours are for readers, not for Beam.
+    logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
+    options = pipeline_options(beam_args)
+    pipeline = beam.Pipeline(runner=_direct_runner(options), options=options)
+    units_pc = pipeline | "ReadUnits" >> beam.Create(list(units))
+
+    first = units_pc | "ReadForCounts" >> beam.ParDo(
+        transforms.ReadFn(p, final=False)).with_outputs(NEWLINES, main="batches")
+    wordpiece = None
+    if p.tokenizer == "wordpiece":
+        word_counts = (first.batches
+                       | "CountWords" >> beam.ParDo(transforms.CountTokensFn(p, "whitespace", False))
+                       | "SumWords" >> beam.CombinePerKey(transforms.SumCountsFn()))
+        learned = (word_counts
+                   | "LearnWordpiece" >> beam.Map(learn_wordpiece, p)
+                   | "WordpieceDict" >> beam.combiners.ToDict()
+                   | "WriteWordpiece" >> beam.Map(write_wordpiece_vocabularies, staging))
+        wordpiece = beam.pvalue.AsSingleton(learned)
+        second = units_pc | "ReadForTokenCounts" >> beam.ParDo(
+            transforms.ReadFn(p, final=False)).with_outputs(NEWLINES, main="batches")
+        counted = second.batches | "CountTokens" >> beam.ParDo(
+            transforms.CountTokensFn(p, "wordpiece", True), wordpiece=wordpiece)
+    else:
+        counted = first.batches | "CountTokens" >> beam.ParDo(
+            transforms.CountTokensFn(p, p.tokenizer, True))
+    vocabularies = (counted
+                    | "SumTokens" >> beam.CombinePerKey(transforms.SumCountsFn())
+                    | "BuildVocabulary" >> beam.Map(build_vocabulary, p)
+                    | "VocabularyDict" >> beam.combiners.ToDict()
+                    | "WriteVocabularies" >> beam.Map(write_vocabularies, staging))
+
+    newline_counts = first[NEWLINES] | "NewlineCounts" >> beam.combiners.ToList()
+    final = units_pc | "Read" >> beam.ParDo(
+        transforms.ReadFn(p, final=True), newline_counts=beam.pvalue.AsSingleton(newline_counts)
+    ).with_outputs(REJECTED, METRICS, main="batches")
+    side_inputs: dict[str, Any] = {"vocabularies": beam.pvalue.AsSingleton(vocabularies)}
+    if wordpiece is not None:
+        side_inputs["wordpiece"] = wordpiece
+    encoded = final.batches | "EncodeAndWrite" >> beam.ParDo(
+        transforms.EncodeAndWriteFn(p, p.tokenizer, f"{staging}/{SHARD_DIR}"), **side_inputs
+    ).with_outputs(REJECTED, METRICS, SHARDS, main="unused")
+
+    shard_counts = (encoded[SHARDS]
+                    | "ShardList" >> beam.combiners.ToList()
+                    | "PublishShards" >> beam.Map(transforms.publish_shards, staging)
+                    | "ShardMetrics" >> beam.Map(lambda n: {"shards": n}))
+    rejected = (final[REJECTED], encoded[REJECTED]) | "AllRejects" >> beam.Flatten()
+    _ = (rejected
+         | "RejectJson" >> beam.Map(inputs.Reject.to_json)
+         | "Quarantine" >> beam.io.WriteToText(f"{staging}/{QUARANTINE_DIR}/{QUARANTINE_PREFIX}",
+                                               file_name_suffix=".jsonl"))
+    reject_counts = rejected | "CountRejects" >> beam.Map(lambda r: {"rejected": {r.reason: 1}})
+    vocabulary_sizes = vocabularies | "VocabularySizes" >> beam.Map(
+        lambda v: {"vocabulary_size": {side: len(tokens) for side, tokens in v.items()}})
+    _ = ((final[METRICS], encoded[METRICS], reject_counts, shard_counts, vocabulary_sizes)
+         | "AllMetrics" >> beam.Flatten()
+         | "SumMetrics" >> beam.CombineGlobally(transforms.NestedSumFn())
+         | "WriteMetrics" >> beam.Map(lambda m: _write_json(f"{staging}/{METRICS_FILE}", m)))
+
+    all_options = options.get_all_options()
+    logger.info("running the Beam job on %s (%s workers, %s; %d read units)",
+                all_options.get("runner") or DEFAULT_RUNNER, all_options.get("direct_num_workers"),
+                all_options.get("direct_running_mode"), len(units))
+    result = pipeline.run()
+    state = result.wait_until_finish()
+    if state not in (PipelineState.DONE, None):
+        raise RuntimeError(f"the Beam job ended in state {state}")
+
+
+def build_vocabulary(side_counts: tuple[str, Mapping[bytes, int]], p: PreprocessConfig) -> tuple[str, Any]:
+    """(side, {token bytes: count}) -> (side, Vocabulary): specials, then by count desc, token asc."""
+    from components.text.vocabulary import Vocabulary
+
+    side, counts = side_counts
+    decoded = {(t.decode("utf-8") if isinstance(t, bytes) else t): n for t, n in counts.items()}
+    return side, Vocabulary.from_counts(decoded, p.min_frequency, p.max_vocab_size)
+
+
+def write_vocabularies(vocabularies: Mapping[str, Any], staging: str) -> dict[str, list[str]]:
+    """Write SIDE.vocab + SIDE.vocab.counts.tsv; returns {side: tokens} for the encoders."""
+    from components.text.vocabulary import Vocabulary
+
+    tokens = {}
+    for side in SIDES:
+        vocabulary = vocabularies.get(side) or Vocabulary.from_counts({})
+        vocabulary.save(f"{staging}/{side}.vocab")
+        tokens[side] = list(vocabulary.tokens)
+    return tokens
+
+
+def learn_wordpiece(side_counts: tuple[str, Mapping[bytes, int]], p: PreprocessConfig) -> tuple[str, list[str]]:
+    """Learn one side's WordPiece vocabulary from its train word counts (tensorflow-text's learner)."""
+    from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
+
+    from components.text.vocabulary import SPECIAL_TOKENS
+
+    side, counts = side_counts
+    # Sorted input: the learner's output must not depend on the order the counts arrived in.
+    words = sorted(((w.decode("utf-8") if isinstance(w, bytes) else w), n) for w, n in counts.items())
+    vocab = learner.learn(words, vocab_size=p.wordpiece_vocab_size, reserved_tokens=list(SPECIAL_TOKENS),
+                          lower_thresh=1, max_unique_chars=max(1000, p.wordpiece_vocab_size // 4))
+    logger.info("learned a %d-piece WordPiece vocabulary for the %s side", len(vocab), side)
+    return side, vocab
+
+
+def write_wordpiece_vocabularies(learned: Mapping[str, list[str]], staging: str) -> dict[str, list[str]]:
+    import tensorflow as tf
+
+    from components.text.vocabulary import SPECIAL_TOKENS
+
+    result = {}
+    for side in SIDES:
+        pieces = list(learned.get(side) or SPECIAL_TOKENS)
+        with tf.io.gfile.GFile(f"{staging}/{side}.wordpiece.vocab", "w") as f:
+            f.write("".join(t + "\n" for t in pieces))
+        result[side] = pieces
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Stats and checks
+# --------------------------------------------------------------------------------------------
+
+def _percentiles(histogram: Mapping[str, int]) -> dict[str, Any]:
+    """Nearest-rank percentiles, max and mean of a {length: count} histogram."""
+    items = sorted((int(k), v) for k, v in histogram.items())
+    total = sum(v for _, v in items)
+    if not total:
+        return {**{f"p{q}": None for q in PERCENTILES}, "max": None, "mean": None}
+    result: dict[str, Any] = {}
+    for q in PERCENTILES:
+        rank, seen = max(1, -(-q * total // 100)), 0
+        for value, count in items:
+            seen += count
+            if seen >= rank:
+                result[f"p{q}"] = value
+                break
+    result["max"] = items[-1][0]
+    result["mean"] = round(sum(k * v for k, v in items) / total, 3)
+    return result
+
+
+def build_stats(metrics: Mapping[str, Any], p: PreprocessConfig, elapsed: float) -> dict[str, Any]:
+    read = int(metrics.get("records_read", 0))
+    written = {split: int(metrics.get("records_written", {}).get(split, 0)) for split in SPLITS}
+    rejected = {reason: int(metrics.get("rejected", {}).get(reason, 0)) for reason in schemas.reject_reasons()}
+    unknown = set(metrics.get("rejected", {})) - set(rejected)
+    assert not unknown, f"reject reasons missing from schemas/record.schema.json: {unknown}"
+    eval_tokens, eval_unk = metrics.get("eval_tokens", {}), metrics.get("eval_unk", {})
+    return {
+        "records_read": read,
+        "records_written": written,
+        "rejected": rejected,
+        "rejected_total": sum(rejected.values()),
+        "blank_lines": int(metrics.get("blank_lines", 0)),
+        "lengths": {side: _percentiles(metrics.get(f"{side}_lengths", {})) for side in SIDES},
+        "truncated": {side: int(metrics.get("truncated", {}).get(side, 0)) for side in SIDES},
+        "vocabulary_size": {side: int(metrics.get("vocabulary_size", {}).get(side, 0)) for side in SIDES},
+        "eval_unk_rate": {side: (round(eval_unk.get(side, 0) / eval_tokens[side], 6)
+                                 if eval_tokens.get(side) else None) for side in SIDES},
+        "shards": {split: int(metrics.get("shards", {}).get(split, 0)) for split in SPLITS},
+        "tokenizer": p.tokenizer,
+        "length_policy": p.length_policy,
+        "elapsed_seconds": round(elapsed, 3),
+        "pairs_per_second": round(read / elapsed, 1) if elapsed > 0 else None,
+    }
+
+
+def check_counts(stats: Mapping[str, Any], p: PreprocessConfig, out: str) -> None:
+    """Conservation (read = written + rejected) and the rejected-fraction limit."""
+    read, written = stats["records_read"], sum(stats["records_written"].values())
+    rejected = stats["rejected_total"]
+    if read != written + rejected:
+        raise RuntimeError(f"record counts do not add up: read {read} != written {written} + rejected {rejected}")
+    quarantine = f"{out}.failed/{QUARANTINE_DIR}/{QUARANTINE_PREFIX}-*.jsonl"
+    if read == 0:
+        raise InputError("the input holds no records (only blank lines or empty files)")
+    fraction = rejected / read
+    if fraction > p.max_rejected_fraction:
+        reasons = ", ".join(f"{r}={n}" for r, n in sorted(stats["rejected"].items(), key=lambda x: -x[1]) if n)
+        raise InputError(
+            f"{rejected} of {read} records rejected ({fraction:.1%} > preprocess.max_rejected_fraction="
+            f"{p.max_rejected_fraction:g}): {reasons}; see the quarantine in {quarantine}")
+    if stats["records_written"]["train"] == 0:
+        raise InputError(f"no training examples were written ({written} eval); lower preprocess.eval_fraction")
+
+
+def log_summary(stats: Mapping[str, Any], data: str, out: str) -> None:
+    """One screen: what went in, what came out, and where."""
+    rejected = ", ".join(f"{r}={n}" for r, n in stats["rejected"].items() if n) or "none"
+    lengths = "; ".join(f"{side} p50={v['p50']} p95={v['p95']} max={v['max']}"
+                        for side, v in stats["lengths"].items())
+    unk = ", ".join(f"{side}={'n/a' if r is None else f'{r:.2%}'}" for side, r in stats["eval_unk_rate"].items())
+    lines = [
+        f"preprocess finished: {data} -> {out}",
+        f"  records      read {stats['records_read']}, written train {stats['records_written']['train']} "
+        f"+ eval {stats['records_written']['eval']}, rejected {stats['rejected_total']} ({rejected})",
+        f"  blank lines  {stats['blank_lines']} skipped",
+        f"  tokenizer    {stats['tokenizer']}; vocabulary source {stats['vocabulary_size']['source']}, "
+        f"target {stats['vocabulary_size']['target']}",
+        f"  lengths      {lengths}",
+        f"  truncated    source {stats['truncated']['source']}, target {stats['truncated']['target']}",
+        f"  eval <unk>   {unk}",
+        f"  shards       train {stats['shards']['train']}, eval {stats['shards']['eval']}",
+        f"  quarantine   {out}/{QUARANTINE_DIR}/",
+        f"  elapsed      {stats['elapsed_seconds']:.1f}s ({stats['pairs_per_second']} pairs/s)",
+    ]
+    logger.info("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+def _read_json(path: str) -> dict[str, Any]:
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        raise RuntimeError(f"the Beam job finished without writing {path}")
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def _write_json(path: str, value: Any) -> None:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+
+
+def _move(source: str, destination: str, replace: bool) -> None:
+    """Publish a finished folder under its final name; an old one is removed only after."""
+    import tensorflow as tf
+
+    old: Optional[str] = None
+    if tf.io.gfile.exists(destination):
+        if not replace:
+            raise OutputExistsError(f"output folder {destination} already exists")
+        old = f"{destination}.old-{uuid.uuid4().hex[:8]}"
+        tf.io.gfile.rename(destination, old)
+    tf.io.gfile.rename(source, destination)
+    if old:
+        tf.io.gfile.rmtree(old)

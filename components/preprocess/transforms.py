@@ -1,0 +1,403 @@
+"""The Beam DoFns and combiners of the preprocessing job.
+
+Every DoFn is a plain, picklable object: TensorFlow (and tensorflow-text) are imported in `setup`,
+which runs in each worker process, and the TF modules are built there, never pickled. Elements are
+batches of records (`RecordBatch`), so one TF call tokenizes or encodes thousands of strings.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.transforms.window import GlobalWindows
+
+from components.preprocess import inputs
+from components.preprocess.inputs import Blank, Reject, ReadUnit
+from pipeline.config import PreprocessConfig
+
+logger = logging.getLogger(__name__)
+
+REJECTED = "rejected"
+METRICS = "metrics"
+NEWLINES = "newlines"
+SHARDS = "shards"
+SPLITS = ("train", "eval")
+SIDES = ("source", "target")
+
+
+class RecordBatch(NamedTuple):
+    """Up to `tokenize_batch_size` valid records of one file: numbers and both sides."""
+
+    path: str
+    lines: list[int]
+    sources: list[str]
+    targets: list[str]
+
+
+def is_eval(normalized_sources: Sequence[bytes], eval_fraction: float) -> np.ndarray:
+    """Stable split: sha256 of the normalized source (as in source_text), as a fraction of 2**64.
+
+    A pair's split never depends on the rest of the corpus, so growing the corpus keeps old pairs
+    in their split, and raising eval_fraction only moves pairs from train to eval.
+    """
+    if eval_fraction <= 0:
+        return np.zeros(len(normalized_sources), bool)
+    threshold = int(eval_fraction * 2**64)
+    return np.array([int.from_bytes(hashlib.sha256(s).digest()[:8], "big") < threshold
+                     for s in normalized_sources], bool)
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+class ReadFn(beam.DoFn):
+    """ReadUnit -> RecordBatch elements; rejects and per-unit counts go to tagged outputs.
+
+    The first read (`final=False`) also reports each byte range's newline count, from which the
+    final read numbers the lines of every range; only the final read reports rejects and counts.
+    """
+
+    def __init__(self, config: PreprocessConfig, final: bool):
+        self.config = config
+        self.final = final
+
+    def process(self, unit: ReadUnit, newline_counts: Sequence[tuple[str, int, int]] = ()) -> Iterator[Any]:
+        started = time.perf_counter()
+        first_line = 1
+        if unit.splittable:
+            newlines, skipped, lines = inputs.read_range(unit)
+            if not self.final:
+                yield beam.pvalue.TaggedOutput(NEWLINES, (unit.path, unit.start, newlines))
+            else:
+                first_line = 1 + self._newlines_before(unit, newline_counts) + int(skipped)
+            parsed: Iterable[inputs.Parsed] = inputs.parse_lines(unit, iter(lines), first_line, self.config)
+        elif unit.format in ("tsv", "jsonl"):
+            parsed = inputs.parse_lines(unit, inputs.read_whole_lines(unit.path), 1, self.config)
+        elif unit.format == "csv":
+            parsed = inputs.read_csv(unit, self.config)
+        elif unit.format == "parquet":
+            parsed = inputs.read_parquet(unit, self.config)
+        else:
+            parsed = inputs.read_aligned(unit)
+        yield from self._batches(unit, parsed)
+        if self.final:
+            logger.info("read %s [%d..%s] in %.1fs", unit.path, unit.start,
+                        unit.end if unit.end is not None else "end", time.perf_counter() - started)
+
+    def _newlines_before(self, unit: ReadUnit, counts: Sequence[tuple[str, int, int]]) -> int:
+        prefix = getattr(self, "_prefix", None)
+        if prefix is None:
+            prefix = {}
+            for path, start, n in sorted(counts):
+                prefix[(path, start)] = prefix.get("_total_" + path, 0)  # type: ignore[assignment]
+                prefix["_total_" + path] = prefix.get("_total_" + path, 0) + n  # type: ignore[index]
+            self._prefix = prefix
+        return prefix[(unit.path, unit.start)]
+
+    def _batches(self, unit: ReadUnit, parsed: Iterable[inputs.Parsed]) -> Iterator[Any]:
+        size = self.config.tokenize_batch_size
+        batch = RecordBatch(unit.path, [], [], [])
+        read = blank = 0
+        for item in parsed:
+            if isinstance(item, Blank):
+                blank += 1
+                continue
+            read += 1
+            if isinstance(item, Reject):
+                if self.final:
+                    yield beam.pvalue.TaggedOutput(REJECTED, item)
+                continue
+            batch.lines.append(item.line)
+            batch.sources.append(item.source)
+            batch.targets.append(item.target)
+            if len(batch.lines) >= size:
+                yield batch
+                batch = RecordBatch(unit.path, [], [], [])
+        if batch.lines:
+            yield batch
+        if self.final:
+            yield beam.pvalue.TaggedOutput(METRICS, {"records_read": read, "blank_lines": blank})
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizing and counting
+# --------------------------------------------------------------------------------------------
+
+class _TokenizingFn(beam.DoFn):
+    """Shared setup: TF imported in the worker, tokenizers built once per DoFn instance."""
+
+    def __init__(self, config: PreprocessConfig, tokenizer: str):
+        self.config = config
+        self.tokenizer = tokenizer
+
+    def setup(self) -> None:
+        from components.text.tokenizers import needs_tensorflow_text
+
+        tf = _tf()
+        if needs_tensorflow_text(self.tokenizer):
+            import tensorflow_text  # noqa: F401  (registers the ops in this worker process)
+        self._normalize = tf.function(self._normalize_impl, input_signature=[tf.TensorSpec([None], tf.string)])
+        self._tokenizers: Optional[dict[str, Any]] = None
+
+    def _normalize_impl(self, texts):
+        from components.text.tokenizers import normalize
+
+        return normalize(texts, lowercase=self.config.lowercase)
+
+    def _make_tokenizers(self, wordpiece: Optional[Mapping[str, Sequence[str]]]) -> dict[str, Any]:
+        from components.text.tokenizers import make_tokenizer
+
+        return {side: make_tokenizer(self.tokenizer, self.config.lowercase,
+                                     list(wordpiece[side]) if wordpiece else None)
+                for side in SIDES}
+
+    def _split_flags(self, batch: RecordBatch, normalized_sources: Optional[list[bytes]] = None) -> np.ndarray:
+        if self.config.eval_fraction <= 0:
+            return np.zeros(len(batch.sources), bool)
+        if normalized_sources is None:
+            normalized_sources = self._normalize(batch.sources).numpy().tolist()
+        return is_eval(normalized_sources, self.config.eval_fraction)
+
+
+class CountTokensFn(_TokenizingFn):
+    """RecordBatch -> (side, {token: count}) over the train split's records that will be written."""
+
+    def __init__(self, config: PreprocessConfig, tokenizer: str, apply_length_policy: bool):
+        super().__init__(config, tokenizer)
+        self.apply_length_policy = apply_length_policy
+
+    def process(self, batch: RecordBatch, wordpiece: Optional[Mapping[str, Sequence[str]]] = None):
+        tf = _tf()
+        if self._tokenizers is None:
+            self._tokenizers = self._make_tokenizers(wordpiece)
+            self._count = {side: tf.function(self._make_count(tok), input_signature=[
+                tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.bool)])
+                for side, tok in self._tokenizers.items()}
+            self._lengths = {side: tf.function(lambda t, tok=tok: tok.tokenize(t).row_lengths(),
+                                               input_signature=[tf.TensorSpec([None], tf.string)])
+                             for side, tok in self._tokenizers.items()}
+        keep = ~self._split_flags(batch)
+        texts = {"source": batch.sources, "target": batch.targets}
+        lengths = {side: self._lengths[side](texts[side]).numpy() for side in SIDES}
+        keep &= (lengths["source"] > 0) & (lengths["target"] > 0)
+        if self.apply_length_policy and self.config.length_policy == "reject":
+            keep &= lengths["source"] <= self.config.max_source_length
+            keep &= lengths["target"] <= self.config.max_target_length - 2
+        if not keep.any():
+            return
+        for side in SIDES:
+            tokens, counts = self._count[side](texts[side], keep)
+            yield side, dict(zip(tokens.numpy().tolist(), counts.numpy().tolist()))
+
+    @staticmethod
+    def _make_count(tokenizer):
+        def count(texts, keep):
+            tf = _tf()
+            tokens = tokenizer.tokenize(tf.boolean_mask(texts, keep)).flat_values
+            unique, _, counts = tf.unique_with_counts(tokens, out_idx=tf.int64)
+            return unique, counts
+        return count
+
+
+class SumCountsFn(beam.CombineFn):
+    """Merge {token: count} dicts; the accumulator is one side's vocabulary-sized count table."""
+
+    def create_accumulator(self) -> dict:
+        return {}
+
+    def add_input(self, acc: dict, counts: Mapping) -> dict:
+        get = acc.get
+        for token, n in counts.items():
+            acc[token] = get(token, 0) + n
+        return acc
+
+    def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
+        accumulators = iter(accumulators)
+        merged = next(accumulators, {})
+        for acc in accumulators:
+            self.add_input(merged, acc)
+        return merged
+
+    def extract_output(self, acc: dict) -> dict:
+        return acc
+
+
+class NestedSumFn(beam.CombineFn):
+    """Sum nested {name: int | {name: ...}} metric dicts from every bundle into one."""
+
+    def create_accumulator(self) -> dict:
+        return {}
+
+    def add_input(self, acc: dict, metrics: Mapping) -> dict:
+        for key, value in metrics.items():
+            if isinstance(value, Mapping):
+                self.add_input(acc.setdefault(key, {}), value)
+            else:
+                acc[key] = acc.get(key, 0) + value
+        return acc
+
+    def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
+        merged: dict = {}
+        for acc in accumulators:
+            self.add_input(merged, acc)
+        return merged
+
+    def extract_output(self, acc: dict) -> dict:
+        return acc
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding and writing
+# --------------------------------------------------------------------------------------------
+
+class EncodeAndWriteFn(_TokenizingFn):
+    """RecordBatch -> padded ids -> tf.train.Example bytes -> this bundle's gzip TFRecord shards.
+
+    Encoding uses `components.text.encoding.SequenceEncoder`, the module the exported model's
+    `encode` signature runs, so the ids here are the ids served. Each bundle writes its own shard
+    per split (no shuffle of the corpus); the shard paths go out when the bundle finishes, and
+    records rejected by the length rules go to the quarantine output.
+    """
+
+    def __init__(self, config: PreprocessConfig, tokenizer: str, shard_dir: str):
+        super().__init__(config, tokenizer)
+        self.shard_dir = shard_dir
+
+    def setup(self) -> None:
+        super().setup()
+        self._encoders: Optional[dict[str, Any]] = None
+
+    def start_bundle(self) -> None:
+        self._writers: dict[str, Any] = {}
+        self._paths: dict[str, str] = {}
+        self._metrics = self._empty_metrics()
+
+    @staticmethod
+    def _empty_metrics() -> dict:
+        return {"records_written": {s: 0 for s in SPLITS},
+                "source_lengths": {}, "target_lengths": {},
+                "truncated": {"source": 0, "target": 0},
+                "eval_tokens": {"source": 0, "target": 0}, "eval_unk": {"source": 0, "target": 0},
+                REJECTED: {}}
+
+    def _build(self, vocabularies: Mapping[str, Sequence[str]], wordpiece) -> None:
+        from components.text.encoding import SequenceEncoder
+
+        tf = _tf()
+        tokenizers = self._make_tokenizers(wordpiece)
+        c = self.config
+        source = SequenceEncoder(tokenizers["source"], list(vocabularies["source"]), c.max_source_length,
+                                 name="source_encoder")
+        target = SequenceEncoder(tokenizers["target"], list(vocabularies["target"]), c.max_target_length,
+                                 name="target_encoder")
+        spec = [tf.TensorSpec([None], tf.string)]
+        self._encoders = {"source": tf.function(source.encode_source, input_signature=spec),
+                          "target": tf.function(target.encode_target, input_signature=spec)}
+        self._modules = (source, target)  # keep the lookup tables alive
+
+    def process(self, batch: RecordBatch, vocabularies: Mapping[str, Sequence[str]], wordpiece=None):
+        if self._encoders is None:
+            self._build(vocabularies, wordpiece)
+        assert self._encoders is not None
+        src = {k: v.numpy() for k, v in self._encoders["source"](batch.sources).items()}
+        tgt = {k: v.numpy() for k, v in self._encoders["target"](batch.targets).items()}
+        source_text = self._normalize(batch.sources).numpy()
+        target_text = self._normalize(batch.targets).numpy()
+        evals = self._split_flags(batch, source_text.tolist())
+        reasons = self._reject_reasons(src["full_length"], tgt["full_length"])
+        for i in np.flatnonzero(reasons != ""):
+            reason = str(reasons[i])
+            self._metrics[REJECTED][reason] = self._metrics[REJECTED].get(reason, 0) + 1
+            yield beam.pvalue.TaggedOutput(REJECTED, Reject(
+                batch.path, batch.lines[i], reason, f"{batch.sources[i]}\t{batch.targets[i]}"))
+        keep = reasons == ""
+        self._record_stats(src, tgt, keep, evals)
+        from components.preprocess.examples import serialize_examples
+
+        for split, rows in (("train", keep & ~evals), ("eval", keep & evals)):
+            if not rows.any():
+                continue
+            examples = serialize_examples({
+                "source_ids": src["source_ids"][rows], "source_length": src["source_length"][rows],
+                "target_input": tgt["target_input"][rows], "target_output": tgt["target_output"][rows],
+                "target_length": tgt["target_length"][rows],
+            }, {"source_text": source_text[rows].tolist(), "target_text": target_text[rows].tolist()})
+            writer = self._writer(split)
+            for example in examples:
+                writer.write(example)
+            self._metrics["records_written"][split] += len(examples)
+
+    def _reject_reasons(self, source_full: np.ndarray, target_full: np.ndarray) -> np.ndarray:
+        c = self.config
+        reasons = np.full(source_full.shape, "", dtype=object)
+        if c.length_policy == "reject":
+            reasons[target_full > c.max_target_length - 2] = "target_too_long"
+            reasons[source_full > c.max_source_length] = "source_too_long"
+        # The tokenizer decides what counts as text: a side with no tokens is empty.
+        reasons[(source_full == 0) | (target_full == 0)] = "empty_side"
+        return reasons
+
+    def _record_stats(self, src: dict, tgt: dict, keep: np.ndarray, evals: np.ndarray) -> None:
+        c, m = self.config, self._metrics
+        for side, full, limit in (("source", src["full_length"], c.max_source_length),
+                                  ("target", tgt["full_length"], c.max_target_length - 2)):
+            lengths = m[f"{side}_lengths"]
+            values, counts = np.unique(full[keep], return_counts=True)
+            for value, count in zip(values.tolist(), counts.tolist()):
+                lengths[value] = lengths.get(value, 0) + count
+            m["truncated"][side] += int((full[keep] > limit).sum())
+        rows = keep & evals
+        if rows.any():
+            from components.text.vocabulary import UNK_ID
+
+            m["eval_tokens"]["source"] += int(src["source_length"][rows].sum())
+            m["eval_unk"]["source"] += int((src["source_ids"][rows] == UNK_ID).sum())
+            # target_length counts the <eos>, which is never <unk>.
+            m["eval_tokens"]["target"] += int((tgt["target_length"][rows] - 1).sum())
+            m["eval_unk"]["target"] += int((tgt["target_output"][rows] == UNK_ID).sum())
+
+    def _writer(self, split: str):
+        if split not in self._writers:
+            tf = _tf()
+            path = f"{self.shard_dir}/{split}-{uuid.uuid4().hex}.tfrecord.gz"
+            self._writers[split] = tf.io.TFRecordWriter(path, options=tf.io.TFRecordOptions("GZIP"))
+            self._paths[split] = path
+        return self._writers[split]
+
+    def finish_bundle(self):
+        for writer in self._writers.values():
+            writer.close()
+        for split, path in sorted(self._paths.items()):
+            yield beam.pvalue.TaggedOutput(SHARDS, GlobalWindows.windowed_value((split, path)))
+        # Length histograms have int keys; stringify them so that every coder keeps them.
+        metrics = dict(self._metrics)
+        for side in SIDES:
+            metrics[f"{side}_lengths"] = {str(k): v for k, v in metrics[f"{side}_lengths"].items()}
+        yield beam.pvalue.TaggedOutput(METRICS, GlobalWindows.windowed_value(metrics))
+        logger.info("bundle wrote %s", metrics["records_written"])
+
+
+def publish_shards(shards: Sequence[tuple[str, str]], directory: str) -> dict[str, int]:
+    """Rename the bundles' shard files to SPLIT-NNNNN-of-MMMMM.tfrecord.gz; returns shards per split."""
+    tf = _tf()
+    by_split: dict[str, list[str]] = {}
+    for split, path in shards:
+        by_split.setdefault(split, []).append(path)
+    for split, paths in by_split.items():
+        paths.sort()
+        for i, path in enumerate(paths):
+            tf.io.gfile.rename(path, f"{directory}/{split}-{i:05d}-of-{len(paths):05d}.tfrecord.gz",
+                               overwrite=True)
+    return {split: len(paths) for split, paths in by_split.items()}

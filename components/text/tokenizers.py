@@ -12,7 +12,7 @@ exported SavedModel calls the very same function, so training and serving cannot
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import tensorflow as tf
 
@@ -86,14 +86,21 @@ class WordpieceTokenizer(Tokenizer):
     name = "wordpiece"
     needs_tensorflow_text = True
 
-    def __init__(self, vocab_path: str, lowercase: bool = False):
+    def __init__(self, vocab_path: Union[str, Sequence[str]], lowercase: bool = False):
+        """`vocab_path`: the learned WordPiece vocabulary file, or (in the Beam job) its token list."""
         super().__init__(lowercase)
         text = _import_tf_text()
-        self.vocab_path = vocab_path
-        init = tf.lookup.TextFileInitializer(
-            vocab_path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
-            tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
-        )
+        if isinstance(vocab_path, str):
+            self.vocab_path = vocab_path
+            init = tf.lookup.TextFileInitializer(
+                vocab_path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+                tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+            )
+        else:
+            self.vocab_path = None
+            pieces = list(vocab_path)
+            init = tf.lookup.KeyValueTensorInitializer(
+                tf.constant(pieces, tf.string), tf.range(len(pieces), dtype=tf.int64))
         self._table = tf.lookup.StaticVocabularyTable(init, num_oov_buckets=1)
         self._impl = text.WordpieceTokenizer(
             self._table, suffix_indicator=WORDPIECE_SUFFIX, unknown_token=UNK,
@@ -109,8 +116,12 @@ class WordpieceTokenizer(Tokenizer):
         return tf.strings.regex_replace(joined, " " + WORDPIECE_SUFFIX, "")
 
 
-def make_tokenizer(name: str, lowercase: bool = False, wordpiece_vocab: Optional[str] = None) -> Tokenizer:
-    """Build the tokenizer `preprocess.tokenizer` names. `wordpiece` needs its learned vocabulary file."""
+def make_tokenizer(name: str, lowercase: bool = False,
+                   wordpiece_vocab: Optional[Union[str, Sequence[str]]] = None) -> Tokenizer:
+    """Build the tokenizer `preprocess.tokenizer` names.
+
+    `wordpiece` needs its learned vocabulary: the file path, or the token list itself.
+    """
     if name == "whitespace":
         return WhitespaceTokenizer(lowercase)
     if name == "unicode_script":

@@ -1,0 +1,55 @@
+"""Adam on plain tf.Variables (checkpointable as a tf.Module) and the learning-rate schedules.
+
+Written out rather than taken from Keras: Keras 3 optimizers expect Keras variables, and this one
+is a few lines whose slots restore into a freshly built model by name.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import tensorflow as tf
+
+from pipeline.config import TrainerConfig
+
+
+class Adam(tf.Module):
+    """Adam (Kingma & Ba) with bias correction; slots are created eagerly, one pair per variable."""
+
+    def __init__(self, variables: Sequence[tf.Variable], beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, name: str = "adam"):
+        super().__init__(name=name)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        with self.name_scope:
+            self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
+            self.m = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="m") for v in variables]
+            self.v = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="v") for v in variables]
+
+    def apply(self, grads: Sequence[tf.Tensor], variables: Sequence[tf.Variable], learning_rate: tf.Tensor) -> None:
+        """One update; call in cross-replica context (or without a strategy) with the reduced gradients."""
+        t = tf.cast(self.iterations + 1, tf.float32)
+        # Fold both bias corrections into the step size, as Keras does.
+        alpha = learning_rate * tf.sqrt(1.0 - tf.pow(self.beta_2, t)) / (1.0 - tf.pow(self.beta_1, t))
+        for grad, var, m, v in zip(grads, variables, self.m, self.v):
+            m.assign(self.beta_1 * m + (1.0 - self.beta_1) * grad)
+            v.assign(self.beta_2 * v + (1.0 - self.beta_2) * tf.square(grad))
+            var.assign_sub(alpha * m / (tf.sqrt(v) + self.epsilon))
+        self.iterations.assign_add(1)
+
+
+def learning_rate(config: TrainerConfig, step: tf.Tensor, total_steps: tf.Tensor) -> tf.Tensor:
+    """The learning rate at `step` (0-based): linear warmup, then constant, cosine or inverse-sqrt."""
+    step = tf.cast(step, tf.float32)
+    base = tf.constant(config.learning_rate, tf.float32)
+    warmup = float(config.warmup_steps)
+    if config.lr_schedule == "cosine":
+        span = tf.maximum(tf.cast(total_steps, tf.float32) - warmup, 1.0)
+        progress = tf.clip_by_value((step - warmup) / span, 0.0, 1.0)
+        rate = base * 0.5 * (1.0 + tf.cos(math.pi * progress))
+    elif config.lr_schedule == "inverse_sqrt":
+        rate = base * tf.sqrt(max(warmup, 1.0) / tf.maximum(step + 1.0, max(warmup, 1.0)))
+    else:
+        rate = base
+    if warmup > 0:
+        rate = rate * tf.minimum(1.0, (step + 1.0) / warmup)
+    return rate

@@ -1,0 +1,476 @@
+"""The training loop: compiled train step, eval, checkpoints, resume, early stopping, progress, signals."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
+
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from components.model import Seq2Seq
+from components.text.artifacts import PreprocessArtifact
+from components.trainer import checkpoints as ck
+from components.trainer.data import input_error, make_dataset, shard_files
+from components.trainer.optimizer import Adam, learning_rate
+from pipeline.config import PipelineConfig, config_from_dict, read_yaml
+from pipeline.errors import ArtifactError, UserError
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(UserError):
+    """SIGTERM/SIGINT: a checkpoint was saved; the same command resumes."""
+
+    exit_code = 130
+
+
+# ---------------------------------------------------------------- loss and steps
+
+
+def token_loss(model: Seq2Seq, batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(summed cross-entropy, real target tokens, correctly predicted tokens) under teacher forcing.
+
+    Only the real (non-padding) decoder positions are projected to the vocabulary: one
+    [tokens, U] x [U, V] matmul for the whole batch, no FLOPs spent on padding.
+    """
+    encoded = model.encode(batch["source_ids"], batch["source_length"])
+    states, _ = model.decoder_states(encoded, batch["target_input"])
+    mask = tf.sequence_mask(batch["target_length"], tf.shape(batch["target_output"])[1])
+    logits = model.project(tf.boolean_mask(states, mask))
+    labels = tf.boolean_mask(batch["target_output"], mask)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int64), labels)
+    return (tf.reduce_sum(losses), tf.cast(tf.size(labels), tf.float32),
+            tf.reduce_sum(tf.cast(correct, tf.float32)))
+
+
+def make_strategy(kind: str) -> tf.distribute.Strategy:
+    """`none`: the default strategy; `mirrored`: every GPU, else every (logical) CPU device;
+    `multi_worker`: MultiWorkerMirroredStrategy configured by TF_CONFIG."""
+    if kind == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        # NCCL is GPU-only; on CPUs reduce through one device.
+        return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[dict[str, Optional[str]]]:
+    """SIGTERM/SIGINT set a flag the loop checks after each step; a second SIGINT aborts at once."""
+    flag: dict[str, Optional[str]] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["signal"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+        logger.warning("%s received: saving a checkpoint after this step", flag["signal"])
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def scalar_summary(name: str, value: float, step: int) -> None:
+    """A TensorBoard scalar without importing the tensorboard package (not a dependency):
+    the same event `tensorboard.summary.scalar` writes, tagged for the scalars plugin."""
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars", content=b""))
+    tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=metadata)
+
+
+def format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+@dataclasses.dataclass
+class EpochTotals:
+    loss_sum: float = 0.0
+    tokens: float = 0.0
+    correct: float = 0.0
+    steps: int = 0
+    timed_tokens: float = 0.0
+    timed_seconds: float = 0.0
+
+    def add(self, stats: dict[str, float]) -> None:
+        self.loss_sum += stats["loss"] * stats["tokens"]
+        self.tokens += stats["tokens"]
+        self.correct += stats["correct"]
+        self.steps += 1
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.tokens if self.tokens else float("nan")
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.timed_tokens / self.timed_seconds if self.timed_seconds else float("nan")
+
+
+class Trainer:
+    """One training run into TRAIN_DIR; `run()` trains (or resumes) and returns the metrics."""
+
+    def __init__(self, examples: str, out: str, config: PipelineConfig):
+        self.out = out.rstrip("/")
+        self.artifact = PreprocessArtifact.load(examples)
+        if config.preprocess != self.artifact.preprocess:
+            logger.info("using the preprocess settings of %s (the config's preprocess section is ignored)",
+                        self.artifact.directory)
+        # The run's config records the preprocess settings the TFRecords were written with.
+        self.config = dataclasses.replace(config, preprocess=self.artifact.preprocess)
+        self.t = self.config.trainer
+        self.source_vocab_size, self.target_vocab_size = ck.vocabulary_sizes(self.artifact)
+        self.train_files = shard_files(self.artifact, "train")
+        self.eval_files = self.artifact.split_files("eval")
+        if not self.eval_files:
+            logger.info("no eval split in %s: evaluating on the training split", self.artifact.directory)
+            self.eval_files = self.train_files
+        self.strategy = make_strategy(self.t.distribution)
+        self.chief = is_chief(self.strategy)
+        self.train_examples = self._count_train_examples()
+
+    # ------------------------------------------------------------ setup
+
+    def _count_train_examples(self) -> int:
+        try:
+            count = int(self.artifact.stats()["records_written"]["train"])
+            if count > 0:
+                return count
+        except (KeyError, TypeError, ValueError, tf.errors.OpError):
+            pass
+        try:
+            return int(tf.data.TFRecordDataset(self.train_files, compression_type="GZIP")
+                       .reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+        except tf.errors.OpError as e:
+            raise input_error(e, self.train_files, self.artifact) from None
+
+    def _check_existing_run(self) -> None:
+        """An existing TRAIN_DIR must have been trained with the same model shape and vocabularies."""
+        path = f"{self.out}/{ck.CONFIG}"
+        if not tf.io.gfile.exists(path):
+            return
+        previous = config_from_dict(read_yaml(path))
+        inputs = ck.read_json(f"{self.out}/{ck.INPUTS}") or {}
+        before = ck.shape_fields(previous, inputs.get("source_vocab_size", self.source_vocab_size),
+                                 inputs.get("target_vocab_size", self.target_vocab_size))
+        now = ck.shape_fields(self.config, self.source_vocab_size, self.target_vocab_size)
+        changed = [f"{key} {before[key]!r} -> {now[key]!r}" for key in now if before[key] != now[key]]
+        if changed:
+            raise ArtifactError(f"{self.out} holds a run that cannot resume with this config/input: "
+                                f"{'; '.join(changed)}. Use a new --out, or the original config and examples")
+
+    def _prepare_out(self) -> None:
+        self._check_existing_run()
+        if not self.chief:
+            return
+        tf.io.gfile.makedirs(self.out)
+        tmp = f"{self.out}/{ck.CONFIG}.tmp"
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(self.config.to_yaml())
+        tf.io.gfile.rename(tmp, f"{self.out}/{ck.CONFIG}", overwrite=True)
+        ck.write_json_atomic(f"{self.out}/{ck.INPUTS}", {
+            "examples": ck.absolute(self.artifact.directory),
+            "source_vocab_size": self.source_vocab_size,
+            "target_vocab_size": self.target_vocab_size,
+        })
+
+    def _build_state(self) -> None:
+        with self.strategy.scope():
+            self.model = Seq2Seq.from_config(self.config.model, self.source_vocab_size, self.target_vocab_size,
+                                             seed=self.t.seed)
+            self.variables = list(self.model.trainable_variables)
+            self.optimizer = Adam(self.variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")  # completed epochs
+            self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+            self.best_eval_loss = tf.Variable(float("inf"), trainable=False, name="best_eval_loss")
+            self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
+        self.checkpoint = ck.build_checkpoint(
+            self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch, best_eval_loss=self.best_eval_loss, bad_epochs=self.bad_epochs)
+        # Non-chief workers of a multi-worker run must save too (collective ops), but to scratch space.
+        root = self.out if self.chief else f"{self.out}/.worker-{self.strategy.cluster_resolver.task_id}"
+        self.manager = tf.train.CheckpointManager(self.checkpoint, f"{root}/{ck.CHECKPOINTS}",
+                                                  max_to_keep=self.t.keep_checkpoints, step_counter=self.step)
+        self.best_manager = tf.train.CheckpointManager(self.checkpoint, f"{root}/{ck.BEST}", max_to_keep=1,
+                                                       step_counter=self.step)
+        self.writer = (tf.summary.create_file_writer(f"{self.out}/{ck.TENSORBOARD}") if self.chief
+                       else tf.summary.create_noop_writer())
+
+    def _resume(self) -> bool:
+        latest = tf.train.latest_checkpoint(f"{self.out}/{ck.CHECKPOINTS}")
+        if not latest:
+            return False
+        ck.restore_into(self.checkpoint, latest, partial=False)
+        logger.info("resuming from %s: step %d, epoch %d (+%d steps)", latest, int(self.step.numpy()),
+                    int(self.epoch.numpy()), int(self.step_in_epoch.numpy()))
+        return True
+
+    # ------------------------------------------------------------ compiled steps
+
+    def _datasets(self, epoch: int) -> tf.data.Dataset:
+        return make_dataset(self.train_files, self.artifact, self.t.batch_size, training=True,
+                            seed=self.t.seed + epoch, shuffle_buffer=self.t.shuffle_buffer,
+                            bucket_by_length=self.t.bucket_by_length)
+
+    def _distribute(self, dataset: tf.data.Dataset):
+        if self.strategy is tf.distribute.get_strategy() and self.t.distribution == "none":
+            return dataset
+        return self.strategy.experimental_distribute_dataset(dataset)
+
+    def _compile(self) -> None:
+        strategy, model, variables, t = self.strategy, self.model, self.variables, self.t
+        # Built once: re-iterating a dataset is cheaper than rebuilding (and retracing) it every epoch.
+        self.eval_dataset = self._distribute(
+            make_dataset(self.eval_files, self.artifact, self.t.batch_size, training=False))
+        spec = self.eval_dataset.element_spec
+        total_steps = tf.constant(self.total_steps, tf.int64)
+
+        def reduce(value):
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+
+        def replica_grads(batch):
+            with tf.GradientTape() as tape:
+                loss_sum, tokens, correct = token_loss(model, batch)
+            grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss_sum, variables)]
+            return grads, loss_sum, tokens, correct
+
+        # One trace: the signature leaves batch and length dimensions unknown.
+        @tf.function(input_signature=[spec])
+        def train_step(batch):
+            grads, loss_sum, tokens, correct = strategy.run(replica_grads, args=(batch,))
+            tokens = reduce(tokens)
+            denominator = tf.maximum(tokens, 1.0)
+            # Sum over replicas then divide by all real tokens: the same mean as on one device.
+            grads = [reduce(g) / denominator for g in grads]
+            norm = tf.linalg.global_norm(grads)
+            if t.clip_norm > 0:
+                grads, _ = tf.clip_by_global_norm(grads, t.clip_norm, use_norm=norm)
+            rate = learning_rate(t, self.step, total_steps)
+            self.optimizer.apply(grads, variables, rate)
+            self.step.assign_add(1)
+            return {"loss": reduce(loss_sum) / denominator, "tokens": tokens, "correct": reduce(correct),
+                    "grad_norm": norm, "learning_rate": rate}
+
+        @tf.function(input_signature=[spec])
+        def eval_step(batch):
+            loss_sum, tokens, correct = strategy.run(lambda b: token_loss(model, b), args=(batch,))
+            return {"loss_sum": reduce(loss_sum), "tokens": reduce(tokens), "correct": reduce(correct)}
+
+        self.train_step, self.eval_step = train_step, eval_step
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.train_examples / self.t.batch_size))
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.t.epochs
+
+    # ------------------------------------------------------------ loop
+
+    def _numpy(self, stats: dict[str, tf.Tensor]) -> dict[str, float]:
+        return {k: float(v.numpy()) for k, v in stats.items()}
+
+    def _evaluate(self) -> dict[str, float]:
+        loss_sum = tokens = correct = 0.0
+        try:
+            for batch in self.eval_dataset:
+                stats = self._numpy(self.eval_step(batch))
+                loss_sum, tokens, correct = loss_sum + stats["loss_sum"], tokens + stats["tokens"], \
+                    correct + stats["correct"]
+        except tf.errors.OpError as e:
+            raise self._input_error(e, self.eval_files) from None
+        return {"eval_loss": loss_sum / max(tokens, 1.0), "token_accuracy": correct / max(tokens, 1.0)}
+
+    def _input_error(self, error: tf.errors.OpError, files) -> ArtifactError:
+        message = error.message or ""
+        if "indices" in message and "is not in [0," in message:
+            return ArtifactError(f"a token id in {self.artifact.directory} is outside its vocabulary: the "
+                                 f"TFRecords and *.vocab files come from different preprocess runs")
+        return input_error(error, files, self.artifact)
+
+    def _log_progress(self, epoch: int, totals: EpochTotals, stats: dict[str, float], started: float) -> None:
+        done_steps = int(self.step.numpy())
+        remaining = max(self.total_steps - done_steps, 0)
+        seconds_per_step = totals.timed_seconds / max(totals.steps - 1, 1) if totals.timed_seconds else float("nan")
+        logger.info("epoch %d/%d step %d (%d/%d) loss %.4f tok/s %.0f lr %.3g ETA %s", epoch + 1, self.t.epochs,
+                    done_steps, totals.steps, self.steps_per_epoch, stats["loss"], totals.tokens_per_second,
+                    stats["learning_rate"], format_seconds(remaining * seconds_per_step))
+
+    def _save(self, reason: str) -> str:
+        path = self.manager.save(checkpoint_number=self.step)
+        logger.info("checkpoint %s (%s)", path, reason)
+        return path
+
+    def run(self) -> dict[str, Any]:
+        self._prepare_out()
+        self._build_state()
+        resumed = self._resume()
+        metrics = (ck.read_json(f"{self.out}/{ck.METRICS}") or {}) if resumed else {}
+        history = [h for h in metrics.get("history", []) if h["epoch"] <= int(self.epoch.numpy())]
+        if int(self.epoch.numpy()) >= self.t.epochs or self._stopped_early():
+            logger.info("%s is already trained (%d epochs); nothing to do", self.out, int(self.epoch.numpy()))
+            previous_rate = metrics.get("train_tokens_per_second")
+            return self._write_metrics(history, metrics.get("wall_time_s", 0.0),
+                                       float("nan") if previous_rate is None else previous_rate,
+                                       stopped_early=self._stopped_early())
+        self._compile()
+        run_started = time.perf_counter()
+        steady = EpochTotals()  # steps after the first one (tracing) of this process
+        first_step = True
+        with stop_on_signals() as stop, self.writer.as_default():
+            while int(self.epoch.numpy()) < self.t.epochs and not self._stopped_early():
+                epoch = int(self.epoch.numpy())
+                totals = EpochTotals()
+                skip = int(self.step_in_epoch.numpy())
+                dataset = self._distribute(self._datasets(epoch).skip(skip))
+                epoch_started = tick = time.perf_counter()
+                try:
+                    for batch in dataset:
+                        stats = self._numpy(self.train_step(batch))
+                        now = time.perf_counter()
+                        totals.add(stats)
+                        if not first_step:
+                            for agg in (totals, steady):
+                                agg.timed_tokens += stats["tokens"]
+                                agg.timed_seconds += now - tick
+                        first_step = False
+                        self.step_in_epoch.assign_add(1)
+                        step = int(self.step.numpy())
+                        if step % self.t.log_every_steps == 0:
+                            self._log_progress(epoch, totals, stats, epoch_started)
+                            scalar_summary("train/loss", stats["loss"], step=step)
+                            scalar_summary("train/learning_rate", stats["learning_rate"], step=step)
+                            scalar_summary("train/grad_norm", stats["grad_norm"], step=step)
+                            if math.isfinite(totals.tokens_per_second):
+                                scalar_summary("train/tokens_per_second", totals.tokens_per_second, step=step)
+                        if self.t.checkpoint_every_steps and step % self.t.checkpoint_every_steps == 0:
+                            self._save(f"every {self.t.checkpoint_every_steps} steps")
+                        if stop["signal"]:
+                            path = self._save(stop["signal"])
+                            self._write_metrics(history, metrics.get("wall_time_s", 0.0)
+                                                + time.perf_counter() - run_started, steady.tokens_per_second)
+                            raise TrainingInterrupted(
+                                f"training stopped by {stop['signal']} at step {step}; checkpoint {path} saved. "
+                                f"Run the same command again to resume")
+                        tick = time.perf_counter()
+                except tf.errors.OpError as e:
+                    raise self._input_error(e, self.train_files) from None
+                history.append(self._end_epoch(epoch, totals, stats if totals.steps else {}, epoch_started))
+                self._write_metrics(history, metrics.get("wall_time_s", 0.0) + time.perf_counter() - run_started,
+                                    steady.tokens_per_second)
+        self.writer.flush()
+        return self._write_metrics(history, metrics.get("wall_time_s", 0.0) + time.perf_counter() - run_started,
+                                   steady.tokens_per_second, stopped_early=self._stopped_early())
+
+    def _stopped_early(self) -> bool:
+        patience = self.t.early_stopping_patience
+        return bool(patience) and int(self.bad_epochs.numpy()) >= patience
+
+    def _end_epoch(self, epoch: int, totals: EpochTotals, last: dict[str, float], started: float) -> dict[str, Any]:
+        """Evaluate, keep the best checkpoint, count patience, save, log and summarize one epoch."""
+        evaluation = self._evaluate()
+        step = int(self.step.numpy())
+        improved = evaluation["eval_loss"] < float(self.best_eval_loss.numpy())
+        if improved:
+            self.best_eval_loss.assign(evaluation["eval_loss"])
+            self.bad_epochs.assign(0)
+        else:
+            self.bad_epochs.assign_add(1)
+        self.epoch.assign(epoch + 1)
+        self.step_in_epoch.assign(0)
+        if improved:
+            self.best_manager.save(checkpoint_number=self.step)
+        self._save(f"end of epoch {epoch + 1}")
+        rate = last.get("learning_rate", float("nan"))
+        entry = {"epoch": epoch + 1, "step": step, "train_loss": totals.loss, "eval_loss": evaluation["eval_loss"],
+                 "token_accuracy": evaluation["token_accuracy"], "train_token_accuracy": totals.correct / max(
+                     totals.tokens, 1.0), "train_tokens_per_second": totals.tokens_per_second,
+                 "learning_rate": rate, "seconds": time.perf_counter() - started}
+        scalar_summary("eval/loss", entry["eval_loss"], step=step)
+        scalar_summary("eval/token_accuracy", entry["token_accuracy"], step=step)
+        scalar_summary("train/epoch_loss", entry["train_loss"], step=step)
+        remaining = (self.t.epochs - epoch - 1) * entry["seconds"]
+        logger.info("epoch %d/%d step %d loss %.4f eval_loss %.4f token_acc %.3f tok/s %.0f lr %.3g%s ETA %s",
+                    epoch + 1, self.t.epochs, step, entry["train_loss"], entry["eval_loss"], entry["token_accuracy"],
+                    entry["train_tokens_per_second"], rate, " (best)" if improved else "",
+                    format_seconds(remaining))
+        if self._stopped_early():
+            logger.info("early stopping: eval loss has not improved for %d epochs (best %.4f)",
+                        int(self.bad_epochs.numpy()), float(self.best_eval_loss.numpy()))
+        return entry
+
+    def _write_metrics(self, history: list[dict[str, Any]], wall_time: float, tokens_per_second: float,
+                       stopped_early: bool = False) -> dict[str, Any]:
+        best = min(history, key=lambda h: h["eval_loss"]) if history else {}
+        final = history[-1] if history else {}
+        metrics = {
+            "final_eval_loss": final.get("eval_loss"),
+            "best_eval_loss": best.get("eval_loss"),
+            "best_epoch": best.get("epoch"),
+            "token_accuracy": final.get("token_accuracy"),
+            "best_token_accuracy": best.get("token_accuracy"),
+            "steps": int(self.step.numpy()),
+            "epochs": int(self.epoch.numpy()),
+            "stopped_early": stopped_early,
+            "wall_time_s": wall_time,
+            "train_tokens_per_second": tokens_per_second if math.isfinite(tokens_per_second) else None,
+            "distribution": self.t.distribution,
+            "replicas": self.strategy.num_replicas_in_sync,
+            "history": history,
+        }
+        if self.chief:
+            ck.write_json_atomic(f"{self.out}/{ck.METRICS}", _finite(metrics))
+        return metrics
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/Infinity: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def run_training(examples: str, out: str, config: PipelineConfig) -> dict[str, Any]:
+    """Train (or resume) into OUT from the preprocess output EXAMPLES; returns the metrics dict."""
+    tf.random.set_seed(config.trainer.seed)
+    return Trainer(examples, out, config).run()

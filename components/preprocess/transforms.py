@@ -179,36 +179,33 @@ class CountTokensFn(_TokenizingFn):
         self.apply_length_policy = apply_length_policy
 
     def process(self, batch: RecordBatch, wordpiece: Optional[Mapping[str, Sequence[str]]] = None):
-        tf = _tf()
         if self._tokenizers is None:
-            self._tokenizers = self._make_tokenizers(wordpiece)
-            self._count = {side: tf.function(self._make_count(tok), input_signature=[
-                tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.bool)])
-                for side, tok in self._tokenizers.items()}
-            self._lengths = {side: tf.function(lambda t, tok=tok: tok.tokenize(t).row_lengths(),
-                                               input_signature=[tf.TensorSpec([None], tf.string)])
-                             for side, tok in self._tokenizers.items()}
-        keep = ~self._split_flags(batch)
-        texts = {"source": batch.sources, "target": batch.targets}
-        lengths = {side: self._lengths[side](texts[side]).numpy() for side in SIDES}
-        keep &= (lengths["source"] > 0) & (lengths["target"] > 0)
-        if self.apply_length_policy and self.config.length_policy == "reject":
-            keep &= lengths["source"] <= self.config.max_source_length
-            keep &= lengths["target"] <= self.config.max_target_length - 2
-        if not keep.any():
-            return
-        for side in SIDES:
-            tokens, counts = self._count[side](texts[side], keep)
-            yield side, dict(zip(tokens.numpy().tolist(), counts.numpy().tolist()))
-
-    @staticmethod
-    def _make_count(tokenizer):
-        def count(texts, keep):
             tf = _tf()
-            tokens = tokenizer.tokenize(tf.boolean_mask(texts, keep)).flat_values
-            unique, _, counts = tf.unique_with_counts(tokens, out_idx=tf.int64)
-            return unique, counts
-        return count
+            self._tokenizers = self._make_tokenizers(wordpiece)
+            # One traced function for both sides: tracing tensorflow-text tokenizers takes seconds.
+            self._count = tf.function(self._count_impl, input_signature=[
+                tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.bool)])
+        train = ~self._split_flags(batch)
+        if not train.any():
+            return
+        for side, (tokens, counts) in zip(SIDES, self._count(batch.sources, batch.targets, train)):
+            if len(tokens):
+                yield side, dict(zip(tokens.numpy().tolist(), counts.numpy().tolist()))
+
+    def _count_impl(self, sources, targets, train):
+        """Token counts of each side over the train records that the encoder will not reject."""
+        tf = _tf()
+        tokens = [self._tokenizers["source"].tokenize(sources), self._tokenizers["target"].tokenize(targets)]
+        lengths = [t.row_lengths() for t in tokens]
+        keep = train & (lengths[0] > 0) & (lengths[1] > 0)
+        if self.apply_length_policy and self.config.length_policy == "reject":
+            keep &= (lengths[0] <= self.config.max_source_length) & (lengths[1] <= self.config.max_target_length - 2)
+        result = []
+        for side_tokens in tokens:
+            kept = tf.ragged.boolean_mask(side_tokens, keep).flat_values
+            unique, _, counts = tf.unique_with_counts(kept, out_idx=tf.int64)
+            result.append((unique, counts))
+        return result
 
 
 class SumCountsFn(beam.CombineFn):
@@ -301,19 +298,26 @@ class EncodeAndWriteFn(_TokenizingFn):
                                  name="source_encoder")
         target = SequenceEncoder(tokenizers["target"], list(vocabularies["target"]), c.max_target_length,
                                  name="target_encoder")
-        spec = [tf.TensorSpec([None], tf.string)]
-        self._encoders = {"source": tf.function(source.encode_source, input_signature=spec),
-                          "target": tf.function(target.encode_target, input_signature=spec)}
         self._modules = (source, target)  # keep the lookup tables alive
+        spec = [tf.TensorSpec([None], tf.string)] * 2
+        self._encoders = tf.function(self._encode_impl, input_signature=spec)
+
+    def _encode_impl(self, sources, targets):
+        """Both sides in one traced function (tracing tensorflow-text tokenizers takes seconds)."""
+        from components.text.tokenizers import normalize
+
+        source, target = self._modules
+        return (source.encode_source(sources), target.encode_target(targets),
+                normalize(sources, self.config.lowercase), normalize(targets, self.config.lowercase))
 
     def process(self, batch: RecordBatch, vocabularies: Mapping[str, Sequence[str]], wordpiece=None):
         if self._encoders is None:
             self._build(vocabularies, wordpiece)
         assert self._encoders is not None
-        src = {k: v.numpy() for k, v in self._encoders["source"](batch.sources).items()}
-        tgt = {k: v.numpy() for k, v in self._encoders["target"](batch.targets).items()}
-        source_text = self._normalize(batch.sources).numpy()
-        target_text = self._normalize(batch.targets).numpy()
+        src, tgt, source_text, target_text = self._encoders(batch.sources, batch.targets)
+        src = {k: v.numpy() for k, v in src.items()}
+        tgt = {k: v.numpy() for k, v in tgt.items()}
+        source_text, target_text = source_text.numpy(), target_text.numpy()
         evals = self._split_flags(batch, source_text.tolist())
         reasons = self._reject_reasons(src["full_length"], tgt["full_length"])
         for i in np.flatnonzero(reasons != ""):

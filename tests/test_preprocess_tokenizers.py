@@ -1,0 +1,75 @@
+"""Tokenizers inside the job, and train/serve parity: the artifact's encoder reproduces the TFRecords."""
+import numpy as np
+import pytest
+
+from components.preprocess.examples import serialize_examples
+from components.text.artifacts import PreprocessArtifact
+from tests.preprocess_helpers import SEED_TSV, config, read_examples, run, vocab, write_lines
+from tests.test_preprocess_runner import synthetic_pairs
+
+
+def _assert_parity(out):
+    """Encoding source_text/target_text with the artifact's SequenceEncoders gives the written ids."""
+    artifact = PreprocessArtifact.load(str(out))
+    rows = read_examples(out, "train")
+    src = artifact.encoder("source").encode_source([r["source_text"] for r in rows])
+    tgt = artifact.encoder("target").encode_target([r["target_text"] for r in rows])
+    assert src["source_ids"].numpy().tolist() == [r["source_ids"] for r in rows]
+    assert tgt["target_input"].numpy().tolist() == [r["target_input"] for r in rows]
+    assert tgt["target_output"].numpy().tolist() == [r["target_output"] for r in rows]
+    return artifact, rows
+
+
+def test_seed_ids_match_the_serving_encoder(tmp_path):
+    run(SEED_TSV, tmp_path / "out", config(embedded=True))
+    _assert_parity(tmp_path / "out")
+
+
+def test_unicode_script_splits_punctuation_and_scripts(tmp_path):
+    data = write_lines(tmp_path / "c.tsv", ["Hello, world!\t안녕,세상!", "TF2.21rocks\tTF는좋다"])
+    out = tmp_path / "out"
+    run(data, out, config("preprocess.tokenizer=unicode_script", "preprocess.eval_fraction=0"))
+    assert set(vocab(out, "source")[4:]) == {"Hello", ",", "world", "!", "TF", "2.21", "rocks"}
+    assert set(vocab(out, "target")[4:]) == {"안녕", ",", "세상", "!", "TF", "는좋다"}
+    _assert_parity(out)
+
+
+@pytest.mark.slow
+def test_wordpiece_learns_subwords_and_round_trips(tmp_path):
+    data = write_lines(tmp_path / "c.tsv", synthetic_pairs(600))
+    out = tmp_path / "out"
+    stats = run(data, out, config("preprocess.tokenizer=wordpiece", "preprocess.wordpiece_vocab_size=120",
+                                  "preprocess.eval_fraction=0", "preprocess.max_target_length=40"))
+    pieces = (out / "target.wordpiece.vocab").read_text(encoding="utf-8").split("\n")[:-1]
+    assert pieces[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
+    assert any(p.startswith("##") for p in pieces) and len(pieces) <= 130
+    target_vocab = vocab(out, "target")
+    assert any(t.startswith("##") for t in target_vocab) and "<unk>" not in target_vocab[4:]
+    artifact, rows = _assert_parity(out)
+    # ids -> pieces -> detokenized text gives back the (normalized) target
+    tokenizer = artifact.tokenizer("target")
+    for row in rows[:50]:
+        length = row["target_length"] - 1
+        tokens = [[target_vocab[i] for i in row["target_output"][:length]]]
+        import tensorflow as tf
+
+        text = tokenizer.detokenize(tf.ragged.constant(tokens)).numpy()[0].decode("utf-8")
+        assert text == row["target_text"]
+    assert stats["lengths"]["target"]["max"] > stats["lengths"]["source"]["max"] // 2
+
+
+def test_example_bytes_equal_tf_train_example_serialization():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    ints = {"source_ids": rng.integers(0, 40000, (16, 7)), "source_length": rng.integers(0, 8, 16),
+            "target_output": rng.integers(0, 2**40, (16, 5))}
+    ints["source_ids"][0, 0] = -3
+    texts = {"source_text": [f"문장 {i}".encode() for i in range(16)], "target_text": [b""] * 16}
+    fast = serialize_examples(ints, texts)
+    for i in range(16):
+        feature = {k: tf.train.Feature(int64_list=tf.train.Int64List(value=np.atleast_1d(v[i]).tolist()))
+                   for k, v in ints.items()}
+        feature.update({k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v[i]])) for k, v in texts.items()})
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        assert fast[i] == example.SerializeToString(deterministic=True)

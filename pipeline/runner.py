@@ -64,6 +64,7 @@ def _read_json(path: str) -> dict[str, Any]:
 def _write_json_atomic(path: str, data: dict[str, Any]) -> None:
     import tensorflow as tf
 
+    tf.io.gfile.makedirs(os.path.dirname(path))
     tmp = f"{path}.tmp"
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
@@ -321,7 +322,7 @@ def _reuse_served_evaluation(state: RunState, progress: "Progress") -> None:
         if manifest.get("components", {}).get("export", {}).get("fingerprint") == state.fingerprints["export"] \
                 and entry.get("status") in (SUCCEEDED, CACHED) and tf.io.gfile.exists(entry.get("output", "")):
             state.outputs["evaluate"] = entry["output"]
-            state.components["evaluate"] = {**entry, "status": CACHED,
+            state.components["evaluate"] = {**entry, "status": CACHED, "seconds": 0.0,
                                             "cached_from": entry.get("cached_from") or manifest["run_id"]}
             state.metrics.update({k: v for k, v in entry.get("metrics", {}).items()
                                   if k in ("bleu", "chrf", "exact_match", "eval_loss", "split", "blessed")})

@@ -98,9 +98,9 @@ def training_data_fingerprint(artifact) -> dict[str, Any]:
         except (ValueError, OSError) as e:
             logger.warning("could not read %s/stats.json: %s", artifact.directory, e)
             stats = {}
-        for key in ("fingerprint", "input_fingerprint", "data_fingerprint", "counts", "examples"):
+        for key in ("records_read", "records_written", "rejected_total", "vocabulary_size", "tokenizer"):
             if key in stats:
-                fingerprint[f"stats_{key}"] = stats[key]
+                fingerprint[key] = stats[key]
     return fingerprint
 
 

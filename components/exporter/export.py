@@ -144,20 +144,33 @@ def _publish(tmp: str, out: str, overwrite: bool) -> None:
         tf.io.gfile.rmtree(old)
 
 
-def run_export(model_dir: str, out: str, overrides: Sequence[str] = (), overwrite: bool = False) -> str:
-    """Export the best (else latest) checkpoint in MODEL_DIR as a SavedModel at OUT; returns OUT."""
+def export_model(model, artifact, out: str, config: Optional[PipelineConfig] = None,
+                 checkpoint: Optional[str] = None, metrics: Optional[dict[str, Any]] = None,
+                 overwrite: bool = False) -> str:
+    """Save an in-memory `Seq2Seq` built for `artifact` (a PreprocessArtifact) as a SavedModel at OUT.
+
+    `config` defaults to the preprocess output's config; its `export` section sets the decode length.
+    """
     from components.exporter.card import build_card
 
+    config = config or artifact.config
+    max_length = max_decode_length(config)
+    card = build_card(config, artifact, vocabulary_sizes(artifact), max_length,
+                      checkpoint=checkpoint, metrics=metrics)
+    logger.info("export: tracing and saving (tokenizer %s, max decode length %d)",
+                config.preprocess.tokenizer, max_length)
+    return save_module(lambda assets: build_module(model, artifact, max_length, assets), card, out, overwrite)
+
+
+def run_export(model_dir: str, out: str, overrides: Sequence[str] = (), overwrite: bool = False) -> str:
+    """Export the best (else latest) checkpoint in MODEL_DIR as a SavedModel at OUT; returns OUT."""
     started = time.monotonic()
     model_dir = model_dir.rstrip("/")
     config = export_config(model_dir, overrides)
-    max_length = max_decode_length(config)
+    max_decode_length(config)  # a bad override fails before the (slow) restore
     logger.info("export: restoring the model from %s", model_dir)
     model, artifact, checkpoint = _restore(model_dir)
-    card = build_card(config, artifact, vocabulary_sizes(artifact), max_length,
-                      checkpoint=str(checkpoint) if checkpoint else None, metrics=read_metrics(model_dir))
-    logger.info("export: tracing and saving (tokenizer %s, max decode length %d)",
-                config.preprocess.tokenizer, max_length)
-    path = save_module(lambda assets: build_module(model, artifact, max_length, assets), card, out, overwrite)
+    path = export_model(model, artifact, out, config, checkpoint=str(checkpoint) if checkpoint else None,
+                        metrics=read_metrics(model_dir), overwrite=overwrite)
     logger.info("export: wrote %s in %.1f s", path, time.monotonic() - started)
     return path

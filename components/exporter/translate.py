@@ -4,37 +4,68 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import select
 import sys
 from typing import Iterable, Iterator, Optional, TextIO
 
-from pipeline.errors import UserError
+from pipeline.errors import InputError, UserError
 
 logger = logging.getLogger(__name__)
 
 
-def _more_input_ready(stream: TextIO) -> bool:
-    """True if another line can be read without waiting (so an interactive pipe is answered at once)."""
+def _lines_from_fd(fd: int) -> Iterator[tuple[list[str], bool]]:
+    """(complete lines, whether more input is waiting right now) per read from a file descriptor."""
+    pending = b""
+    number = 0
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        *complete, pending = (pending + chunk).split(b"\n")
+        lines = []
+        for raw in complete:
+            number += 1
+            lines.append(_decode(raw, number))
+        yield lines, _ready(fd)
+    if pending:
+        yield [_decode(pending, number + 1)], False
+
+
+def _decode(raw: bytes, number: int) -> str:
     try:
-        ready, _, _ = select.select([stream], [], [], 0)
-    except (OSError, ValueError, TypeError, AttributeError, NotImplementedError):
-        return True  # not a selectable file (e.g. an in-memory stream): never blocks
+        return raw.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError as e:
+        raise InputError(f"stdin line {number}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def _ready(fd: int) -> bool:
+    ready, _, _ = select.select([fd], [], [], 0)
     return bool(ready)
 
 
 def stream_batches(stream: TextIO, batch_size: int) -> Iterator[list[str]]:
     """Lines of `stream` (newline stripped) in batches of at most `batch_size`.
 
-    A batch is also cut short when the next line is not yet available, so a line typed into an
-    interactive pipe is translated immediately instead of waiting for `batch_size` lines.
+    On a real file or pipe, a batch is also cut short when no further input is waiting, so a line
+    typed into an interactive pipe is translated at once instead of after `batch_size` lines.
     """
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        fd = None  # an in-memory stream: nothing ever waits, batch by size alone
+    if fd is None:
+        lines = ([line.rstrip("\r\n")] for line in iter(stream.readline, ""))
+        chunks: Iterable[tuple[list[str], bool]] = ((chunk, True) for chunk in lines)
+    else:
+        chunks = _lines_from_fd(fd)
     batch: list[str] = []
-    while True:
-        line = stream.readline()
-        if not line:
-            break
-        batch.append(line.rstrip("\r\n"))
-        if len(batch) >= batch_size or not _more_input_ready(stream):
+    for lines, more_waiting in chunks:
+        batch.extend(lines)
+        while len(batch) >= batch_size:
+            yield batch[:batch_size]
+            batch = batch[batch_size:]
+        if batch and not more_waiting:
             yield batch
             batch = []
     if batch:

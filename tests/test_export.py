@@ -1,0 +1,357 @@
+"""Export: a self-contained SavedModel that any TensorFlow program can load and run.
+
+Real Beam preprocessing, real training, real `tf.saved_model.save`/`load`, the real `saved_model_cli`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from export_fixtures import (  # noqa: F401  (fixtures)
+    BEAM_ARGS, REPO, seed_pairs, seed_run, synthetic_corpus, synthetic_run, write_tsv,
+)
+
+pytestmark = pytest.mark.slow
+VENV_BIN = Path(sys.executable).parent
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+def run_fresh_python(script: str, cwd: Path, *args: str) -> dict:
+    """Run `script` in a new interpreter that cannot import project code; return its last JSON line."""
+    prologue = textwrap.dedent("""
+        import importlib.util, sys
+        # The project is pip-installed in editable mode: drop its import hook so that only the
+        # SavedModel can provide tokenizer, vocabularies and decoder.
+        sys.meta_path = [f for f in sys.meta_path if "editable" not in str(getattr(f, "__module__", "")).lower()]
+        sys.path = [p for p in sys.path if "__editable__" not in p and p not in ("", ".")]
+        sys.path_importer_cache.clear()
+        for name in ("components", "pipeline", "schemas"):
+            assert importlib.util.find_spec(name) is None, name + " is importable"
+    """)
+    path = cwd / "fresh_check.py"
+    path.write_text(prologue + textwrap.dedent(script), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(path), *args], cwd=cwd, env=clean_env(),
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def parse_records(files: list[str], spec: dict) -> dict[str, np.ndarray]:
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1024)
+    parts = [tf.io.parse_example(batch, spec) for batch in dataset]
+    return {key: np.concatenate([p[key].numpy() for p in parts]) for key in spec}
+
+
+# ---------------------------------------------------------------- layout, card, seed acceptance
+
+
+def test_layout_assets_and_model_card(seed_run):
+    export, examples, train = Path(seed_run["export"]), Path(seed_run["examples"]), Path(seed_run["train"])
+    assert tf.saved_model.contains_saved_model(str(export))
+    assets = {p.name for p in (export / "assets").iterdir()}
+    assert {"source.vocab", "target.vocab", "README.md", "model_card.json"} <= assets
+    assert (export / "assets" / "source.vocab").read_bytes() == (examples / "source.vocab").read_bytes()
+    assert not [p for p in export.parent.iterdir() if ".tmp-" in p.name]  # nothing half-written left
+
+    card = json.loads((export / "assets" / "model_card.json").read_text(encoding="utf-8"))
+    assert card["tokenizer"] == {"name": "whitespace", "lowercase": False, "needs_tensorflow_text": False,
+                                 "tensorflow_text_requirement": None}
+    lines = lambda p: p.read_text(encoding="utf-8").count("\n")  # noqa: E731
+    assert card["vocabulary_sizes"] == {"source": lines(examples / "source.vocab"),
+                                        "target": lines(examples / "target.vocab")}
+    assert card["decoding"]["max_decode_length"] == 22  # embedded.yaml's preprocess.max_target_length
+    assert set(card["signatures"]) == {"serving_default", "translate_with_max_length", "encode", "source_tokens"}
+    assert set(card["signatures"]["serving_default"]["outputs"]) == {
+        "translation", "tokens", "token_ids", "length", "score", "attention"}
+    from components.exporter.card import sha256_files
+
+    assert card["training_data"]["vocabulary_sha256"] == sha256_files(
+        [str(examples / "source.vocab"), str(examples / "target.vocab")])
+    assert card["training_data"]["records_written"] == {"train": 4, "eval": 0}
+    metrics = json.loads((Path(train) / "metrics.json").read_text())
+    assert card["eval_metrics"] == metrics
+    assert card["checkpoint"] and card["checkpoint"].startswith(str(train))
+    readme = (export / "assets" / "README.md").read_text(encoding="utf-8")
+    assert "serving_default" in readme and "import tensorflow_text" not in readme
+
+
+def test_seed_corpus_translates_exactly(seed_run):
+    from components.exporter.serving import load_translator
+
+    pairs = seed_pairs()
+    results = load_translator(seed_run["export"]).translate([s for s, _ in pairs])
+    assert [r.translation for r in results] == [t for _, t in pairs]
+    assert all(r.tokens[-1] == "<eos>" and r.tokens[:-1] == t.split() for r, (_, t) in zip(results, pairs))
+    assert all(r.score < 0 for r in results)
+
+
+def test_fresh_process_with_plain_tensorflow_loads_and_translates(seed_run, tmp_path):
+    out = run_fresh_python("""
+        import json, sys
+        import tensorflow as tf
+        model = tf.saved_model.load(sys.argv[1])
+        out = model.signatures["serving_default"](
+            text=tf.constant(["tensorflow is a framework for deep learning", "", "   ", "I feel hungry"]))
+        print(json.dumps({
+            "translation": [t.decode("utf-8") for t in out["translation"].numpy()],
+            "length": out["length"].numpy().tolist(),
+            "attention_shape": list(out["attention"].shape),
+            "tensorflow_text_loaded": "tensorflow_text" in sys.modules,
+        }))
+    """, tmp_path, seed_run["export"])
+    assert out["translation"] == ["텐서플로우는 딥러닝을 위한 프레임워크이다", "", "", "나는 배가 고프다"]
+    assert out["length"][:3] == [5, 0, 0]  # 4 words + <eos>; nothing for empty input
+    assert out["attention_shape"][0] == 4 and out["attention_shape"][2] == 20  # max_source_length
+    assert out["tensorflow_text_loaded"] is False
+
+
+def test_saved_model_cli_show_and_run(seed_run):
+    cli = str(VENV_BIN / "saved_model_cli")
+    show = subprocess.run([cli, "show", "--all", "--dir", seed_run["export"]], capture_output=True, text=True,
+                          env=clean_env(), timeout=180)
+    assert show.returncode == 0, show.stderr[-2000:]
+    for needle in ("signature_def['serving_default']", "signature_def['encode']", "inputs['text']",
+                   "outputs['translation']", "outputs['attention']", "outputs['source_ids']"):
+        assert needle in show.stdout
+    run = subprocess.run([cli, "run", "--dir", seed_run["export"], "--tag_set", "serve",
+                          "--signature_def", "serving_default", "--input_exprs", 'text=["I feel hungry"]'],
+                         capture_output=True, text=True, env=clean_env(), timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    # saved_model_cli prints the string tensor as numpy bytes reprs.
+    assert repr("나는 배가 고프다".encode("utf-8")) in run.stdout
+
+
+# ---------------------------------------------------------------- parity and equivalence
+
+
+def _records(examples: str, split: str) -> dict[str, np.ndarray]:
+    from components.text.artifacts import PreprocessArtifact
+
+    artifact = PreprocessArtifact.load(examples)
+    return parse_records(artifact.split_files(split), artifact.feature_spec())
+
+
+def _raw_by_normalized(sources: list[str], lowercase: bool = False) -> dict[bytes, str]:
+    from components.text.tokenizers import normalize
+
+    keys = normalize(tf.constant(sources), lowercase).numpy()
+    return {key: raw for key, raw in zip(keys, sources)}
+
+
+def test_encode_signature_reproduces_the_tfrecords(synthetic_run, synthetic_corpus, seed_run):
+    for run, sources, split in ((synthetic_run, [s for s, _ in synthetic_corpus], "eval"),
+                                (seed_run, [s for s, _ in seed_pairs()], "train")):
+        records = _records(run["examples"], split)
+        assert len(records["source_ids"]) >= 4
+        raw = _raw_by_normalized(sources)
+        texts = [raw[key] for key in records["source_text"]]  # the raw line, messy spacing and all
+        encode = tf.saved_model.load(run["export"]).signatures["encode"]
+        got = encode(text=tf.constant(texts))
+        np.testing.assert_array_equal(got["source_ids"].numpy(), records["source_ids"])
+        np.testing.assert_array_equal(got["source_length"].numpy(), records["source_length"])
+    # The eval split really exercised truncation and <unk>.
+    eval_records = _records(synthetic_run["examples"], "eval")
+    assert (eval_records["source_length"] == 12).any() and (eval_records["source_ids"] == 3).any()
+
+
+def test_savedmodel_equals_the_trainer_greedy_decoder(synthetic_run, synthetic_corpus):
+    from components.model.decoding import greedy_decode
+    from components.trainer.checkpoints import restore_model
+
+    model, config, artifact = restore_model(synthetic_run["train"])
+    records = {k: np.concatenate([_records(synthetic_run["examples"], s)[k] for s in ("train", "eval")])
+               for k in ("source_ids", "source_length", "source_text")}
+    raw = _raw_by_normalized([s for s, _ in synthetic_corpus])
+    texts = [raw[key] for key in records["source_text"]]
+    assert len(texts) >= 300
+    serve = tf.saved_model.load(synthetic_run["export"]).signatures["serving_default"]
+    target_vocab = artifact.vocabulary("target")
+    max_length = config.preprocess.max_target_length
+    decode = tf.function(lambda ids, length: greedy_decode(model, ids, length, max_length))
+    for start in range(0, len(texts), 64):
+        rows = slice(start, start + 64)
+        expected = {k: v.numpy() for k, v in decode(records["source_ids"][rows], records["source_length"][rows]).items()}
+        got = {k: v.numpy() for k, v in serve(text=tf.constant(texts[rows])).items()}
+        np.testing.assert_array_equal(got["length"], expected["length"])
+        np.testing.assert_array_equal(got["token_ids"], expected["token_ids"])
+        np.testing.assert_allclose(got["score"], expected["score"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got["attention"], expected["attention"], atol=1e-6)
+        for i, ids in enumerate(expected["token_ids"]):
+            words = [target_vocab.tokens[t] for t in ids[: expected["length"][i]] if t >= 4]
+            assert got["translation"][i].decode("utf-8") == " ".join(words)
+
+
+# ---------------------------------------------------------------- inputs, options, attention
+
+
+def test_empty_whitespace_and_unknown_inputs(seed_run):
+    model = tf.saved_model.load(seed_run["export"])
+    out = model.signatures["serving_default"](text=tf.constant(["", "   ", "\t \u00a0", "zzz qqq", "I feel hungry"]))
+    assert [t.decode() for t in out["translation"].numpy()[:3]] == ["", "", ""]
+    assert out["length"].numpy()[:3].tolist() == [0, 0, 0]
+    assert not out["tokens"].numpy()[:3].any() and not out["token_ids"].numpy()[:3].any()
+    assert out["score"].numpy()[:3].tolist() == [0.0, 0.0, 0.0]
+    assert not out["attention"].numpy()[:3].any()
+    assert out["length"].numpy()[3] > 0  # unknown words decode (from <unk>), they do not fail
+    assert out["translation"].numpy()[4].decode() == "나는 배가 고프다"
+    encoded = model.signatures["encode"](text=tf.constant(["zzz I qqq"]))
+    assert encoded["source_ids"].numpy()[0, :3].tolist()[0::2] == [3, 3]
+    assert encoded["source_length"].numpy().tolist() == [3]
+    empty = model.signatures["serving_default"](text=tf.constant([], tf.string))
+    assert empty["translation"].shape == (0,) and empty["attention"].shape[0] == 0
+
+
+def test_attention_rows_are_distributions_over_real_source_tokens(seed_run):
+    out = tf.saved_model.load(seed_run["export"]).signatures["serving_default"](
+        text=tf.constant(["tensorflow is very difficult", "I feel hungry"]))
+    attention, length = out["attention"].numpy(), out["length"].numpy()
+    for row, (n_source, n_out) in enumerate(zip([4, 3], length)):
+        np.testing.assert_allclose(attention[row, :n_out].sum(axis=-1), 1.0, rtol=1e-5)
+        assert not attention[row, :n_out, n_source:].any()  # padding is masked
+        assert not attention[row, n_out:].any()  # nothing after <eos>
+
+
+def test_max_decode_length_is_set_at_export_and_per_call(seed_run, tmp_path):
+    from components.exporter import run_export
+    from pipeline.config import ConfigError
+
+    short = run_export(seed_run["train"], str(tmp_path / "short"), overrides=["export.max_decode_length=2"])
+    model = tf.saved_model.load(short)
+    out = model.signatures["serving_default"](text=tf.constant(["tensorflow is a framework for deep learning"]))
+    assert out["token_ids"].shape[1] == 2 and out["length"].numpy().tolist() == [2]
+    assert out["translation"].numpy()[0].decode() == "텐서플로우는 딥러닝을"  # greedy is a prefix
+    card = json.loads((Path(short) / "assets" / "model_card.json").read_text(encoding="utf-8"))
+    assert card["decoding"]["max_decode_length"] == 2
+    one = model.signatures["translate_with_max_length"](text=tf.constant(["I feel hungry"]),
+                                                        max_length=tf.constant(1))
+    assert one["tokens"].numpy()[0].tolist() == ["나는".encode()]
+    with pytest.raises(ConfigError, match="export only takes export"):
+        run_export(seed_run["train"], str(tmp_path / "bad"), overrides=["model.units=8"])
+    with pytest.raises(ConfigError, match="max_decode_length"):
+        run_export(seed_run["train"], str(tmp_path / "bad"), overrides=["export.max_decode_length=0"])
+    assert not (tmp_path / "bad").exists()
+
+
+def test_attention_none_gives_zeros_of_the_right_shape(seed_run, tmp_path):
+    from components.exporter.export import export_model
+    from components.model.seq2seq import Seq2Seq
+    from components.text.artifacts import PreprocessArtifact
+    from pipeline.config import load_config
+
+    artifact = PreprocessArtifact.load(seed_run["examples"])
+    config = load_config(str(REPO / "pipeline" / "embedded.yaml"), ["model.attention=none"])
+    model = Seq2Seq.from_config(config.model, len(artifact.vocabulary("source")),
+                                len(artifact.vocabulary("target")))
+    out = tf.saved_model.load(export_model(model, artifact, str(tmp_path / "none"), config)) \
+        .signatures["serving_default"](text=tf.constant(["I feel hungry", "tensorflow is very difficult"]))
+    attention = out["attention"].numpy()
+    assert attention.shape == (2, out["token_ids"].shape[1], 20) and attention.shape[1] >= 1
+    assert not attention.any()
+
+
+# ---------------------------------------------------------------- tensorflow-text tokenizers
+
+
+def test_tensorflow_text_tokenizer_model_loads_in_a_fresh_process(tmp_path):
+    """WordPiece: tensorflow-text ops plus two more vocabulary assets (unicode_script needs only the ops)."""
+    from components.exporter.export import export_model
+    from components.model.seq2seq import Seq2Seq
+    from components.preprocess import run_preprocess
+    from components.text.artifacts import PreprocessArtifact
+    from pipeline.config import load_config
+
+    tokenizer = "wordpiece"
+    pairs = seed_pairs() + [("Hello, world! déjà-vu?", "안녕, 세계!")]
+    config = load_config(str(REPO / "pipeline" / "embedded.yaml"),
+                         [f"preprocess.tokenizer={tokenizer}", "preprocess.wordpiece_vocab_size=200"])
+    examples = str(tmp_path / "preprocess")
+    run_preprocess(str(write_tsv(tmp_path / "corpus.tsv", pairs)), examples, config, beam_args=BEAM_ARGS)
+    artifact = PreprocessArtifact.load(examples)
+    model = Seq2Seq.from_config(config.model, len(artifact.vocabulary("source")),
+                                len(artifact.vocabulary("target")))
+    export = export_model(model, artifact, str(tmp_path / "export"), config)
+    card = json.loads((Path(export) / "assets" / "model_card.json").read_text(encoding="utf-8"))
+    assert card["tokenizer"]["name"] == tokenizer and card["tokenizer"]["needs_tensorflow_text"] is True
+    assert "import tensorflow_text" in (Path(export) / "assets" / "README.md").read_text(encoding="utf-8")
+    assert {"source.wordpiece.vocab", "target.wordpiece.vocab"} <= set(os.listdir(Path(export) / "assets"))
+
+    records = _records(examples, "train")
+    raw = _raw_by_normalized([s for s, _ in pairs])
+    texts = [raw[key] for key in records["source_text"]]
+    out = run_fresh_python("""
+        import json, sys
+        import tensorflow as tf
+        try:
+            tf.saved_model.load(sys.argv[1])
+            failed_without = False
+        except Exception as e:  # the tokenizer's ops are not registered yet
+            failed_without = "not registered" in str(e) or "Op type" in str(e)
+        import tensorflow_text  # as the model card says
+        model = tf.saved_model.load(sys.argv[1])
+        texts = json.loads(sys.argv[2])
+        encoded = model.signatures["encode"](text=tf.constant(texts))
+        out = model.signatures["serving_default"](text=tf.constant(texts + [""]))
+        print(json.dumps({"failed_without": failed_without,
+                          "source_ids": encoded["source_ids"].numpy().tolist(),
+                          "source_length": encoded["source_length"].numpy().tolist(),
+                          "last_translation": out["translation"].numpy()[-1].decode()}))
+    """, tmp_path, export, json.dumps(texts))
+    assert out["failed_without"] is True
+    assert out["source_ids"] == records["source_ids"].tolist()
+    assert out["source_length"] == records["source_length"].tolist()
+    assert out["last_translation"] == ""
+
+
+# ---------------------------------------------------------------- atomic publication
+
+
+def test_export_is_written_to_a_temp_dir_and_renamed(seed_run, tmp_path):
+    from components.exporter import run_export
+    from components.exporter.card import build_card
+    from components.exporter.export import build_module, save_module, vocabulary_sizes
+    from components.trainer.checkpoints import restore_model
+    from pipeline.errors import ArtifactError
+
+    model, _, artifact = restore_model(seed_run["train"])
+    out = tmp_path / "model"
+    seen = {}
+
+    def failing_module(assets):
+        # The card is staged inside OUT.tmp-*, OUT itself does not exist while the export is written.
+        seen["tmp"] = [p.name for p in tmp_path.iterdir()]
+        seen["out_exists"] = out.exists()
+        module = build_module(model, artifact, 5, assets)
+
+        # The saver traces every tf.function it finds; this one fails half-way through the save.
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+        def broken(text):
+            raise RuntimeError("broken while saving")
+
+        module.broken = broken
+        return module
+
+    card = build_card(artifact.config, artifact, vocabulary_sizes(artifact), 5, None, None)
+    with pytest.raises(RuntimeError, match="broken while saving"):
+        save_module(failing_module, card, str(out))
+    assert seen["out_exists"] is False and any(name.startswith("model.tmp-") for name in seen["tmp"])
+    assert list(tmp_path.iterdir()) == []  # neither OUT nor the temp dir survives a failed export
+
+    run_export(seed_run["train"], str(out))
+    assert tf.saved_model.contains_saved_model(str(out))
+    with pytest.raises(ArtifactError, match="already exists"):
+        run_export(seed_run["train"], str(out))
+    run_export(seed_run["train"], str(out), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

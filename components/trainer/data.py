@@ -55,9 +55,10 @@ def make_dataset(
     batch_size: int,
     *,
     training: bool,
-    seed: Optional[int] = None,
+    seed: Optional[int | tf.Tensor] = None,
     shuffle_buffer: int = 10000,
     bucket_by_length: bool = False,
+    prefetch: bool = True,
 ) -> tf.data.Dataset:
     """Batches of {source_ids [B,S], source_length [B], target_input/output [B,T], target_length [B]}.
 
@@ -86,7 +87,8 @@ def make_dataset(
         # Parse whole batches at once: one vectorized parse_example per batch.
         dataset = dataset.batch(batch_size).map(lambda r: tf.io.parse_example(r, spec),
                                                 num_parallel_calls=AUTOTUNE, deterministic=True)
-    return dataset.map(cut_to_longest, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
+    dataset = dataset.map(cut_to_longest, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return dataset.prefetch(AUTOTUNE) if prefetch else dataset
 
 
 def find_unreadable_shard(files: Sequence[str], artifact: PreprocessArtifact) -> Optional[str]:

@@ -16,12 +16,16 @@ from tensorflow.core.framework import summary_pb2
 from components.model import Seq2Seq
 from components.text.artifacts import PreprocessArtifact
 from components.trainer import checkpoints as ck
-from components.trainer.data import input_error, make_dataset, shard_files
+from components.trainer.data import AUTOTUNE, input_error, make_dataset, shard_files
 from components.trainer.optimizer import Adam, learning_rate
 from pipeline.config import PipelineConfig, config_from_dict, read_yaml
 from pipeline.errors import ArtifactError, UserError
 
 logger = logging.getLogger(__name__)
+
+
+# Eval splits up to this size are held in memory as parsed batches (a few MB of int64 ids).
+EVAL_IN_MEMORY_EXAMPLES = 20000
 
 
 class TrainingInterrupted(UserError):
@@ -165,6 +169,14 @@ class Trainer:
 
     # ------------------------------------------------------------ setup
 
+    def _eval_examples(self) -> int:
+        if self.eval_files == self.train_files:
+            return self.train_examples
+        try:
+            return int(self.artifact.stats()["records_written"]["eval"])
+        except (KeyError, TypeError, ValueError, tf.errors.OpError):
+            return EVAL_IN_MEMORY_EXAMPLES + 1  # unknown: stream it
+
     def _count_train_examples(self) -> int:
         try:
             count = int(self.artifact.stats()["records_written"]["train"])
@@ -242,11 +254,6 @@ class Trainer:
 
     # ------------------------------------------------------------ compiled steps
 
-    def _datasets(self, epoch: int) -> tf.data.Dataset:
-        return make_dataset(self.train_files, self.artifact, self.t.batch_size, training=True,
-                            seed=self.t.seed + epoch, shuffle_buffer=self.t.shuffle_buffer,
-                            bucket_by_length=self.t.bucket_by_length)
-
     def _distribute(self, dataset: tf.data.Dataset):
         if self.strategy is tf.distribute.get_strategy() and self.t.distribution == "none":
             return dataset
@@ -254,10 +261,16 @@ class Trainer:
 
     def _compile(self) -> None:
         strategy, model, variables, t = self.strategy, self.model, self.variables, self.t
-        # Built once: re-iterating a dataset is cheaper than rebuilding (and retracing) it every epoch.
+        # Built once: re-iterating a dataset is cheaper than rebuilding (and retracing) it every epoch,
+        # and a small eval split is kept in memory, which also skips the iterator start-up.
         self.eval_dataset = self._distribute(
             make_dataset(self.eval_files, self.artifact, self.t.batch_size, training=False))
         spec = self.eval_dataset.element_spec
+        if self.t.distribution == "none" and self._eval_examples() <= EVAL_IN_MEMORY_EXAMPLES:
+            try:
+                self.eval_dataset = list(self.eval_dataset)
+            except tf.errors.OpError as e:
+                raise self._input_error(e, self.eval_files) from None
         total_steps = tf.constant(self.total_steps, tf.int64)
 
         def reduce(value):
@@ -346,57 +359,90 @@ class Trainer:
         if int(self.epoch.numpy()) >= self.t.epochs or self._stopped_early():
             logger.info("%s is already trained (%d epochs); nothing to do", self.out, int(self.epoch.numpy()))
             previous_rate = metrics.get("train_tokens_per_second")
-            return self._write_metrics(history, metrics.get("wall_time_s", 0.0),
-                                       float("nan") if previous_rate is None else previous_rate,
-                                       stopped_early=self._stopped_early())
+            return self._write_metrics(history, self._stopped_early(), metrics.get("wall_time_s", 0.0),
+                                       float("nan") if previous_rate is None else previous_rate)
         self._compile()
-        run_started = time.perf_counter()
-        steady = EpochTotals()  # steps after the first one (tracing) of this process
-        first_step = True
+        self.run_started = time.perf_counter()
+        self.previous_wall_time = metrics.get("wall_time_s", 0.0)
+        self.steady = EpochTotals()  # every step of this process but its first (which traces)
         with stop_on_signals() as stop, self.writer.as_default():
-            while int(self.epoch.numpy()) < self.t.epochs and not self._stopped_early():
-                epoch = int(self.epoch.numpy())
-                totals = EpochTotals()
-                skip = int(self.step_in_epoch.numpy())
-                dataset = self._distribute(self._datasets(epoch).skip(skip))
-                epoch_started = tick = time.perf_counter()
-                try:
-                    for batch in dataset:
-                        stats = self._numpy(self.train_step(batch))
-                        now = time.perf_counter()
-                        totals.add(stats)
-                        if not first_step:
-                            for agg in (totals, steady):
-                                agg.timed_tokens += stats["tokens"]
-                                agg.timed_seconds += now - tick
-                        first_step = False
-                        self.step_in_epoch.assign_add(1)
-                        step = int(self.step.numpy())
-                        if step % self.t.log_every_steps == 0:
-                            self._log_progress(epoch, totals, stats, epoch_started)
-                            scalar_summary("train/loss", stats["loss"], step=step)
-                            scalar_summary("train/learning_rate", stats["learning_rate"], step=step)
-                            scalar_summary("train/grad_norm", stats["grad_norm"], step=step)
-                            if math.isfinite(totals.tokens_per_second):
-                                scalar_summary("train/tokens_per_second", totals.tokens_per_second, step=step)
-                        if self.t.checkpoint_every_steps and step % self.t.checkpoint_every_steps == 0:
-                            self._save(f"every {self.t.checkpoint_every_steps} steps")
-                        if stop["signal"]:
-                            path = self._save(stop["signal"])
-                            self._write_metrics(history, metrics.get("wall_time_s", 0.0)
-                                                + time.perf_counter() - run_started, steady.tokens_per_second)
-                            raise TrainingInterrupted(
-                                f"training stopped by {stop['signal']} at step {step}; checkpoint {path} saved. "
-                                f"Run the same command again to resume")
-                        tick = time.perf_counter()
-                except tf.errors.OpError as e:
-                    raise self._input_error(e, self.train_files) from None
-                history.append(self._end_epoch(epoch, totals, stats if totals.steps else {}, epoch_started))
-                self._write_metrics(history, metrics.get("wall_time_s", 0.0) + time.perf_counter() - run_started,
-                                    steady.tokens_per_second)
+            try:
+                self._loop(history, stop)
+            except tf.errors.OpError as e:
+                raise self._input_error(e, self.train_files) from None
         self.writer.flush()
-        return self._write_metrics(history, metrics.get("wall_time_s", 0.0) + time.perf_counter() - run_started,
-                                   steady.tokens_per_second, stopped_early=self._stopped_early())
+        return self._write_metrics(history, stopped_early=self._stopped_early())
+
+    def _batches(self) -> Iterator[tuple[int, Any]]:
+        """(epoch, batch) for every remaining batch of the run, resuming mid-epoch where a checkpoint was.
+
+        Without distribution this is one tf.data pipeline over all epochs (each epoch shuffled with
+        seed + epoch), so no per-epoch rebuild or iterator start-up stalls the loop.
+        """
+        start, skip = int(self.epoch.numpy()), int(self.step_in_epoch.numpy())
+
+        def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
+            dataset = make_dataset(self.train_files, self.artifact, self.t.batch_size, training=True,
+                                   seed=self.t.seed + epoch, shuffle_buffer=self.t.shuffle_buffer,
+                                   bucket_by_length=self.t.bucket_by_length, prefetch=False)
+            return dataset.skip(tf.where(tf.equal(epoch, start), tf.constant(skip, tf.int64), 0))
+
+        if self.t.distribution == "none":
+            dataset = tf.data.Dataset.range(start, self.t.epochs).flat_map(
+                lambda e: epoch_batches(e).map(lambda b: (e, b))).prefetch(AUTOTUNE)
+            for epoch, batch in dataset:
+                yield int(epoch), batch
+            return
+        for epoch in range(start, self.t.epochs):
+            dataset = epoch_batches(tf.constant(epoch, tf.int64)).prefetch(AUTOTUNE)
+            for batch in self.strategy.experimental_distribute_dataset(dataset):
+                yield epoch, batch
+
+    def _loop(self, history: list[dict[str, Any]], stop: dict[str, Optional[str]]) -> None:
+        current, totals, last = None, EpochTotals(), {}
+        epoch_started = tick = time.perf_counter()
+        first_step = True
+        for epoch, batch in self._batches():
+            if epoch != current:
+                if current is not None:
+                    history.append(self._end_epoch(current, totals, last, epoch_started))
+                    self._write_metrics(history)
+                    if self._stopped_early():
+                        return
+                current, totals = epoch, EpochTotals()
+                epoch_started = tick = time.perf_counter()
+            last = self._numpy(self.train_step(batch))
+            now = time.perf_counter()
+            totals.add(last)
+            if not first_step:
+                for agg in (totals, self.steady):
+                    agg.timed_tokens += last["tokens"]
+                    agg.timed_seconds += now - tick
+            first_step = False
+            self.step_in_epoch.assign_add(1)
+            self._after_step(epoch, totals, last, epoch_started, history, stop)
+            tick = time.perf_counter()
+        if current is not None:
+            history.append(self._end_epoch(current, totals, last, epoch_started))
+            self._write_metrics(history)
+
+    def _after_step(self, epoch: int, totals: EpochTotals, stats: dict[str, float], epoch_started: float,
+                    history: list[dict[str, Any]], stop: dict[str, Optional[str]]) -> None:
+        """Progress line and TensorBoard scalars, periodic checkpoints, and the signal check."""
+        step = int(self.step.numpy())
+        if step % self.t.log_every_steps == 0:
+            self._log_progress(epoch, totals, stats, epoch_started)
+            for name in ("loss", "learning_rate", "grad_norm"):
+                scalar_summary(f"train/{name}", stats[name], step=step)
+            if math.isfinite(totals.tokens_per_second):
+                scalar_summary("train/tokens_per_second", totals.tokens_per_second, step=step)
+        if self.t.checkpoint_every_steps and step % self.t.checkpoint_every_steps == 0:
+            self._save(f"every {self.t.checkpoint_every_steps} steps")
+        if stop["signal"]:
+            path = self._save(stop["signal"])
+            self._write_metrics(history)
+            raise TrainingInterrupted(f"training stopped by {stop['signal']} at step {step}; checkpoint {path} "
+                                      f"saved. Run the same command again to resume")
 
     def _stopped_early(self) -> bool:
         patience = self.t.early_stopping_patience
@@ -435,8 +481,13 @@ class Trainer:
                         int(self.bad_epochs.numpy()), float(self.best_eval_loss.numpy()))
         return entry
 
-    def _write_metrics(self, history: list[dict[str, Any]], wall_time: float, tokens_per_second: float,
-                       stopped_early: bool = False) -> dict[str, Any]:
+    def _write_metrics(self, history: list[dict[str, Any]], stopped_early: bool = False,
+                       wall_time: Optional[float] = None, tokens_per_second: Optional[float] = None
+                       ) -> dict[str, Any]:
+        if wall_time is None:
+            wall_time = self.previous_wall_time + time.perf_counter() - self.run_started
+        if tokens_per_second is None:
+            tokens_per_second = self.steady.tokens_per_second
         best = min(history, key=lambda h: h["eval_loss"]) if history else {}
         final = history[-1] if history else {}
         metrics = {

@@ -92,9 +92,10 @@ def test_a_corrupt_corpus_fails_clearly_and_leaves_serving_alone(capsys, corpus,
 def test_changing_one_corpus_line_reruns_from_preprocessing(capsys, corpus, artifacts):
     with open(corpus / "seed.tsv", "a", encoding="utf-8") as f:
         f.write("I feel very hungry\t나는 매우 배가 고프다\n")
-    code, result, _ = run(capsys, corpus, artifacts)
+    # The same 2-epoch config as above: only the corpus changed, yet nothing is reused.
+    code, result, _ = run(capsys, corpus, artifacts, "--set", "trainer.epochs=2")
     assert result["cached"] == []
-    assert code in (0, 3)
+    assert code == 3
 
 
 def _wait_for(predicate, timeout):
@@ -109,7 +110,7 @@ def _wait_for(predicate, timeout):
 def test_a_run_killed_during_training_is_resumed_by_the_next_run(capsys, tmp_path):
     artifacts = tmp_path / "artifacts"
     args = ["run", "--data", str(SEED), "--artifacts", str(artifacts), "--config", EMBEDDED, "--json",
-            "--set", "trainer.epochs=400"]
+            "--set", "trainer.epochs=150"]
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -121,7 +122,7 @@ def test_a_run_killed_during_training_is_resumed_by_the_next_run(capsys, tmp_pat
         if proc.poll() is None:
             proc.kill()
     killed_dir = next(artifacts.glob("runs/*/train"))
-    code, result, _ = run(capsys, SEED, artifacts, "--set", "trainer.epochs=400")  # stale lock is taken over
+    code, result, _ = run(capsys, SEED, artifacts, "--set", "trainer.epochs=150")  # stale lock is taken over
     manifest = json.loads(Path(result["manifest"]).read_text())
     train = manifest["components"]["train"]
     assert train.get("resumed") is True and train["output"] == str(killed_dir)

@@ -86,6 +86,7 @@ def training_data_fingerprint(artifact) -> dict[str, Any]:
     files = [artifact.vocab_path("source"), artifact.vocab_path("target")]
     files += [p for p in (artifact.wordpiece_vocab_path("source"), artifact.wordpiece_vocab_path("target")) if p]
     records = artifact.split_files("train")
+    logger.info("export: fingerprinting the vocabularies and %d train shard(s)", len(records))
     fingerprint: dict[str, Any] = {
         "preprocess_dir": artifact.directory,
         "vocabulary_sha256": sha256_files(files),

@@ -61,15 +61,11 @@ def count_lines(path: str) -> int:
 
 
 def _restore(train_dir: str):
-    """(model, preprocess artifact, checkpoint description) via the trainer's own restore helper."""
+    """(model, preprocess artifact, checkpoint path) via the trainer's own restore helper."""
     from components.trainer.checkpoints import restore_model
 
-    restored = restore_model(train_dir)
-    model, _, artifact = restored[:3]
-    checkpoint = getattr(model, "restored_from", None)
-    if checkpoint is None and len(restored) > 3:
-        checkpoint = restored[3]
-    return model, artifact, checkpoint
+    model, _, artifact = restore_model(train_dir)
+    return model, artifact, getattr(model, "restored_from", None)
 
 
 def build_module(model, artifact, max_length: int, extra_assets: Optional[dict[str, str]] = None):

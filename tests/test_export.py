@@ -224,11 +224,12 @@ def test_attention_rows_are_distributions_over_real_source_tokens(seed_run):
         assert not attention[row, n_out:].any()  # nothing after <eos>
 
 
-def test_max_decode_length_is_set_at_export_and_per_call(seed_run, tmp_path):
-    from components.exporter import run_export
-    from pipeline.config import ConfigError
+def test_max_decode_length_is_set_at_export_and_per_call(seed_run, tmp_path, caplog):
+    from pipeline.cli import main
 
-    short = run_export(seed_run["train"], str(tmp_path / "short"), overrides=["export.max_decode_length=2"])
+    short = str(tmp_path / "short")
+    assert main(["export", "--model", seed_run["train"], "--out", short,
+                 "--set", "export.max_decode_length=2"]) == 0
     model = tf.saved_model.load(short)
     out = model.signatures["serving_default"](text=tf.constant(["tensorflow is a framework for deep learning"]))
     assert out["token_ids"].shape[1] == 2 and out["length"].numpy().tolist() == [2]
@@ -238,11 +239,15 @@ def test_max_decode_length_is_set_at_export_and_per_call(seed_run, tmp_path):
     one = model.signatures["translate_with_max_length"](text=tf.constant(["I feel hungry"]),
                                                         max_length=tf.constant(1))
     assert one["tokens"].numpy()[0].tolist() == ["나는".encode()]
-    with pytest.raises(ConfigError, match="export only takes export"):
-        run_export(seed_run["train"], str(tmp_path / "bad"), overrides=["model.units=8"])
-    with pytest.raises(ConfigError, match="max_decode_length"):
-        run_export(seed_run["train"], str(tmp_path / "bad"), overrides=["export.max_decode_length=0"])
-    assert not (tmp_path / "bad").exists()
+    bad = str(tmp_path / "bad")
+    assert main(["export", "--model", seed_run["train"], "--out", bad, "--set", "model.units=8"]) == 2
+    assert main(["export", "--model", seed_run["train"], "--out", bad, "--set", "export.max_decode_length=0"]) == 2
+    assert main(["export", "--model", str(tmp_path), "--out", bad]) == 1
+    assert main(["export", "--model", seed_run["train"], "--out", short]) == 1
+    assert "export only takes export.* overrides" in caplog.text
+    assert "export.max_decode_length: must be at least 1" in caplog.text
+    assert "is not a training folder" in caplog.text and "already exists" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["short"]
 
 
 def test_attention_none_gives_zeros_of_the_right_shape(seed_run, tmp_path):

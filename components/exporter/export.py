@@ -41,6 +41,7 @@ def max_decode_length(config: PipelineConfig) -> int:
 
 
 def read_metrics(train_dir: str) -> Optional[dict[str, Any]]:
+    """The scalar entries of TRAIN_DIR/metrics.json (the per-epoch history stays there), or None."""
     import tensorflow as tf
 
     path = f"{train_dir}/metrics.json"
@@ -48,9 +49,12 @@ def read_metrics(train_dir: str) -> Optional[dict[str, Any]]:
         return None
     with tf.io.gfile.GFile(path) as f:
         try:
-            return json.load(f)
+            metrics = json.load(f)
         except ValueError as e:
             raise ArtifactError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(metrics, dict):
+        raise ArtifactError(f"{path}: expected a JSON object")
+    return {key: value for key, value in metrics.items() if not isinstance(value, (list, dict))}
 
 
 def count_lines(path: str) -> int:

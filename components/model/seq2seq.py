@@ -56,12 +56,54 @@ class _Init:
 
 
 def gru_cell(x_proj: tf.Tensor, inner: tf.Tensor, h: tf.Tensor) -> tf.Tensor:
-    """One GRU step (Keras gate order z, r, h and `reset_after=True`) from x·W + b and h·U + b."""
-    units = h.shape[-1]
-    zr = tf.sigmoid(x_proj[:, : 2 * units] + inner[:, : 2 * units])
-    z, r = zr[:, :units], zr[:, units:]
-    candidate = tf.tanh(x_proj[:, 2 * units:] + r * inner[:, 2 * units:])
+    """One GRU step (Keras gate order z, r, h and `reset_after=True`) from x·W + b and h·U + b.
+
+    tf.split, not slicing: the gradient of a split is one concat, while every slice's gradient
+    would be a full-size zero tensor to add up.
+    """
+    x_z, x_r, x_h = tf.split(x_proj, 3, axis=-1)
+    in_z, in_r, in_h = tf.split(inner, 3, axis=-1)
+    z = tf.sigmoid(x_z + in_z)
+    r = tf.sigmoid(x_r + in_r)
+    candidate = tf.tanh(x_h + r * in_h)
     return z * h + (1.0 - z) * candidate
+
+
+def _deferred_kernel_gradient(kernel: tf.Tensor, steps: tf.Tensor, batch: tf.Tensor,
+                              inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+    """Zeros [T, B, N] to add to `x_t · stop_gradient(kernel)` inside a loop, carrying the kernel's gradient.
+
+    Inside a `tf.while_loop` the gradient of a kernel is one small [K, B] x [B, N] matmul plus a
+    full-size accumulation per step. Instead the loop multiplies by the stopped kernel, and this
+    zero tensor (read per step) receives the per-step output gradients; its own gradient is then
+    the kernel's: one large [K, T*B] x [T*B, N] matmul over `inputs["x"]` ([T, B, K], the loop's
+    per-step inputs to the matmul, set once the loop has run).
+    """
+    @tf.custom_gradient
+    def zeros(k):
+        def grad(upstream):
+            x = tf.stop_gradient(inputs["x"])
+            flat_x = tf.reshape(x, [-1, tf.shape(x)[-1]])
+            return tf.matmul(flat_x, tf.reshape(upstream, [-1, tf.shape(upstream)[-1]]), transpose_a=True)
+        return tf.zeros(tf.stack([steps, batch, tf.shape(k)[1]]), k.dtype), grad
+
+    return zeros(kernel)
+
+
+def _dense(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """[B, T, K] x [K, N] as one 2-D matmul (faster on CPU than einsum or a batched matmul)."""
+    flat = tf.matmul(tf.reshape(x, [-1, tf.shape(x)[-1]]), kernel)
+    return tf.reshape(flat, tf.concat([tf.shape(x)[:-1], [tf.shape(kernel)[-1]]], 0))
+
+
+def _steps(batch_major: tf.Tensor) -> tf.TensorArray:
+    """[B, T, ...] -> a TensorArray of T elements [B, ...], for per-step reads in a while loop."""
+    return _steps_time_major(tf.transpose(batch_major, tf.concat([[1, 0], tf.range(2, tf.rank(batch_major))], 0)))
+
+
+def _steps_time_major(time_major: tf.Tensor) -> tf.TensorArray:
+    return tf.TensorArray(time_major.dtype, size=tf.shape(time_major)[0],
+                          element_shape=time_major.shape[1:]).unstack(time_major)
 
 
 class Seq2Seq(tf.Module):
@@ -135,25 +177,29 @@ class Seq2Seq(tf.Module):
         mask = tf.sequence_mask(source_length, steps)
         embedded = tf.gather(self.source_embedding, source_ids)
         # x·W for every source step in one matmul; only h·U stays inside the recurrence.
-        x_proj = tf.einsum("bse,eg->bsg", embedded, self.encoder_kernel) + self.encoder_bias
-        x_proj_t = tf.transpose(x_proj, [1, 0, 2])
-        mask_t = tf.transpose(mask)
+        x_proj = _dense(embedded, self.encoder_kernel) + self.encoder_bias
+        # Per-step inputs are read from TensorArrays: slicing a captured tensor inside the loop
+        # would make the gradient add a full [S, B, 3U] tensor at every step.
         batch = tf.shape(source_ids)[0]
+        previous: dict[str, tf.Tensor] = {}
+        recurrent_kernel = tf.stop_gradient(tf.convert_to_tensor(self.encoder_recurrent_kernel))
+        recurrent_offset = self.encoder_recurrent_bias + _deferred_kernel_gradient(
+            tf.convert_to_tensor(self.encoder_recurrent_kernel), steps, batch, previous)
+        x_proj_t, offset_t, mask_t = _steps(x_proj), _steps_time_major(recurrent_offset), _steps(mask)
         h0 = tf.zeros([batch, self.units])
         states_ta = tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, self.units]))
+        previous_ta = tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, self.units]))
 
-        recurrent_kernel = tf.convert_to_tensor(self.encoder_recurrent_kernel)
-        recurrent_bias = tf.convert_to_tensor(self.encoder_recurrent_bias)
-
-        def body(t, h, states):
-            h_new = gru_cell(x_proj_t[t], tf.matmul(h, recurrent_kernel) + recurrent_bias, h)
-            real = mask_t[t][:, None]
+        def body(t, h, states, previous_states):
+            h_new = gru_cell(x_proj_t.read(t), tf.matmul(h, recurrent_kernel) + offset_t.read(t), h)
+            real = mask_t.read(t)[:, None]
             # Padding leaves the state unchanged, so final_state is the state at the last real token.
-            h = tf.where(real, h_new, h)
-            return t + 1, h, states.write(t, tf.where(real, h_new, tf.zeros_like(h_new)))
+            return (t + 1, tf.where(real, h_new, h), states.write(t, tf.where(real, h_new, tf.zeros_like(h_new))),
+                    previous_states.write(t, h))
 
-        _, final_state, states_ta = tf.while_loop(
-            lambda t, *_: t < steps, body, (tf.constant(0), h0, states_ta), maximum_iterations=steps)
+        _, final_state, states_ta, previous_ta = tf.while_loop(
+            lambda t, *_: t < steps, body, (tf.constant(0), h0, states_ta, previous_ta), maximum_iterations=steps)
+        previous["x"] = previous_ta.stack()
         states = tf.transpose(states_ta.stack(), [1, 0, 2])
         states = tf.ensure_shape(states, [None, None, self.units])
         return Encoded(states, final_state, mask, self._keys(states))
@@ -161,9 +207,9 @@ class Seq2Seq(tf.Module):
     def _keys(self, states: tf.Tensor) -> tf.Tensor:
         """The per-batch half of the attention score, computed once, not at every decoder step."""
         if self.attention == "bahdanau":
-            return tf.einsum("bsu,uk->bsk", states, self.attention_key_kernel) + self.attention_key_bias
+            return _dense(states, self.attention_key_kernel) + self.attention_key_bias
         if self.attention == "luong":
-            return tf.einsum("bsu,uk->bsk", states, self.attention_key_kernel)
+            return _dense(states, self.attention_key_kernel)
         return states[:, :, :0]
 
     # ---------------------------------------------------------------- decoder
@@ -206,23 +252,27 @@ class Seq2Seq(tf.Module):
         return self._attend(state, query, encoded, w)
 
     def _step(self, x_proj: tf.Tensor, state: tf.Tensor, encoded: Encoded,
-              w: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-        """One decoder GRU step from the embedding projection: (new_state, attention weights)."""
+              w: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """One decoder GRU step from the embedding projection: (new_state, attention weights, context)."""
         state_proj = tf.matmul(state, w["state_kernel"]) + w["state_bias"]
-        inner, query = state_proj[:, : 3 * self.units], state_proj[:, 3 * self.units:]
+        if self.attention == "bahdanau":
+            inner, query = tf.split(state_proj, [3 * self.units, self.units], axis=-1)
+        else:
+            inner, query = state_proj, None
         if self.attention == "none":
             weights = tf.zeros(tf.shape(encoded.mask), tf.float32)
+            context = state[:, :0]
         else:
             context, weights = self._attend(state, query, encoded, w)
             x_proj = x_proj + tf.matmul(context, w["context_kernel"])
-        return gru_cell(x_proj, inner, state), weights
+        return gru_cell(x_proj, inner, state), weights, context
 
     def decode_step(self, token_ids: tf.Tensor, state: tf.Tensor,
                     encoded: Encoded) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """[B] previous tokens, [B, U] state -> (logits [B, V], new state [B, U], attention [B, S])."""
         embedded = tf.gather(self.target_embedding, tf.convert_to_tensor(token_ids, tf.int64))
         x_proj = tf.matmul(embedded, self.decoder_kernel) + self.decoder_bias
-        new_state, attention = self._step(x_proj, state, encoded, self._step_weights())
+        new_state, attention, _ = self._step(x_proj, state, encoded, self._step_weights())
         return self.project(new_state), new_state, attention
 
     def project(self, states: tf.Tensor) -> tf.Tensor:
@@ -236,20 +286,36 @@ class Seq2Seq(tf.Module):
         target_input = tf.convert_to_tensor(target_input, tf.int64)
         steps = tf.shape(target_input)[1]
         embedded = tf.gather(self.target_embedding, target_input)
-        x_proj = tf.einsum("bte,eg->btg", embedded, self.decoder_kernel) + self.decoder_bias
-        x_proj_t = tf.transpose(x_proj, [1, 0, 2])
-        states_ta = tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, self.units]))
-        attention_ta = tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, None]))
-
+        x_proj = _dense(embedded, self.decoder_kernel) + self.decoder_bias
+        # The kernels multiplying loop values get their gradients after the loop (see
+        # _deferred_kernel_gradient); inside it they are constants.
+        batch = tf.shape(target_input)[0]
         w = self._step_weights()
+        previous: dict[str, tf.Tensor] = {}
+        contexts: dict[str, tf.Tensor] = {}
+        state_offset = w["state_bias"] + _deferred_kernel_gradient(w["state_kernel"], steps, batch, previous)
+        loop_w = {name: tf.stop_gradient(value) for name, value in w.items()}
+        x_proj = tf.transpose(x_proj, [1, 0, 2])
+        if self.attention != "none":
+            x_proj += _deferred_kernel_gradient(w["context_kernel"], steps, batch, contexts)
+        if self.attention == "bahdanau":
+            loop_w["attention_v"] = w["attention_v"]  # a vector: its per-step gradient is cheap
+        x_proj_t, offset_t = _steps_time_major(x_proj), _steps_time_major(state_offset)
 
-        def body(t, h, states, attention):
-            h, weights = self._step(x_proj_t[t], h, encoded, w)
-            return t + 1, h, states.write(t, h), attention.write(t, weights)
+        def array(width=None) -> tf.TensorArray:
+            return tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, width]))
 
-        _, _, states_ta, attention_ta = tf.while_loop(
-            lambda t, *_: t < steps, body, (tf.constant(0), encoded.final_state, states_ta, attention_ta),
-            maximum_iterations=steps)
+        def body(t, h, states, attention, previous_states, context_steps):
+            h_new, weights, context = self._step(
+                x_proj_t.read(t), h, encoded, {**loop_w, "state_bias": offset_t.read(t)})
+            return (t + 1, h_new, states.write(t, h_new), attention.write(t, weights),
+                    previous_states.write(t, h), context_steps.write(t, context))
+
+        loop_vars = (tf.constant(0), encoded.final_state, array(self.units), array(), array(self.units),
+                     array(self.units if self.attention != "none" else 0))
+        _, _, states_ta, attention_ta, previous_ta, context_ta = tf.while_loop(
+            lambda t, *_: t < steps, body, loop_vars, maximum_iterations=steps)
+        previous["x"], contexts["x"] = previous_ta.stack(), context_ta.stack()
         states = tf.ensure_shape(tf.transpose(states_ta.stack(), [1, 0, 2]), [None, None, self.units])
         return states, tf.transpose(attention_ta.stack(), [1, 0, 2])
 

@@ -73,3 +73,15 @@ def test_example_bytes_equal_tf_train_example_serialization():
         feature.update({k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v[i]])) for k, v in texts.items()})
         example = tf.train.Example(features=tf.train.Features(feature=feature))
         assert fast[i] == example.SerializeToString(deterministic=True)
+
+
+def test_fast_whitespace_pattern_equals_the_plain_one_on_every_bmp_character():
+    import tensorflow as tf
+
+    from components.text.tokenizers import normalize
+
+    chars = [chr(c) for c in range(0x10000) if not 0xD800 <= c <= 0xDFFF]
+    texts = [f"{p}a{c}b {c}{c}c{c} d{s}" for c in chars for p, s in (("", ""), (c, c))]
+    plain = tf.strings.strip(tf.strings.regex_replace(texts, r"[\s\p{Z}\x{FEFF}]+", " "))
+    assert normalize(tf.constant(texts), lowercase=False).numpy().tolist() == plain.numpy().tolist()
+    assert normalize(tf.constant(["\ufeffA\u3000\u00a0B\r\n"]), lowercase=True).numpy().tolist() == [b"a b"]

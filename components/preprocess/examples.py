@@ -31,23 +31,32 @@ def _varint(value: int) -> bytes:
 
 def _packed_rows(matrix: np.ndarray) -> list[bytes]:
     """Varint-encode every value of a [B, W] int64 matrix; one bytes object per row."""
-    values = np.ascontiguousarray(matrix, dtype=np.int64).view(np.uint64).ravel()
     rows, width = matrix.shape
+    values = np.ascontiguousarray(matrix, dtype=np.int64).view(np.uint64)
+    if rows == 0:
+        return []
+    top = int(values.max()) if width else 0
+    if top < 0x80:  # the common case for small vocabularies: one byte per value
+        flat = values.astype(np.uint8).tobytes()
+        return [flat[i * width:(i + 1) * width] for i in range(rows)]
+    values = values.ravel()
+    levels = 1
+    while levels < _MAX_VARINT_BYTES and top >= 1 << (7 * levels):
+        levels += 1
     nbytes = np.ones(values.shape, np.int64)
-    for k in range(1, _MAX_VARINT_BYTES):
-        nbytes += values >= (np.uint64(1) << np.uint64(7 * k))
+    for k in range(1, levels):
+        nbytes += values >= np.uint64(1 << (7 * k))
     ends = np.cumsum(nbytes)
     starts = ends - nbytes
-    out = np.zeros(int(ends[-1]) if len(ends) else 0, np.uint8)
-    for k in range(int(nbytes.max()) if len(nbytes) else 0):
-        has = nbytes > k
+    out = np.empty(int(ends[-1]), np.uint8)
+    for k in range(levels):
+        has = nbytes > k if k else slice(None)
         chunk = (values[has] >> np.uint64(7 * k)) & np.uint64(0x7F)
         more = (nbytes[has] > k + 1).astype(np.uint64) << np.uint64(7)
         out[starts[has] + k] = (chunk | more).astype(np.uint8)
-    row_ends = ends.reshape(rows, width)[:, -1] if width else np.zeros(rows, np.int64)
-    row_starts = np.concatenate([[0], row_ends[:-1]]) if rows else row_ends
+    row_ends = ends.reshape(rows, width)[:, -1].tolist() if width else [0] * rows
     flat = out.tobytes()
-    return [flat[s:e] for s, e in zip(row_starts.tolist(), row_ends.tolist())]
+    return [flat[s:e] for s, e in zip([0] + row_ends[:-1], row_ends)]
 
 
 _INT64_LIST = b"\x1a"  # Feature.int64_list, field 3

@@ -6,7 +6,9 @@ batches of records (`RecordBatch`), so one TF call tokenizes or encodes thousand
 """
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import logging
 import time
 import uuid
@@ -82,8 +84,14 @@ class ReadFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(NEWLINES, (unit.path, unit.start, newlines))
             else:
                 first_line = 1 + self._newlines_before(unit, newline_counts) + int(skipped)
+            if unit.format == "tsv":
+                yield from self._tsv_batches(unit, lines, first_line)
+                return
             parsed: Iterable[inputs.Parsed] = inputs.parse_lines(unit, iter(lines), first_line, self.config)
-        elif unit.format in ("tsv", "jsonl"):
+        elif unit.format == "tsv":
+            yield from self._tsv_batches(unit, inputs.read_whole_lines(unit.path), 1)
+            return
+        elif unit.format == "jsonl":
             parsed = inputs.parse_lines(unit, inputs.read_whole_lines(unit.path), 1, self.config)
         elif unit.format == "csv":
             parsed = inputs.read_csv(unit, self.config)
@@ -105,6 +113,31 @@ class ReadFn(beam.DoFn):
                 prefix["_total_" + path] = prefix.get("_total_" + path, 0) + n  # type: ignore[index]
             self._prefix = prefix
         return prefix[(unit.path, unit.start)]
+
+    def _tsv_batches(self, unit: ReadUnit, lines: Iterable[bytes], first_line: int) -> Iterator[Any]:
+        """The fast path for TSV: parse chunks of lines at once."""
+        size = self.config.tokenize_batch_size
+        lines = iter(lines)
+        read = blank = 0
+        while True:
+            chunk = list(itertools.islice(lines, size))
+            if not chunk:
+                break
+            numbers, sources, targets, others = inputs.parse_tsv_chunk(
+                unit.path, chunk, first_line, at_file_start=unit.start == 0 and first_line == 1)
+            first_line += len(chunk)
+            read += len(numbers)
+            for item in others:
+                if isinstance(item, Blank):
+                    blank += 1
+                    continue
+                read += 1
+                if self.final:
+                    yield beam.pvalue.TaggedOutput(REJECTED, item)
+            if numbers:
+                yield RecordBatch(unit.path, numbers, sources, targets)
+        if self.final:
+            yield beam.pvalue.TaggedOutput(METRICS, {"records_read": read, "blank_lines": blank})
 
     def _batches(self, unit: ReadUnit, parsed: Iterable[inputs.Parsed]) -> Iterator[Any]:
         size = self.config.tokenize_batch_size
@@ -188,24 +221,21 @@ class CountTokensFn(_TokenizingFn):
         train = ~self._split_flags(batch)
         if not train.any():
             return
-        for side, (tokens, counts) in zip(SIDES, self._count(batch.sources, batch.targets, train)):
-            if len(tokens):
-                yield side, dict(zip(tokens.numpy().tolist(), counts.numpy().tolist()))
+        for side, tokens in zip(SIDES, self._count(batch.sources, batch.targets, train)):
+            # Python's Counter (in C) counts a batch's tokens several times faster than tf.unique.
+            counts = collections.Counter(tokens.numpy().tolist())
+            if counts:
+                yield side, counts
 
     def _count_impl(self, sources, targets, train):
-        """Token counts of each side over the train records that the encoder will not reject."""
+        """Each side's tokens of the train records that the encoder will not reject."""
         tf = _tf()
         tokens = [self._tokenizers["source"].tokenize(sources), self._tokenizers["target"].tokenize(targets)]
         lengths = [t.row_lengths() for t in tokens]
         keep = train & (lengths[0] > 0) & (lengths[1] > 0)
         if self.apply_length_policy and self.config.length_policy == "reject":
             keep &= (lengths[0] <= self.config.max_source_length) & (lengths[1] <= self.config.max_target_length - 2)
-        result = []
-        for side_tokens in tokens:
-            kept = tf.ragged.boolean_mask(side_tokens, keep).flat_values
-            unique, _, counts = tf.unique_with_counts(kept, out_idx=tf.int64)
-            result.append((unique, counts))
-        return result
+        return [tf.ragged.boolean_mask(side_tokens, keep).flat_values for side_tokens in tokens]
 
 
 class SumCountsFn(beam.CombineFn):

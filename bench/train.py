@@ -1,0 +1,179 @@
+"""Benchmark: the trainer's compiled train step against the seed's eager loop, and against tf.matmul.
+
+    .venv/bin/python bench/train.py                  # 20,000 pairs, batch 64, emb 128, units 256, bahdanau
+    .venv/bin/python bench/train.py --pairs 40000 --epochs 2 --no-seed
+
+1. Generates a synthetic parallel corpus (Zipf-distributed words from a vocabulary of --vocab
+   words per side, 5-20 tokens a side, a word-for-word "translation" with local reordering).
+2. Preprocesses it with the real Beam job (DirectRunner) into the trainer's TFRecords.
+3. Trains with `run_training` (bucket_by_length on) and reads steady-state real target tokens/s
+   from metrics.json (first step, which traces, excluded; eval excluded).
+4. Prints the model FLOPs per real target token (formula below), the achieved GFLOP/s and its
+   fraction of a large tf.matmul's GFLOP/s measured in this same run.
+5. Runs /work/shared/bench/seed_baseline.py (the seed's eager loop) on the same TSV with the same
+   hyperparameters as a subprocess and prints the tokens/s ratio.
+
+FLOPs per real target token (a matmul [m,k]x[k,n] counts 2mkn; training = 3x forward: the forward
+pass, and the two matmuls of its backward pass), with E embedding, U units, V target vocabulary,
+S/T the mean real source/target lengths (T counts <eos>):
+    decoder   2E*3U (input) + 2U*3U (context) + 2U*4U (recurrent + attention query, fused)
+              + 4*S*U (scores V·tanh(.) and context over S positions) + 2U*V (vocabulary projection)
+    encoder   (S/T) * (2E*3U + 2U*3U + 2U*U)     (input, recurrent, attention keys W1·enc)
+Elementwise work (gates, tanh, softmax) and padding are not counted: the figure is useful FLOPs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_BASELINE = REPO.parent / "shared" / "bench" / "seed_baseline.py"
+EMBEDDING, UNITS, BATCH = 128, 256, 64
+
+
+def make_words(rng: random.Random, count: int, syllables: list[str]) -> list[str]:
+    words: set[str] = set()
+    while len(words) < count:
+        words.add("".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))))
+    return sorted(words)
+
+
+def generate_corpus(path: Path, pairs: int, vocab: int, seed: int = 0) -> None:
+    """Zipf-distributed source words; targets map word for word with local swaps (learnable)."""
+    rng = random.Random(seed)
+    source_words = make_words(rng, vocab, ["ka", "to", "ri", "me", "su", "la", "no", "pe", "di", "gu", "an", "el"])
+    target_words = make_words(rng, vocab, ["가", "나", "다", "라", "마", "바", "사", "아", "자", "차", "카", "타"])
+    rng.shuffle(target_words)
+    weights = [1.0 / (rank + 1) ** 1.05 for rank in range(vocab)]
+    with path.open("w", encoding="utf-8") as f:
+        for _ in range(pairs):
+            ranks = rng.choices(range(vocab), weights=weights, k=rng.randint(5, 20))
+            target = [target_words[r] for r in ranks]
+            for i in range(0, len(target) - 1, 3):  # local reordering
+                target[i], target[i + 1] = target[i + 1], target[i]
+            f.write(" ".join(source_words[r] for r in ranks) + "\t" + " ".join(target) + "\n")
+
+
+def flops_per_token(E: int, U: int, V: int, S: float, T: float) -> dict[str, float]:
+    decoder = 2 * E * 3 * U + 2 * U * 3 * U + 2 * U * 4 * U + 4 * S * U + 2 * U * V
+    encoder = (S / T) * (2 * E * 3 * U + 2 * U * 3 * U + 2 * U * U)
+    forward = decoder + encoder
+    return {"forward": forward, "train": 3 * forward, "projection_share": 2 * U * V / forward}
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Best-of-repeats GFLOP/s of one compiled float32 [n,n]x[n,n] tf.matmul on this machine, now."""
+    import tensorflow as tf
+
+    a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
+    matmul = tf.function(lambda x, y: tf.matmul(x, y))
+    matmul(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def mean_lengths(examples: str) -> tuple[float, float, int]:
+    """Mean real source length, mean target_length (with <eos>), target vocabulary size."""
+    import tensorflow as tf
+
+    from components.text.artifacts import PreprocessArtifact
+
+    artifact = PreprocessArtifact.load(examples)
+    spec = {k: v for k, v in artifact.feature_spec().items() if k in ("source_length", "target_length")}
+    sources = targets = count = 0
+    for batch in tf.data.TFRecordDataset(artifact.split_files("train"), "GZIP").batch(4096):
+        parsed = tf.io.parse_example(batch, spec)
+        sources += int(tf.reduce_sum(parsed["source_length"]))
+        targets += int(tf.reduce_sum(parsed["target_length"]))
+        count += int(batch.shape[0])
+    return sources / count, targets / count, len(artifact.vocabulary("target"))
+
+
+def run_seed(corpus: Path, pairs: int, batches: int) -> float:
+    command = [sys.executable, str(SEED_BASELINE), str(corpus), "--batches", str(batches), "--batch-size",
+               str(BATCH), "--units", str(UNITS), "--emb", str(EMBEDDING), "--max-len", "20",
+               "--pairs", str(pairs), "--decode", "1"]
+    print("$ " + " ".join(command), flush=True)
+    run = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    match = re.search(r"seed_train_tokens_per_s=([0-9.]+)", run.stdout)
+    if run.returncode != 0 or not match:
+        raise SystemExit(f"seed baseline failed ({run.returncode}):\n{run.stderr[-2000:]}")
+    return float(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=20000)
+    parser.add_argument("--vocab", type=int, default=5000, help="words per side before Zipf sampling")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--attention", default="bahdanau", choices=["bahdanau", "luong", "none"])
+    parser.add_argument("--no-bucket", action="store_true", help="train without length bucketing")
+    parser.add_argument("--seed-batches", type=int, default=10, help="batches the seed baseline times")
+    parser.add_argument("--no-seed", action="store_true", help="skip the seed baseline")
+    parser.add_argument("--workdir", help="keep the corpus and outputs here (default: a temp dir)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse WORKDIR/corpus.tsv and WORKDIR/prep from an earlier run with the same sizes")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("components.trainer.training").setLevel(logging.INFO)
+
+    from components.preprocess import run_preprocess
+    from components.trainer import run_training
+    from pipeline.config import load_config
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-train-"))
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = work / "corpus.tsv"
+    reuse = args.reuse and corpus.exists() and (work / "prep" / "config.yaml").exists()
+    if not reuse:
+        generate_corpus(corpus, args.pairs, args.vocab)
+    overrides = ["preprocess.max_source_length=20", "preprocess.max_target_length=22",
+                 f"model.embedding_dim={EMBEDDING}", f"model.units={UNITS}", f"model.attention={args.attention}",
+                 f"trainer.batch_size={BATCH}", f"trainer.epochs={args.epochs}", "trainer.learning_rate=0.001",
+                 f"trainer.bucket_by_length={not args.no_bucket}", "trainer.log_every_steps=50"]
+    config = load_config(None, overrides)
+    start = time.perf_counter()
+    if not reuse:
+        run_preprocess(str(corpus), str(work / "prep"), config, beam_args=["--runner=DirectRunner"], overwrite=True)
+    print(f"corpus: {args.pairs} pairs -> {work / 'prep'} (preprocessed in {time.perf_counter() - start:.1f}s)")
+    S, T, V = mean_lengths(str(work / "prep"))
+
+    metrics = run_training(str(work / "prep"), str(work / f"train-{int(time.time())}"), config)
+    tokens_per_second = metrics["train_tokens_per_second"]
+    flops = flops_per_token(EMBEDDING, UNITS, V, S, T)
+    achieved = tokens_per_second * flops["train"] / 1e9
+    peak = matmul_gflops()
+
+    print(f"\nconfig: batch {BATCH}, embedding {EMBEDDING}, units {UNITS}, {args.attention}, "
+          f"bucket_by_length={not args.no_bucket}; target vocabulary {V}, mean lengths source {S:.2f} "
+          f"target {T:.2f} (with <eos>); {metrics['steps']} steps")
+    print(f"train_tokens_per_s={tokens_per_second:.0f}   (steady state, real target tokens)")
+    print(f"model_flops_per_token={flops['train'] / 1e6:.2f}M   (training; forward {flops['forward'] / 1e6:.2f}M, "
+          f"vocabulary projection {flops['projection_share']:.0%} of it)")
+    print(f"achieved_gflops={achieved:.1f}   matmul_gflops={peak:.1f} (tf.matmul 2048x2048, same run)   "
+          f"fraction={achieved / peak:.1%}")
+    if not args.no_seed:
+        seed = run_seed(corpus, args.pairs, args.seed_batches)
+        print(f"seed_train_tokens_per_s={seed:.0f}   speedup={tokens_per_second / seed:.1f}x")
+    print(json.dumps({"train_tokens_per_s": tokens_per_second, "flops_per_token": flops["train"],
+                      "achieved_gflops": achieved, "matmul_gflops": peak, "fraction": achieved / peak,
+                      **({} if args.no_seed else {"seed_tokens_per_s": seed, "speedup": tokens_per_second / seed})}))
+
+
+if __name__ == "__main__":
+    main()

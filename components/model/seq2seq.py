@@ -13,7 +13,7 @@ projected to the vocabulary. Source padding gets zero attention weight.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
@@ -59,14 +59,14 @@ def gru_cell(x_proj: tf.Tensor, inner: tf.Tensor, h: tf.Tensor) -> tf.Tensor:
     """One GRU step (Keras gate order z, r, h and `reset_after=True`) from x·W + b and h·U + b.
 
     tf.split, not slicing: the gradient of a split is one concat, while every slice's gradient
-    would be a full-size zero tensor to add up.
+    would be a full-size zero tensor to add up. z and r share one sigmoid.
     """
-    x_z, x_r, x_h = tf.split(x_proj, 3, axis=-1)
-    in_z, in_r, in_h = tf.split(inner, 3, axis=-1)
-    z = tf.sigmoid(x_z + in_z)
-    r = tf.sigmoid(x_r + in_r)
+    units = h.shape[-1]
+    x_zr, x_h = tf.split(x_proj, [2 * units, units], axis=-1)
+    in_zr, in_h = tf.split(inner, [2 * units, units], axis=-1)
+    z, r = tf.split(tf.sigmoid(x_zr + in_zr), 2, axis=-1)
     candidate = tf.tanh(x_h + r * in_h)
-    return z * h + (1.0 - z) * candidate
+    return candidate + z * (h - candidate)  # = z*h + (1-z)*candidate
 
 
 def _deferred_kernel_gradient(kernel: tf.Tensor, steps: tf.Tensor, batch: tf.Tensor,
@@ -281,8 +281,9 @@ class Seq2Seq(tf.Module):
         logits = tf.matmul(flat, self.output_kernel) + self.output_bias
         return tf.reshape(logits, tf.concat([tf.shape(states)[:-1], [self.target_vocab_size]], 0))
 
-    def decoder_states(self, encoded: Encoded, target_input: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Teacher forcing: [B, T] decoder inputs -> (states [B, T, U], attention [B, T, S])."""
+    def decoder_states(self, encoded: Encoded, target_input: tf.Tensor,
+                       with_attention: bool = True) -> tuple[tf.Tensor, Optional[tf.Tensor]]:
+        """Teacher forcing: [B, T] decoder inputs -> (states [B, T, U], attention [B, T, S] or None)."""
         target_input = tf.convert_to_tensor(target_input, tf.int64)
         steps = tf.shape(target_input)[1]
         embedded = tf.gather(self.target_embedding, target_input)
@@ -305,18 +306,24 @@ class Seq2Seq(tf.Module):
         def array(width=None) -> tf.TensorArray:
             return tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, width]))
 
-        def body(t, h, states, attention, previous_states, context_steps):
+        def body(t, h, states, attention, context_steps):
             h_new, weights, context = self._step(
                 x_proj_t.read(t), h, encoded, {**loop_w, "state_bias": offset_t.read(t)})
-            return (t + 1, h_new, states.write(t, h_new), attention.write(t, weights),
-                    previous_states.write(t, h), context_steps.write(t, context))
+            if with_attention:
+                attention = attention.write(t, weights)
+            return t + 1, h_new, states.write(t, h_new), attention, context_steps.write(t, context)
 
-        loop_vars = (tf.constant(0), encoded.final_state, array(self.units), array(), array(self.units),
+        loop_vars = (tf.constant(0), encoded.final_state, array(self.units), array(),
                      array(self.units if self.attention != "none" else 0))
-        _, _, states_ta, attention_ta, previous_ta, context_ta = tf.while_loop(
+        _, _, states_ta, attention_ta, context_ta = tf.while_loop(
             lambda t, *_: t < steps, body, loop_vars, maximum_iterations=steps)
-        previous["x"], contexts["x"] = previous_ta.stack(), context_ta.stack()
-        states = tf.ensure_shape(tf.transpose(states_ta.stack(), [1, 0, 2]), [None, None, self.units])
+        time_major_states = states_ta.stack()
+        # The state each step started from: the encoder's final state, then the decoder's own.
+        previous["x"] = tf.concat([encoded.final_state[None], time_major_states[:-1]], axis=0)
+        contexts["x"] = context_ta.stack()
+        states = tf.ensure_shape(tf.transpose(time_major_states, [1, 0, 2]), [None, None, self.units])
+        if not with_attention:
+            return states, None
         return states, tf.transpose(attention_ta.stack(), [1, 0, 2])
 
     def __call__(self, source_ids: tf.Tensor, source_length: tf.Tensor, target_input: tf.Tensor,

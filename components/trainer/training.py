@@ -44,7 +44,7 @@ def token_loss(model: Seq2Seq, batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, 
     [tokens, U] x [U, V] matmul for the whole batch, no FLOPs spent on padding.
     """
     encoded = model.encode(batch["source_ids"], batch["source_length"])
-    states, _ = model.decoder_states(encoded, batch["target_input"])
+    states, _ = model.decoder_states(encoded, batch["target_input"], with_attention=False)
     mask = tf.sequence_mask(batch["target_length"], tf.shape(batch["target_output"])[1])
     logits = model.project(tf.boolean_mask(states, mask))
     labels = tf.boolean_mask(batch["target_output"], mask)

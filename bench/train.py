@@ -72,11 +72,11 @@ def flops_per_token(E: int, U: int, V: int, S: float, T: float) -> dict[str, flo
     return {"forward": forward, "train": 3 * forward, "projection_share": 2 * U * V / forward}
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """Best-of-repeats GFLOP/s of one compiled float32 [n,n]x[n,n] tf.matmul on this machine, now."""
+def matmul_gflops(dtype: str = "float32", n: int = 2048, repeats: int = 10) -> float:
+    """Best-of-repeats GFLOP/s of one compiled [n,n]x[n,n] tf.matmul on this machine, now."""
     import tensorflow as tf
 
-    a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
+    a, b = tf.cast(tf.random.normal([n, n]), dtype), tf.cast(tf.random.normal([n, n]), dtype)
     matmul = tf.function(lambda x, y: tf.matmul(x, y))
     matmul(a, b).numpy()
     best = float("inf")
@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--attention", default="bahdanau", choices=["bahdanau", "luong", "none"])
     parser.add_argument("--no-bucket", action="store_true", help="train without length bucketing")
+    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"],
+                        help="model.precision (mixed_bfloat16: bfloat16 matmul inputs, float32 elsewhere)")
     parser.add_argument("--seed-batches", type=int, default=10, help="batches the seed baseline times")
     parser.add_argument("--no-seed", action="store_true", help="skip the seed baseline")
     parser.add_argument("--workdir", help="keep the corpus and outputs here (default: a temp dir)")
@@ -143,7 +145,7 @@ def main() -> None:
     if not reuse:
         generate_corpus(corpus, args.pairs, args.vocab)
     overrides = ["preprocess.max_source_length=20", "preprocess.max_target_length=22",
-                 f"model.embedding_dim={EMBEDDING}", f"model.units={UNITS}", f"model.attention={args.attention}",
+                 f"model.embedding_dim={EMBEDDING}", f"model.units={UNITS}", f"model.attention={args.attention}", f"model.precision={args.precision}",
                  f"trainer.batch_size={BATCH}", f"trainer.epochs={args.epochs}", "trainer.learning_rate=0.001",
                  f"trainer.bucket_by_length={not args.no_bucket}", "trainer.log_every_steps=50"]
     config = load_config(None, overrides)
@@ -157,21 +159,26 @@ def main() -> None:
     tokens_per_second = metrics["train_tokens_per_second"]
     flops = flops_per_token(EMBEDDING, UNITS, V, S, T)
     achieved = tokens_per_second * flops["train"] / 1e9
-    peak = matmul_gflops()
+    peak = matmul_gflops("float32")
+    peak_bf16 = matmul_gflops("bfloat16")
+    reference = peak_bf16 if args.precision == "mixed_bfloat16" else peak
 
-    print(f"\nconfig: batch {BATCH}, embedding {EMBEDDING}, units {UNITS}, {args.attention}, "
+    print(f"\nconfig: batch {BATCH}, embedding {EMBEDDING}, units {UNITS}, {args.attention}, {args.precision}, "
           f"bucket_by_length={not args.no_bucket}; target vocabulary {V}, mean lengths source {S:.2f} "
           f"target {T:.2f} (with <eos>); {metrics['steps']} steps")
     print(f"train_tokens_per_s={tokens_per_second:.0f}   (steady state, real target tokens)")
     print(f"model_flops_per_token={flops['train'] / 1e6:.2f}M   (training; forward {flops['forward'] / 1e6:.2f}M, "
           f"vocabulary projection {flops['projection_share']:.0%} of it)")
-    print(f"achieved_gflops={achieved:.1f}   matmul_gflops={peak:.1f} (tf.matmul 2048x2048, same run)   "
-          f"fraction={achieved / peak:.1%}")
+    print(f"achieved_gflops={achieved:.1f}   matmul_gflops float32={peak:.1f} bfloat16={peak_bf16:.1f} "
+          f"(tf.matmul 2048x2048, same run)")
+    print(f"fraction={achieved / reference:.1%} of the {args.precision.replace('mixed_', '')} matmul"
+          + (f" ({achieved / peak:.1%} of the float32 one)" if reference != peak else ""))
     if not args.no_seed:
         seed = run_seed(corpus, args.pairs, args.seed_batches)
         print(f"seed_train_tokens_per_s={seed:.0f}   speedup={tokens_per_second / seed:.1f}x")
-    print(json.dumps({"train_tokens_per_s": tokens_per_second, "flops_per_token": flops["train"],
-                      "achieved_gflops": achieved, "matmul_gflops": peak, "fraction": achieved / peak,
+    print(json.dumps({"precision": args.precision, "train_tokens_per_s": tokens_per_second,
+                      "flops_per_token": flops["train"], "achieved_gflops": achieved, "matmul_gflops": peak,
+                      "matmul_gflops_bf16": peak_bf16, "fraction": achieved / reference,
                       **({} if args.no_seed else {"seed_tokens_per_s": seed, "speedup": tokens_per_second / seed})}))
 
 

@@ -60,6 +60,9 @@ class ModelConfig:
     embedding_dim: int = 128
     units: int = 256
     attention: Literal["bahdanau", "luong", "none"] = "bahdanau"
+    # mixed_bfloat16: matmuls take bfloat16 inputs (AMX / AVX512-BF16 CPUs, GPUs, TPUs); variables,
+    # activations and the loss stay float32. Checkpoints are the same either way.
+    precision: Literal["float32", "mixed_bfloat16"] = "float32"
 
 
 @dataclass(frozen=True)

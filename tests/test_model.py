@@ -156,3 +156,16 @@ def test_teacher_forcing_gradients_match_the_step_by_step_decoder(attention):
     reference = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
     for variable, got, want in zip(variables, compiled(), reference):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5, err_msg=variable.name)
+
+
+def test_mixed_bfloat16_matmuls_stay_close_to_float32_and_train_the_same_variables():
+    exact = small_model("bahdanau", seed=7)
+    mixed = Seq2Seq(12, 14, embedding_dim=6, units=10, attention="bahdanau", seed=7, precision="mixed_bfloat16")
+    assert [v.dtype for v in mixed.trainable_variables] == [tf.float32] * 18  # checkpoints are interchangeable
+    logits_exact, weights_exact = exact(SOURCE, SOURCE_LENGTH, TARGET_INPUT)
+    logits_mixed, weights_mixed = mixed(SOURCE, SOURCE_LENGTH, TARGET_INPUT)
+    assert logits_mixed.dtype == tf.float32
+    np.testing.assert_allclose(logits_mixed.numpy(), logits_exact.numpy(), atol=0.02)
+    np.testing.assert_allclose(weights_mixed.numpy(), weights_exact.numpy(), atol=0.02)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Seq2Seq(5, 5, 2, 2, "luong", precision="float16")

@@ -18,6 +18,7 @@ from typing import NamedTuple, Optional
 import tensorflow as tf
 
 ATTENTIONS = ("bahdanau", "luong", "none")
+PRECISIONS = ("float32", "mixed_bfloat16")
 # Added to the scores of padded source positions; exp() of it underflows to exactly 0.
 _MASK_PENALTY = -1e9
 
@@ -70,7 +71,7 @@ def gru_cell(x_proj: tf.Tensor, inner: tf.Tensor, h: tf.Tensor) -> tf.Tensor:
 
 
 def _deferred_kernel_gradient(kernel: tf.Tensor, steps: tf.Tensor, batch: tf.Tensor,
-                              inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+                              inputs: dict[str, tf.Tensor], dtype: tf.DType = tf.float32) -> tf.Tensor:
     """Zeros [T, B, N] to add to `x_t · stop_gradient(kernel)` inside a loop, carrying the kernel's gradient.
 
     Inside a `tf.while_loop` the gradient of a kernel is one small [K, B] x [B, N] matmul plus a
@@ -83,16 +84,22 @@ def _deferred_kernel_gradient(kernel: tf.Tensor, steps: tf.Tensor, batch: tf.Ten
     def zeros(k):
         def grad(upstream):
             x = tf.stop_gradient(inputs["x"])
-            flat_x = tf.reshape(x, [-1, tf.shape(x)[-1]])
-            return tf.matmul(flat_x, tf.reshape(upstream, [-1, tf.shape(upstream)[-1]]), transpose_a=True)
+            flat_x = tf.cast(tf.reshape(x, [-1, tf.shape(x)[-1]]), dtype)
+            flat_upstream = tf.cast(tf.reshape(upstream, [-1, tf.shape(upstream)[-1]]), dtype)
+            return tf.cast(tf.matmul(flat_x, flat_upstream, transpose_a=True), k.dtype)
         return tf.zeros(tf.stack([steps, batch, tf.shape(k)[1]]), k.dtype), grad
 
     return zeros(kernel)
 
 
-def _dense(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+def _matmul(x: tf.Tensor, kernel: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """x · kernel computed in `dtype` (float32, or bfloat16 for mixed precision), returned as float32."""
+    return tf.cast(tf.matmul(tf.cast(x, dtype), tf.cast(kernel, dtype)), tf.float32)
+
+
+def _dense(x: tf.Tensor, kernel: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
     """[B, T, K] x [K, N] as one 2-D matmul (faster on CPU than einsum or a batched matmul)."""
-    flat = tf.matmul(tf.reshape(x, [-1, tf.shape(x)[-1]]), kernel)
+    flat = _matmul(tf.reshape(x, [-1, tf.shape(x)[-1]]), kernel, dtype)
     return tf.reshape(flat, tf.concat([tf.shape(x)[:-1], [tf.shape(kernel)[-1]]], 0))
 
 
@@ -110,10 +117,16 @@ class Seq2Seq(tf.Module):
     """GRU encoder-decoder with `bahdanau`, `luong` or `none` attention."""
 
     def __init__(self, source_vocab_size: int, target_vocab_size: int, embedding_dim: int, units: int,
-                 attention: str, seed: int = 0, name: str = "seq2seq"):
+                 attention: str, seed: int = 0, precision: str = "float32", name: str = "seq2seq"):
         super().__init__(name=name)
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        # Variables, activations and every elementwise op stay float32; with mixed_bfloat16 the
+        # matmuls take bfloat16 inputs (the CPU's AMX/AVX512-BF16 units) and return float32.
+        self.compute_dtype = tf.bfloat16 if precision == "mixed_bfloat16" else tf.float32
         self.source_vocab_size = int(source_vocab_size)
         self.target_vocab_size = int(target_vocab_size)
         self.embedding_dim = int(embedding_dim)
@@ -160,12 +173,13 @@ class Seq2Seq(tf.Module):
                     seed: int = 0) -> "Seq2Seq":
         """Build from a `pipeline.config.ModelConfig`."""
         return cls(source_vocab_size, target_vocab_size, model_config.embedding_dim, model_config.units,
-                   model_config.attention, seed=seed)
+                   model_config.attention, seed=seed, precision=getattr(model_config, "precision", "float32"))
 
     def shape_summary(self) -> dict[str, object]:
         """The hyperparameters a checkpoint depends on (compared on restore)."""
         return {"source_vocab_size": self.source_vocab_size, "target_vocab_size": self.target_vocab_size,
-                "embedding_dim": self.embedding_dim, "units": self.units, "attention": self.attention}
+                "embedding_dim": self.embedding_dim, "units": self.units, "attention": self.attention,
+                "precision": self.precision}
 
     # ---------------------------------------------------------------- encoder
 
@@ -177,21 +191,22 @@ class Seq2Seq(tf.Module):
         mask = tf.sequence_mask(source_length, steps)
         embedded = tf.gather(self.source_embedding, source_ids)
         # x·W for every source step in one matmul; only h·U stays inside the recurrence.
-        x_proj = _dense(embedded, self.encoder_kernel) + self.encoder_bias
+        x_proj = _dense(embedded, self.encoder_kernel, self.compute_dtype) + self.encoder_bias
         # Per-step inputs are read from TensorArrays: slicing a captured tensor inside the loop
         # would make the gradient add a full [S, B, 3U] tensor at every step.
         batch = tf.shape(source_ids)[0]
         previous: dict[str, tf.Tensor] = {}
-        recurrent_kernel = tf.stop_gradient(tf.convert_to_tensor(self.encoder_recurrent_kernel))
+        # Cast once, outside the loop; the loop uses the kernel as a constant.
+        recurrent_kernel = tf.stop_gradient(tf.cast(self.encoder_recurrent_kernel, self.compute_dtype))
         recurrent_offset = self.encoder_recurrent_bias + _deferred_kernel_gradient(
-            tf.convert_to_tensor(self.encoder_recurrent_kernel), steps, batch, previous)
+            tf.convert_to_tensor(self.encoder_recurrent_kernel), steps, batch, previous, self.compute_dtype)
         x_proj_t, offset_t, mask_t = _steps(x_proj), _steps_time_major(recurrent_offset), _steps(mask)
         h0 = tf.zeros([batch, self.units])
         states_ta = tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, self.units]))
         previous_ta = tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, self.units]))
 
         def body(t, h, states, previous_states):
-            h_new = gru_cell(x_proj_t.read(t), tf.matmul(h, recurrent_kernel) + offset_t.read(t), h)
+            h_new = gru_cell(x_proj_t.read(t), _matmul(h, recurrent_kernel, self.compute_dtype) + offset_t.read(t), h)
             real = mask_t.read(t)[:, None]
             # Padding leaves the state unchanged, so final_state is the state at the last real token.
             return (t + 1, tf.where(real, h_new, h), states.write(t, tf.where(real, h_new, tf.zeros_like(h_new))),
@@ -207,9 +222,9 @@ class Seq2Seq(tf.Module):
     def _keys(self, states: tf.Tensor) -> tf.Tensor:
         """The per-batch half of the attention score, computed once, not at every decoder step."""
         if self.attention == "bahdanau":
-            return _dense(states, self.attention_key_kernel) + self.attention_key_bias
+            return _dense(states, self.attention_key_kernel, self.compute_dtype) + self.attention_key_bias
         if self.attention == "luong":
-            return _dense(states, self.attention_key_kernel)
+            return _dense(states, self.attention_key_kernel, self.compute_dtype)
         return states[:, :, :0]
 
     # ---------------------------------------------------------------- decoder
@@ -248,13 +263,14 @@ class Seq2Seq(tf.Module):
         if self.attention == "none":
             raise ValueError("attention 'none' has no attention to compute")
         w = self._step_weights()
-        query = tf.matmul(state, w["state_kernel"])[:, 3 * self.units:] + w["state_bias"][3 * self.units:]
+        query = (_matmul(state, w["state_kernel"], self.compute_dtype)[:, 3 * self.units:]
+                 + w["state_bias"][3 * self.units:])
         return self._attend(state, query, encoded, w)
 
     def _step(self, x_proj: tf.Tensor, state: tf.Tensor, encoded: Encoded,
               w: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """One decoder GRU step from the embedding projection: (new_state, attention weights, context)."""
-        state_proj = tf.matmul(state, w["state_kernel"]) + w["state_bias"]
+        state_proj = _matmul(state, w["state_kernel"], self.compute_dtype) + w["state_bias"]
         if self.attention == "bahdanau":
             inner, query = tf.split(state_proj, [3 * self.units, self.units], axis=-1)
         else:
@@ -264,21 +280,21 @@ class Seq2Seq(tf.Module):
             context = state[:, :0]
         else:
             context, weights = self._attend(state, query, encoded, w)
-            x_proj = x_proj + tf.matmul(context, w["context_kernel"])
+            x_proj = x_proj + _matmul(context, w["context_kernel"], self.compute_dtype)
         return gru_cell(x_proj, inner, state), weights, context
 
     def decode_step(self, token_ids: tf.Tensor, state: tf.Tensor,
                     encoded: Encoded) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """[B] previous tokens, [B, U] state -> (logits [B, V], new state [B, U], attention [B, S])."""
         embedded = tf.gather(self.target_embedding, tf.convert_to_tensor(token_ids, tf.int64))
-        x_proj = tf.matmul(embedded, self.decoder_kernel) + self.decoder_bias
+        x_proj = _matmul(embedded, self.decoder_kernel, self.compute_dtype) + self.decoder_bias
         new_state, attention, _ = self._step(x_proj, state, encoded, self._step_weights())
         return self.project(new_state), new_state, attention
 
     def project(self, states: tf.Tensor) -> tf.Tensor:
         """Decoder states [..., U] -> vocabulary logits [..., V], one matmul over all leading dims."""
         flat = tf.reshape(states, [-1, self.units])
-        logits = tf.matmul(flat, self.output_kernel) + self.output_bias
+        logits = _matmul(flat, self.output_kernel, self.compute_dtype) + self.output_bias
         return tf.reshape(logits, tf.concat([tf.shape(states)[:-1], [self.target_vocab_size]], 0))
 
     def decoder_states(self, encoded: Encoded, target_input: tf.Tensor,
@@ -287,18 +303,20 @@ class Seq2Seq(tf.Module):
         target_input = tf.convert_to_tensor(target_input, tf.int64)
         steps = tf.shape(target_input)[1]
         embedded = tf.gather(self.target_embedding, target_input)
-        x_proj = _dense(embedded, self.decoder_kernel) + self.decoder_bias
+        x_proj = _dense(embedded, self.decoder_kernel, self.compute_dtype) + self.decoder_bias
         # The kernels multiplying loop values get their gradients after the loop (see
         # _deferred_kernel_gradient); inside it they are constants.
         batch = tf.shape(target_input)[0]
         w = self._step_weights()
         previous: dict[str, tf.Tensor] = {}
         contexts: dict[str, tf.Tensor] = {}
-        state_offset = w["state_bias"] + _deferred_kernel_gradient(w["state_kernel"], steps, batch, previous)
-        loop_w = {name: tf.stop_gradient(value) for name, value in w.items()}
+        state_offset = w["state_bias"] + _deferred_kernel_gradient(
+            w["state_kernel"], steps, batch, previous, self.compute_dtype)
+        loop_w = {name: tf.stop_gradient(tf.cast(value, self.compute_dtype) if "kernel" in name else value)
+                  for name, value in w.items()}
         x_proj = tf.transpose(x_proj, [1, 0, 2])
         if self.attention != "none":
-            x_proj += _deferred_kernel_gradient(w["context_kernel"], steps, batch, contexts)
+            x_proj += _deferred_kernel_gradient(w["context_kernel"], steps, batch, contexts, self.compute_dtype)
         if self.attention == "bahdanau":
             loop_w["attention_v"] = w["attention_v"]  # a vector: its per-step gradient is cheap
         x_proj_t, offset_t = _steps_time_major(x_proj), _steps_time_major(state_offset)

@@ -26,14 +26,24 @@ class Adam(tf.Module):
             self.v = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="v") for v in variables]
 
     def apply(self, grads: Sequence[tf.Tensor], variables: Sequence[tf.Variable], learning_rate: tf.Tensor) -> None:
-        """One update; call in cross-replica context (or without a strategy) with the reduced gradients."""
+        """One update; call in cross-replica context (or without a strategy) with the reduced gradients.
+
+        Each variable is updated by TensorFlow's fused Adam kernel (one pass over var, m, v and the
+        gradient instead of a dozen elementwise ops); under a distribution strategy, on every replica.
+        """
+        strategy = tf.distribute.get_strategy()
         t = tf.cast(self.iterations + 1, tf.float32)
-        # Fold both bias corrections into the step size, as Keras does.
-        alpha = learning_rate * tf.sqrt(1.0 - tf.pow(self.beta_2, t)) / (1.0 - tf.pow(self.beta_1, t))
+        beta_1_power, beta_2_power = tf.pow(self.beta_1, t), tf.pow(self.beta_2, t)
+        learning_rate = tf.cast(learning_rate, tf.float32)
+
+        def update(var, grad, m, v):
+            return tf.raw_ops.ResourceApplyAdam(
+                var=var.handle, m=m.handle, v=v.handle, beta1_power=beta_1_power, beta2_power=beta_2_power,
+                lr=learning_rate, beta1=tf.constant(self.beta_1), beta2=tf.constant(self.beta_2),
+                epsilon=tf.constant(self.epsilon), grad=grad)
+
         for grad, var, m, v in zip(grads, variables, self.m, self.v):
-            m.assign(self.beta_1 * m + (1.0 - self.beta_1) * grad)
-            v.assign(self.beta_2 * v + (1.0 - self.beta_2) * tf.square(grad))
-            var.assign_sub(alpha * m / (tf.sqrt(v) + self.epsilon))
+            strategy.extended.update(var, update, args=(grad, m, v), group=False)
         self.iterations.assign_add(1)
 
 

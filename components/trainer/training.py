@@ -289,10 +289,13 @@ class Trainer:
             tokens = reduce(tokens)
             denominator = tf.maximum(tokens, 1.0)
             # Sum over replicas then divide by all real tokens: the same mean as on one device.
-            grads = [reduce(g) / denominator for g in grads]
-            norm = tf.linalg.global_norm(grads)
+            # Division and clipping are folded into one scale factor: one pass over the gradients.
+            grads = [reduce(g) for g in grads]
+            norm = tf.linalg.global_norm(grads) / denominator
+            scale = 1.0 / denominator
             if t.clip_norm > 0:
-                grads, _ = tf.clip_by_global_norm(grads, t.clip_norm, use_norm=norm)
+                scale *= tf.minimum(1.0, t.clip_norm / tf.maximum(norm, 1e-12))
+            grads = [g * scale for g in grads]
             rate = learning_rate(t, self.step, total_steps)
             self.optimizer.apply(grads, variables, rate)
             self.step.assign_add(1)

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import logging
+import os
 import posixpath
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Optional, Sequence, Union
@@ -107,7 +108,11 @@ def _match(pattern: str) -> list[tuple[str, int]]:
         if "No files found" in str(e) or "not found" in str(e).lower():
             return []
         raise InputError(f"cannot read input {pattern}: {e}") from None
-    files = [(m.path, m.size_in_bytes) for m in result if not _is_dir(m.path)]
+    from components.preprocess.fs import is_local
+
+    # Sub-directories are not inputs (object stores list them as names ending in "/").
+    files = [(m.path, m.size_in_bytes) for m in result
+             if not (m.path.endswith("/") or (is_local(m.path) and os.path.isdir(m.path)))]
     hidden = lambda p: posixpath.basename(p.rstrip("/")).startswith((".", "_"))  # noqa: E731
     return sorted((p, s) for p, s in files if not hidden(p))
 
@@ -117,9 +122,9 @@ def _has_glob(path: str) -> bool:
 
 
 def _is_dir(path: str) -> bool:
-    import tensorflow as tf
+    from components.preprocess import fs
 
-    return tf.io.gfile.isdir(path)
+    return fs.is_dir(path)
 
 
 def detect_format(path: str, config: PreprocessConfig) -> str:

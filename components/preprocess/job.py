@@ -18,9 +18,9 @@ import uuid
 from typing import Any, Mapping, Optional, Sequence
 
 import schemas
-from components.preprocess import inputs, transforms
-from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SHARDS, SIDES, SPLITS
-from pipeline.config import PipelineConfig, PreprocessConfig, write_config
+from components.preprocess import fs, inputs, transforms
+from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SIDES, SPLITS
+from pipeline.config import PipelineConfig, PreprocessConfig
 from pipeline.errors import InputError, UserError
 
 logger = logging.getLogger(__name__)
@@ -75,35 +75,34 @@ def run_preprocess(data: str, out: str, config: PipelineConfig, beam_args: Seque
 
     Returns the stats dict also written to OUT/stats.json.
     """
-    import tensorflow as tf
-
     started = time.time()
     out = out.rstrip("/")
-    if tf.io.gfile.exists(out) and not overwrite:
+    if fs.exists(out) and not overwrite:
         raise OutputExistsError(f"output folder {out} already exists (pass --overwrite to replace it)")
     units = inputs.resolve_inputs(data, config.preprocess)
     staging = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
     for folder in (staging, f"{staging}/{SHARD_DIR}", f"{staging}/{QUARANTINE_DIR}"):
-        tf.io.gfile.makedirs(folder)
+        fs.makedirs(folder)
     keep_staging = False
     try:
         _run_pipeline(units, staging, config.preprocess, beam_args)
         metrics = _read_json(f"{staging}/{METRICS_FILE}")
+        metrics["shards"] = transforms.publish_files(metrics.pop("files", {}), staging)
         stats = build_stats(metrics, config.preprocess, time.time() - started)
         _write_json(f"{staging}/stats.json", stats)
-        write_config(config, staging)
+        fs.write_text(f"{staging}/config.yaml", config.to_yaml())
         try:
             check_counts(stats, config.preprocess, out)
         except InputError:
             keep_staging = True
             _move(staging, f"{out}.failed", replace=True)
             raise
-        tf.io.gfile.remove(f"{staging}/{METRICS_FILE}")
-        tf.io.gfile.rmtree(f"{staging}/{SHARD_DIR}")  # leftovers of retried bundles, if any
+        fs.remove_tree(f"{staging}/{METRICS_FILE}")
+        fs.remove_tree(f"{staging}/{SHARD_DIR}")  # leftovers of retried bundles, if any
         _move(staging, out, replace=overwrite)
     finally:
-        if not keep_staging and tf.io.gfile.exists(staging):
-            tf.io.gfile.rmtree(staging)
+        if not keep_staging:
+            fs.remove_tree(staging)
     log_summary(stats, data, out)
     return stats
 
@@ -127,13 +126,10 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
         transforms.ReadFn(p, final=False)).with_outputs(NEWLINES, main="batches")
     wordpiece = None
     if p.tokenizer == "wordpiece":
-        word_counts = (first.batches
-                       | "CountWords" >> beam.ParDo(transforms.CountTokensFn(p, "whitespace", False))
-                       | "SumWords" >> beam.CombinePerKey(transforms.SumCountsFn()))
-        learned = (word_counts
-                   | "LearnWordpiece" >> beam.Map(learn_wordpiece, p)
-                   | "WordpieceDict" >> beam.combiners.ToDict()
-                   | "WriteWordpiece" >> beam.Map(write_wordpiece_vocabularies, staging))
+        learned = (first.batches
+                   | "CountWords" >> beam.ParDo(transforms.CountTokensFn(p, "whitespace", False))
+                   | "SumWords" >> beam.CombineGlobally(transforms.SumCountsFn())
+                   | "LearnWordpiece" >> beam.Map(learn_wordpiece_vocabularies, p, staging))
         wordpiece = beam.pvalue.AsSingleton(learned)
         second = units_pc | "ReadForTokenCounts" >> beam.ParDo(
             transforms.ReadFn(p, final=False)).with_outputs(NEWLINES, main="batches")
@@ -143,10 +139,8 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
         counted = first.batches | "CountTokens" >> beam.ParDo(
             transforms.CountTokensFn(p, p.tokenizer, True))
     vocabularies = (counted
-                    | "SumTokens" >> beam.CombinePerKey(transforms.SumCountsFn())
-                    | "BuildVocabulary" >> beam.Map(build_vocabulary, p)
-                    | "VocabularyDict" >> beam.combiners.ToDict()
-                    | "WriteVocabularies" >> beam.Map(write_vocabularies, staging))
+                    | "SumTokens" >> beam.CombineGlobally(transforms.SumCountsFn())
+                    | "Vocabularies" >> beam.Map(build_vocabularies, p, staging))
 
     newline_counts = first[NEWLINES] | "NewlineCounts" >> beam.combiners.ToList()
     final = units_pc | "Read" >> beam.ParDo(
@@ -157,21 +151,13 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
         side_inputs["wordpiece"] = wordpiece
     encoded = final.batches | "EncodeAndWrite" >> beam.ParDo(
         transforms.EncodeAndWriteFn(p, p.tokenizer, f"{staging}/{SHARD_DIR}"), **side_inputs
-    ).with_outputs(REJECTED, METRICS, SHARDS, main="unused")
-
-    shard_counts = (encoded[SHARDS]
-                    | "ShardList" >> beam.combiners.ToList()
-                    | "PublishShards" >> beam.Map(transforms.publish_shards, staging)
-                    | "ShardMetrics" >> beam.Map(lambda n: {"shards": n}))
-    rejected = (final[REJECTED], encoded[REJECTED]) | "AllRejects" >> beam.Flatten()
-    _ = (rejected
-         | "RejectJson" >> beam.Map(inputs.Reject.to_json)
-         | "Quarantine" >> beam.io.WriteToText(f"{staging}/{QUARANTINE_DIR}/{QUARANTINE_PREFIX}",
-                                               file_name_suffix=".jsonl"))
-    reject_counts = rejected | "CountRejects" >> beam.Map(lambda r: {"rejected": {r.reason: 1}})
+    ).with_outputs(REJECTED, METRICS, main="unused")
+    quarantined = ((final[REJECTED], encoded[REJECTED])
+                   | "AllRejects" >> beam.Flatten()
+                   | "Quarantine" >> beam.ParDo(transforms.QuarantineFn(f"{staging}/{SHARD_DIR}")))
     vocabulary_sizes = vocabularies | "VocabularySizes" >> beam.Map(
         lambda v: {"vocabulary_size": {side: len(tokens) for side, tokens in v.items()}})
-    _ = ((final[METRICS], encoded[METRICS], reject_counts, shard_counts, vocabulary_sizes)
+    _ = ((final[METRICS], encoded[METRICS], quarantined, vocabulary_sizes)
          | "AllMetrics" >> beam.Flatten()
          | "SumMetrics" >> beam.CombineGlobally(transforms.NestedSumFn())
          | "WriteMetrics" >> beam.Map(lambda m: _write_json(f"{staging}/{METRICS_FILE}", m)))
@@ -186,52 +172,44 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
         raise RuntimeError(f"the Beam job ended in state {state}")
 
 
-def build_vocabulary(side_counts: tuple[str, Mapping[bytes, int]], p: PreprocessConfig) -> tuple[str, Any]:
-    """(side, {token bytes: count}) -> (side, Vocabulary): specials, then by count desc, token asc."""
-    from components.text.vocabulary import Vocabulary
+def build_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str
+                       ) -> dict[str, list[str]]:
+    """{side: {token: count}} -> SIDE.vocab + SIDE.vocab.counts.tsv; returns {side: tokens} for the encoders.
 
-    side, counts = side_counts
-    decoded = {(t.decode("utf-8") if isinstance(t, bytes) else t): n for t, n in counts.items()}
-    return side, Vocabulary.from_counts(decoded, p.min_frequency, p.max_vocab_size)
-
-
-def write_vocabularies(vocabularies: Mapping[str, Any], staging: str) -> dict[str, list[str]]:
-    """Write SIDE.vocab + SIDE.vocab.counts.tsv; returns {side: tokens} for the encoders."""
+    Specials first, then tokens by descending count, ties by token; min_frequency and
+    max_vocab_size applied.
+    """
     from components.text.vocabulary import Vocabulary
 
     tokens = {}
     for side in SIDES:
-        vocabulary = vocabularies.get(side) or Vocabulary.from_counts({})
+        decoded = {(t.decode("utf-8") if isinstance(t, bytes) else t): n for t, n in counts.get(side, {}).items()}
+        vocabulary = Vocabulary.from_counts(decoded, p.min_frequency, p.max_vocab_size)
         vocabulary.save(f"{staging}/{side}.vocab")
         tokens[side] = list(vocabulary.tokens)
     return tokens
 
 
-def learn_wordpiece(side_counts: tuple[str, Mapping[bytes, int]], p: PreprocessConfig) -> tuple[str, list[str]]:
-    """Learn one side's WordPiece vocabulary from its train word counts (tensorflow-text's learner)."""
+def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str
+                                 ) -> dict[str, list[str]]:
+    """Learn each side's WordPiece vocabulary from its train word counts (tensorflow-text's learner).
+
+    Writes SIDE.wordpiece.vocab and returns {side: pieces}; the 4 special tokens come first.
+    """
     from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
-
-    from components.text.vocabulary import SPECIAL_TOKENS
-
-    side, counts = side_counts
-    # Sorted input: the learner's output must not depend on the order the counts arrived in.
-    words = sorted(((w.decode("utf-8") if isinstance(w, bytes) else w), n) for w, n in counts.items())
-    vocab = learner.learn(words, vocab_size=p.wordpiece_vocab_size, reserved_tokens=list(SPECIAL_TOKENS),
-                          lower_thresh=1, max_unique_chars=max(1000, p.wordpiece_vocab_size // 4))
-    logger.info("learned a %d-piece WordPiece vocabulary for the %s side", len(vocab), side)
-    return side, vocab
-
-
-def write_wordpiece_vocabularies(learned: Mapping[str, list[str]], staging: str) -> dict[str, list[str]]:
-    import tensorflow as tf
 
     from components.text.vocabulary import SPECIAL_TOKENS
 
     result = {}
     for side in SIDES:
-        pieces = list(learned.get(side) or SPECIAL_TOKENS)
-        with tf.io.gfile.GFile(f"{staging}/{side}.wordpiece.vocab", "w") as f:
-            f.write("".join(t + "\n" for t in pieces))
+        # Sorted input: the learner's output must not depend on the order the counts arrived in.
+        words = sorted(((w.decode("utf-8") if isinstance(w, bytes) else w), n)
+                       for w, n in counts.get(side, {}).items())
+        pieces = learner.learn(words, vocab_size=p.wordpiece_vocab_size, reserved_tokens=list(SPECIAL_TOKENS),
+                               lower_thresh=1, max_unique_chars=max(1000, p.wordpiece_vocab_size // 4))
+        pieces = list(pieces) if words else list(SPECIAL_TOKENS)
+        fs.write_text(f"{staging}/{side}.wordpiece.vocab", "".join(t + "\n" for t in pieces))
+        logger.info("learned a %d-piece WordPiece vocabulary for the %s side", len(pieces), side)
         result[side] = pieces
     return result
 
@@ -332,31 +310,23 @@ def log_summary(stats: Mapping[str, Any], data: str, out: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 def _read_json(path: str) -> dict[str, Any]:
-    import tensorflow as tf
-
-    if not tf.io.gfile.exists(path):
+    if not fs.exists(path):
         raise RuntimeError(f"the Beam job finished without writing {path}")
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    return json.loads(fs.read_text(path))
 
 
 def _write_json(path: str, value: Any) -> None:
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+    fs.write_text(path, json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
 
 
 def _move(source: str, destination: str, replace: bool) -> None:
     """Publish a finished folder under its final name; an old one is removed only after."""
-    import tensorflow as tf
-
     old: Optional[str] = None
-    if tf.io.gfile.exists(destination):
+    if fs.exists(destination):
         if not replace:
             raise OutputExistsError(f"output folder {destination} already exists")
         old = f"{destination}.old-{uuid.uuid4().hex[:8]}"
-        tf.io.gfile.rename(destination, old)
-    tf.io.gfile.rename(source, destination)
+        fs.move_tree(destination, old)
+    fs.move_tree(source, destination)
     if old:
-        tf.io.gfile.rmtree(old)
+        fs.remove_tree(old)

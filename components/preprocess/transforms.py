@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 REJECTED = "rejected"
 METRICS = "metrics"
 NEWLINES = "newlines"
-SHARDS = "shards"
 SPLITS = ("train", "eval")
 SIDES = ("source", "target")
 
@@ -205,11 +204,18 @@ class _TokenizingFn(beam.DoFn):
 
 
 class CountTokensFn(_TokenizingFn):
-    """RecordBatch -> (side, {token: count}) over the train split's records that will be written."""
+    """RecordBatch -> {side: Counter} per bundle, over the train records that will be written.
+
+    Counting into one Counter per bundle (in C, `Counter.update` on a token list) and emitting it
+    when the bundle ends keeps both the Python work and the data sent to the combiner small.
+    """
 
     def __init__(self, config: PreprocessConfig, tokenizer: str, apply_length_policy: bool):
         super().__init__(config, tokenizer)
         self.apply_length_policy = apply_length_policy
+
+    def start_bundle(self) -> None:
+        self._counts = {side: collections.Counter() for side in SIDES}
 
     def process(self, batch: RecordBatch, wordpiece: Optional[Mapping[str, Sequence[str]]] = None):
         if self._tokenizers is None:
@@ -222,10 +228,12 @@ class CountTokensFn(_TokenizingFn):
         if not train.any():
             return
         for side, tokens in zip(SIDES, self._count(batch.sources, batch.targets, train)):
-            # Python's Counter (in C) counts a batch's tokens several times faster than tf.unique.
-            counts = collections.Counter(tokens.numpy().tolist())
-            if counts:
-                yield side, counts
+            self._counts[side].update(tokens.numpy().tolist())
+        return ()
+
+    def finish_bundle(self):
+        if any(self._counts.values()):
+            yield GlobalWindows.windowed_value(self._counts)
 
     def _count_impl(self, sources, targets, train):
         """Each side's tokens of the train records that the encoder will not reject."""
@@ -239,20 +247,18 @@ class CountTokensFn(_TokenizingFn):
 
 
 class SumCountsFn(beam.CombineFn):
-    """Merge {token: count} dicts; the accumulator is one side's vocabulary-sized count table."""
+    """Merge {side: {token: count}} from every bundle; the accumulator is vocabulary-sized."""
 
     def create_accumulator(self) -> dict:
-        return {}
+        return {side: collections.Counter() for side in SIDES}
 
     def add_input(self, acc: dict, counts: Mapping) -> dict:
-        get = acc.get
-        for token, n in counts.items():
-            acc[token] = get(token, 0) + n
+        for side, side_counts in counts.items():
+            acc[side].update(side_counts)
         return acc
 
     def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
-        accumulators = iter(accumulators)
-        merged = next(accumulators, {})
+        merged = self.create_accumulator()
         for acc in accumulators:
             self.add_input(merged, acc)
         return merged
@@ -262,7 +268,7 @@ class SumCountsFn(beam.CombineFn):
 
 
 class NestedSumFn(beam.CombineFn):
-    """Sum nested {name: int | {name: ...}} metric dicts from every bundle into one."""
+    """Merge nested {name: int | list | {name: ...}} reports: numbers add up, lists concatenate."""
 
     def create_accumulator(self) -> dict:
         return {}
@@ -271,6 +277,8 @@ class NestedSumFn(beam.CombineFn):
         for key, value in metrics.items():
             if isinstance(value, Mapping):
                 self.add_input(acc.setdefault(key, {}), value)
+            elif isinstance(value, (list, tuple)):
+                acc.setdefault(key, []).extend(value)
             else:
                 acc[key] = acc.get(key, 0) + value
         return acc
@@ -283,6 +291,36 @@ class NestedSumFn(beam.CombineFn):
 
     def extract_output(self, acc: dict) -> dict:
         return acc
+
+
+class QuarantineFn(beam.DoFn):
+    """Rejects -> this bundle's JSONL file in the quarantine staging folder, counted by reason.
+
+    Emits one report per bundle: {"rejected": {reason: n}, "files": {"quarantine": [path]}}.
+    """
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def start_bundle(self) -> None:
+        self._file = None
+        self._path = ""
+        self._counts: dict[str, int] = {}
+
+    def process(self, reject: Reject):
+        if self._file is None:
+            tf = _tf()
+            self._path = f"{self.directory}/rejected-{uuid.uuid4().hex}.jsonl"
+            self._file = tf.io.gfile.GFile(self._path, "w")
+        self._file.write(reject.to_json() + "\n")
+        self._counts[reject.reason] = self._counts.get(reject.reason, 0) + 1
+        return ()
+
+    def finish_bundle(self):
+        if self._file is None:
+            return
+        self._file.close()
+        yield GlobalWindows.windowed_value({"rejected": self._counts, "files": {"quarantine": [self._path]}})
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,25 +449,29 @@ class EncodeAndWriteFn(_TokenizingFn):
     def finish_bundle(self):
         for writer in self._writers.values():
             writer.close()
-        for split, path in sorted(self._paths.items()):
-            yield beam.pvalue.TaggedOutput(SHARDS, GlobalWindows.windowed_value((split, path)))
         # Length histograms have int keys; stringify them so that every coder keeps them.
         metrics = dict(self._metrics)
         for side in SIDES:
             metrics[f"{side}_lengths"] = {str(k): v for k, v in metrics[f"{side}_lengths"].items()}
+        metrics["files"] = {split: [path] for split, path in self._paths.items()}
         yield beam.pvalue.TaggedOutput(METRICS, GlobalWindows.windowed_value(metrics))
         logger.info("bundle wrote %s", metrics["records_written"])
 
 
-def publish_shards(shards: Sequence[tuple[str, str]], directory: str) -> dict[str, int]:
-    """Rename the bundles' shard files to SPLIT-NNNNN-of-MMMMM.tfrecord.gz; returns shards per split."""
-    tf = _tf()
-    by_split: dict[str, list[str]] = {}
-    for split, path in shards:
-        by_split.setdefault(split, []).append(path)
-    for split, paths in by_split.items():
-        paths.sort()
-        for i, path in enumerate(paths):
-            tf.io.gfile.rename(path, f"{directory}/{split}-{i:05d}-of-{len(paths):05d}.tfrecord.gz",
-                               overwrite=True)
-    return {split: len(paths) for split, paths in by_split.items()}
+def publish_files(files: Mapping[str, Sequence[str]], directory: str) -> dict[str, int]:
+    """Rename the bundles' files: SPLIT-NNNNN-of-MMMMM.tfrecord.gz, quarantine/rejected-NNNNN-of-MMMMM.jsonl.
+
+    Returns the number of files per kind. Files of failed and retried bundles are not listed, so
+    they are never published.
+    """
+    from components.preprocess import fs
+
+    counts = {}
+    for kind, paths in files.items():
+        paths = sorted(paths)
+        n = len(paths)
+        names = [(f"quarantine/rejected-{i:05d}-of-{n:05d}.jsonl" if kind == "quarantine"
+                  else f"{kind}-{i:05d}-of-{n:05d}.tfrecord.gz") for i in range(n)]
+        fs.rename_files(paths, [f"{directory}/{name}" for name in names])
+        counts[kind] = n
+    return counts

@@ -20,6 +20,9 @@ class Adam(tf.Module):
                  epsilon: float = 1e-7, name: str = "adam"):
         super().__init__(name=name)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        # The strategy whose scope built the slots (the default one outside any scope): `apply` runs
+        # outside that scope, where get_strategy() would not see the mirrored copies.
+        self._strategy = tf.distribute.get_strategy()
         with self.name_scope:
             self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
             self.m = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="m") for v in variables]
@@ -31,19 +34,19 @@ class Adam(tf.Module):
         Each variable is updated by TensorFlow's fused Adam kernel (one pass over var, m, v and the
         gradient instead of a dozen elementwise ops); under a distribution strategy, on every replica.
         """
-        strategy = tf.distribute.get_strategy()
+        strategy = self._strategy
         t = tf.cast(self.iterations + 1, tf.float32)
         beta_1_power, beta_2_power = tf.pow(self.beta_1, t), tf.pow(self.beta_2, t)
         learning_rate = tf.cast(learning_rate, tf.float32)
 
-        def update(var, grad, m, v):
-            return tf.raw_ops.ResourceApplyAdam(
-                var=var.handle, m=m.handle, v=v.handle, beta1_power=beta_1_power, beta2_power=beta_2_power,
-                lr=learning_rate, beta1=tf.constant(self.beta_1), beta2=tf.constant(self.beta_2),
-                epsilon=tf.constant(self.epsilon), grad=grad)
-
+        local = strategy.experimental_local_results  # a mirrored variable's per-device copies, or (var,)
         for grad, var, m, v in zip(grads, variables, self.m, self.v):
-            strategy.extended.update(var, update, args=(grad, m, v), group=False)
+            for var_copy, m_copy, v_copy in zip(local(var), local(m), local(v)):
+                with tf.device(var_copy.device):
+                    tf.raw_ops.ResourceApplyAdam(
+                        var=var_copy.handle, m=m_copy.handle, v=v_copy.handle, beta1_power=beta_1_power,
+                        beta2_power=beta_2_power, lr=learning_rate, beta1=tf.constant(self.beta_1),
+                        beta2=tf.constant(self.beta_2), epsilon=tf.constant(self.epsilon), grad=grad)
         self.iterations.assign_add(1)
 
 

@@ -125,3 +125,18 @@ def test_cli_missing_path_is_one_clear_line(tmp_path, caplog):
     with caplog.at_level(logging.ERROR):
         code = main(["preprocess", "--data", str(tmp_path / "nope.tsv"), "--out", str(tmp_path / "out")])
     assert code == 1 and "nope.tsv: path does not exist" in caplog.text
+
+
+def test_num_shards_gives_exactly_that_many_files_per_split(tmp_path):
+    write_lines(tmp_path / "data" / "a.tsv", synthetic_pairs(150))
+    write_lines(tmp_path / "data" / "b.tsv", synthetic_pairs(150, seed=1))
+    out = tmp_path / "out"
+    stats = run(tmp_path / "data", out, config("preprocess.num_shards=3", "preprocess.eval_fraction=0.2"),
+                beam_args=["--direct_num_workers=2", "--direct_running_mode=multi_threading"])
+    for split in ("train", "eval"):
+        names = sorted(p.name for p in out.glob(f"{split}-*"))
+        assert names == [f"{split}-{i:05d}-of-00003.tfrecord.gz" for i in range(3)]
+    assert stats["shards"] == {"train": 3, "eval": 3}
+    assert len(read_examples(out, "train")) == stats["records_written"]["train"]
+    assert len(read_examples(out, "eval")) == stats["records_written"]["eval"] > 0
+    assert not (out / "_shards").exists()

@@ -72,3 +72,11 @@ def read_text(path: str) -> str:
 def write_text(path: str, text: str) -> None:
     with _fs().create(path) as f:
         f.write(text.encode("utf-8"))
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write bytes as they are (no compression, whatever the extension)."""
+    from apache_beam.io.filesystem import CompressionTypes
+
+    with _fs().create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(data)

@@ -87,7 +87,10 @@ def run_preprocess(data: str, out: str, config: PipelineConfig, beam_args: Seque
     try:
         _run_pipeline(units, staging, config.preprocess, beam_args)
         metrics = _read_json(f"{staging}/{METRICS_FILE}")
-        metrics["shards"] = transforms.publish_files(metrics.pop("files", {}), staging)
+        published = transforms.publish_files(metrics.pop("files", {}), staging)
+        if config.preprocess.num_shards > 0:
+            published.update(_fill_empty_shards(staging, metrics, config.preprocess.num_shards))
+        metrics["shards"] = published
         stats = build_stats(metrics, config.preprocess, time.time() - started)
         _write_json(f"{staging}/stats.json", stats)
         fs.write_text(f"{staging}/config.yaml", config.to_yaml())
@@ -151,13 +154,18 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
         side_inputs["wordpiece"] = wordpiece
     encoded = final.batches | "EncodeAndWrite" >> beam.ParDo(
         transforms.EncodeAndWriteFn(p, p.tokenizer, f"{staging}/{SHARD_DIR}"), **side_inputs
-    ).with_outputs(REJECTED, METRICS, main="unused")
+    ).with_outputs(REJECTED, METRICS, transforms.SHARD_PARTS, main="unused")
     quarantined = ((final[REJECTED], encoded[REJECTED])
                    | "AllRejects" >> beam.Flatten()
                    | "Quarantine" >> beam.ParDo(transforms.QuarantineFn(f"{staging}/{SHARD_DIR}")))
     vocabulary_sizes = vocabularies | "VocabularySizes" >> beam.Map(
         lambda v: {"vocabulary_size": {side: len(tokens) for side, tokens in v.items()}})
-    _ = ((final[METRICS], encoded[METRICS], quarantined, vocabulary_sizes)
+    reports = [final[METRICS], encoded[METRICS], quarantined, vocabulary_sizes]
+    if p.num_shards > 0:
+        reports.append(encoded[transforms.SHARD_PARTS]
+                       | "GroupShardParts" >> beam.GroupByKey()
+                       | "ConcatenateShards" >> beam.ParDo(transforms.ConcatenateShardFn(staging, p.num_shards)))
+    _ = (tuple(reports)
          | "AllMetrics" >> beam.Flatten()
          | "SumMetrics" >> beam.CombineGlobally(transforms.NestedSumFn())
          | "WriteMetrics" >> beam.Map(lambda m: _write_json(f"{staging}/{METRICS_FILE}", m)))
@@ -308,6 +316,22 @@ def log_summary(stats: Mapping[str, Any], data: str, out: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
+
+def _fill_empty_shards(staging: str, metrics: Mapping[str, Any], num_shards: int) -> dict[str, int]:
+    """With preprocess.num_shards, a split that has examples gets exactly that many files."""
+    import gzip
+
+    counts = {}
+    for split in SPLITS:
+        if not metrics.get("records_written", {}).get(split):
+            continue
+        for shard in range(num_shards):
+            path = f"{staging}/{split}-{shard:05d}-of-{num_shards:05d}.tfrecord.gz"
+            if not fs.exists(path):
+                fs.write_bytes(path, gzip.compress(b""))
+        counts[split] = num_shards
+    return counts
+
 
 def _read_json(path: str) -> dict[str, Any]:
     if not fs.exists(path):

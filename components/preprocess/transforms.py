@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 REJECTED = "rejected"
 METRICS = "metrics"
 NEWLINES = "newlines"
+SHARD_PARTS = "shard_parts"
 SPLITS = ("train", "eval")
 SIDES = ("source", "target")
 
@@ -40,17 +41,26 @@ class RecordBatch(NamedTuple):
     targets: list[str]
 
 
-def is_eval(normalized_sources: Sequence[bytes], eval_fraction: float) -> np.ndarray:
-    """Stable split: sha256 of the normalized source (as in source_text), as a fraction of 2**64.
+def source_digests(normalized_sources: Sequence[bytes]) -> list[bytes]:
+    """sha256 of each normalized source (as stored in source_text): the split and shard keys."""
+    return [hashlib.sha256(s).digest() for s in normalized_sources]
+
+
+def is_eval(digests: Sequence[bytes], eval_fraction: float) -> np.ndarray:
+    """Stable split: the first 8 digest bytes as a fraction of 2**64, below eval_fraction -> eval.
 
     A pair's split never depends on the rest of the corpus, so growing the corpus keeps old pairs
     in their split, and raising eval_fraction only moves pairs from train to eval.
     """
     if eval_fraction <= 0:
-        return np.zeros(len(normalized_sources), bool)
+        return np.zeros(len(digests), bool)
     threshold = int(eval_fraction * 2**64)
-    return np.array([int.from_bytes(hashlib.sha256(s).digest()[:8], "big") < threshold
-                     for s in normalized_sources], bool)
+    return np.array([int.from_bytes(d[:8], "big") < threshold for d in digests], bool)
+
+
+def shard_index(digests: Sequence[bytes], num_shards: int) -> np.ndarray:
+    """Stable shard of each pair (preprocess.num_shards > 0), from digest bytes the split does not use."""
+    return np.array([int.from_bytes(d[8:16], "big") % num_shards for d in digests], np.int64)
 
 
 def _tf():
@@ -195,12 +205,11 @@ class _TokenizingFn(beam.DoFn):
                                      list(wordpiece[side]) if wordpiece else None)
                 for side in SIDES}
 
-    def _split_flags(self, batch: RecordBatch, normalized_sources: Optional[list[bytes]] = None) -> np.ndarray:
+    def _split_flags(self, batch: RecordBatch) -> np.ndarray:
         if self.config.eval_fraction <= 0:
             return np.zeros(len(batch.sources), bool)
-        if normalized_sources is None:
-            normalized_sources = self._normalize(batch.sources).numpy().tolist()
-        return is_eval(normalized_sources, self.config.eval_fraction)
+        digests = source_digests(self._normalize(batch.sources).numpy().tolist())
+        return is_eval(digests, self.config.eval_fraction)
 
 
 class CountTokensFn(_TokenizingFn):
@@ -386,7 +395,10 @@ class EncodeAndWriteFn(_TokenizingFn):
         src = {k: v.numpy() for k, v in src.items()}
         tgt = {k: v.numpy() for k, v in tgt.items()}
         source_text, target_text = source_text.numpy(), target_text.numpy()
-        evals = self._split_flags(batch, source_text.tolist())
+        c = self.config
+        digests = source_digests(source_text.tolist()) if c.eval_fraction > 0 or c.num_shards > 0 else []
+        evals = is_eval(digests, c.eval_fraction) if c.eval_fraction > 0 else np.zeros(len(source_text), bool)
+        shards = shard_index(digests, c.num_shards) if c.num_shards > 0 else np.full(len(source_text), -1)
         reasons = self._reject_reasons(src["full_length"], tgt["full_length"])
         for i in np.flatnonzero(reasons != ""):
             # Counted where all rejects meet, so that conservation checks two independent tallies.
@@ -404,9 +416,10 @@ class EncodeAndWriteFn(_TokenizingFn):
                 "target_input": tgt["target_input"][rows], "target_output": tgt["target_output"][rows],
                 "target_length": tgt["target_length"][rows],
             }, {"source_text": source_text[rows].tolist(), "target_text": target_text[rows].tolist()})
-            writer = self._writer(split)
-            for example in examples:
-                writer.write(example)
+            for shard in np.unique(shards[rows]).tolist():
+                writer = self._writer(split, shard)
+                for i in np.flatnonzero(shards[rows] == shard).tolist():
+                    writer.write(examples[i])
             self._metrics["records_written"][split] += len(examples)
 
     def _reject_reasons(self, source_full: np.ndarray, target_full: np.ndarray) -> np.ndarray:
@@ -438,13 +451,15 @@ class EncodeAndWriteFn(_TokenizingFn):
             m["eval_tokens"]["target"] += int((tgt["target_length"][rows] - 1).sum())
             m["eval_unk"]["target"] += int((tgt["target_output"][rows] == UNK_ID).sum())
 
-    def _writer(self, split: str):
-        if split not in self._writers:
+    def _writer(self, split: str, shard: int):
+        """This bundle's file for a split (and, with preprocess.num_shards, for one shard)."""
+        key = (split, shard)
+        if key not in self._writers:
             tf = _tf()
-            path = f"{self.shard_dir}/{split}-{uuid.uuid4().hex}.tfrecord.gz"
-            self._writers[split] = tf.io.TFRecordWriter(path, options=tf.io.TFRecordOptions("GZIP"))
-            self._paths[split] = path
-        return self._writers[split]
+            path = f"{self.shard_dir}/{split}-{shard}-{uuid.uuid4().hex}.tfrecord.gz"
+            self._writers[key] = tf.io.TFRecordWriter(path, options=tf.io.TFRecordOptions("GZIP"))
+            self._paths[key] = path
+        return self._writers[key]
 
     def finish_bundle(self):
         for writer in self._writers.values():
@@ -453,9 +468,41 @@ class EncodeAndWriteFn(_TokenizingFn):
         metrics = dict(self._metrics)
         for side in SIDES:
             metrics[f"{side}_lengths"] = {str(k): v for k, v in metrics[f"{side}_lengths"].items()}
-        metrics["files"] = {split: [path] for split, path in self._paths.items()}
+        if self.config.num_shards > 0:
+            for key, path in sorted(self._paths.items()):
+                yield beam.pvalue.TaggedOutput(SHARD_PARTS, GlobalWindows.windowed_value((key, path)))
+        else:
+            metrics["files"] = {split: [path] for (split, _), path in self._paths.items()}
         yield beam.pvalue.TaggedOutput(METRICS, GlobalWindows.windowed_value(metrics))
         logger.info("bundle wrote %s", metrics["records_written"])
+
+
+class ConcatenateShardFn(beam.DoFn):
+    """((split, shard), [bundle files]) -> SPLIT-NNNNN-of-MMMMM.tfrecord.gz (preprocess.num_shards > 0).
+
+    Gzip files concatenate into one valid gzip stream (TF reads every member), so a shard is its
+    bundles' files copied end to end, in a fixed order; nothing is decoded.
+    """
+
+    def __init__(self, directory: str, num_shards: int):
+        self.directory = directory
+        self.num_shards = num_shards
+
+    def process(self, element):
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+
+        (split, shard), parts = element
+        parts = sorted(parts)
+        path = f"{self.directory}/{split}-{shard:05d}-of-{self.num_shards:05d}.tfrecord.gz"
+        raw = CompressionTypes.UNCOMPRESSED
+        with FileSystems.create(path, compression_type=raw) as out:
+            for part in parts:
+                with FileSystems.open(part, compression_type=raw) as f:
+                    while chunk := f.read(1 << 22):
+                        out.write(chunk)
+        FileSystems.delete(parts)
+        yield {"shards": {split: 1}}
 
 
 def publish_files(files: Mapping[str, Sequence[str]], directory: str) -> dict[str, int]:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError, UserError
-from pipeline.fingerprint import corpus_fingerprint, digest, resolve_corpus
+from pipeline.fingerprint import corpus_fingerprint, digest, file_digest, resolve_corpus
 from pipeline.lock import RunLock
 from pipeline.pipeline import PIPELINE, ComponentSpec
 
@@ -168,9 +168,17 @@ def find_interrupted(artifacts: str, current: str, name: str, fingerprint: str) 
 def _preprocess(state: RunState, out: str) -> dict[str, Any]:
     from components.preprocess import run_preprocess
 
-    stats = run_preprocess(state.data, out, state.config, beam_args=state.beam_args, overwrite=True)
+    stats = run_preprocess(state.data, out, state.config, beam_args=state.beam_args, overwrite=True,
+                           served_vocabularies=_served_vocabularies(state))
     return {"records_read": stats.get("records_read"), "records_written": stats.get("records_written"),
             "rejected": stats.get("rejected")}
+
+
+def _served_vocabularies(state: RunState) -> Optional[str]:
+    """The served model's vocabulary folder, when preprocess.vocabulary=reuse_served asks for it."""
+    if state.config.preprocess.vocabulary != "reuse_served" or not state.baseline_model:
+        return None
+    return f"{state.baseline_model}/assets"
 
 
 def _train(state: RunState, out: str) -> dict[str, Any]:
@@ -228,8 +236,11 @@ EXECUTORS: dict[str, Callable[[RunState, str], dict[str, Any]]] = {
 def _fingerprint(state: RunState, spec: ComponentSpec) -> str:
     upstream = [state.fingerprints[name] for name in spec.inputs]
     sections = {s: dataclasses.asdict(getattr(state.config, s)) for s in spec.config_sections}
-    extra: Any = sorted((os.path.basename(p), h) for p, h in state.corpus.items()) \
-        if spec.name == "preprocess" else None
+    extra: Any = None
+    if spec.name == "preprocess":
+        vocabularies = _served_vocabularies(state)
+        extra = [sorted((os.path.basename(p), h) for p, h in state.corpus.items()),
+                 vocabularies and {side: file_digest(f"{vocabularies}/{side}.vocab") for side in ("source", "target")}]
     if spec.name == "evaluate":
         extra = _baseline_key(state)
     return digest(spec.name, upstream, sections, extra, package_versions()["seq2seq-pipeline"])

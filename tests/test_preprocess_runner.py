@@ -140,3 +140,20 @@ def test_num_shards_gives_exactly_that_many_files_per_split(tmp_path):
     assert len(read_examples(out, "train")) == stats["records_written"]["train"]
     assert len(read_examples(out, "eval")) == stats["records_written"]["eval"] > 0
     assert not (out / "_shards").exists()
+
+
+def test_reuse_served_keeps_the_vocabularies_and_maps_new_words_to_unk(tmp_path):
+    first = run(write_lines(tmp_path / "a.tsv", synthetic_pairs(100)), tmp_path / "first",
+                config("preprocess.eval_fraction=0"))
+    grown = write_lines(tmp_path / "b.tsv", synthetic_pairs(100) + ["brandneu words here\t완전히 새로운"])
+    cfg = config("preprocess.eval_fraction=0", "preprocess.vocabulary=reuse_served")
+    from components.preprocess import run_preprocess
+
+    stats = run_preprocess(str(grown), str(tmp_path / "second"), cfg, served_vocabularies=str(tmp_path / "first"))
+    for name in ("source.vocab", "target.vocab", "source.vocab.counts.tsv"):
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes()
+    rows = {r["source_text"]: r for r in read_examples(tmp_path / "second")}
+    new = rows["brandneu words here"]
+    assert new["source_ids"][:3] == [3, 3, 3] and new["target_output"][:3] == [3, 3, 2]
+    assert stats["records_written"]["train"] == first["records_written"]["train"] + 1
+    assert stats["vocabularies_from"] == str(tmp_path / "first")

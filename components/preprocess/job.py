@@ -21,7 +21,7 @@ import schemas
 from components.preprocess import fs, inputs, transforms
 from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SIDES, SPLITS
 from pipeline.config import PipelineConfig, PreprocessConfig
-from pipeline.errors import InputError, UserError
+from pipeline.errors import ArtifactError, InputError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -70,28 +70,34 @@ def _direct_runner(options):
 
 
 def run_preprocess(data: str, out: str, config: PipelineConfig, beam_args: Sequence[str] = (),
-                   overwrite: bool = False) -> dict[str, Any]:
+                   overwrite: bool = False, served_vocabularies: Optional[str] = None) -> dict[str, Any]:
     """Corpus at DATA (path, directory or glob) -> OUT (layout in components/text/artifacts.py).
 
-    Returns the stats dict also written to OUT/stats.json.
+    With preprocess.vocabulary=reuse_served, `served_vocabularies` is a folder holding the served
+    model's source.vocab/target.vocab (and *.wordpiece.vocab for wordpiece): a preprocess output or
+    a SavedModel's assets/. They are used as they are (new words become <unk>), so the served
+    model's weights fit the new examples. Returns the stats dict also written to OUT/stats.json.
     """
     started = time.time()
     out = out.rstrip("/")
     if fs.exists(out) and not overwrite:
         raise OutputExistsError(f"output folder {out} already exists (pass --overwrite to replace it)")
     units = inputs.resolve_inputs(data, config.preprocess)
+    reuse_from = _reuse_source(config.preprocess, served_vocabularies)
     staging = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
     for folder in (staging, f"{staging}/{SHARD_DIR}", f"{staging}/{QUARANTINE_DIR}"):
         fs.makedirs(folder)
     keep_staging = False
     try:
-        _run_pipeline(units, staging, config.preprocess, beam_args)
+        reused = _copy_reused_vocabularies(reuse_from, config.preprocess, staging) if reuse_from else None
+        _run_pipeline(units, staging, config.preprocess, beam_args, reused)
         metrics = _read_json(f"{staging}/{METRICS_FILE}")
         published = transforms.publish_files(metrics.pop("files", {}), staging)
         if config.preprocess.num_shards > 0:
             published.update(_fill_empty_shards(staging, metrics, config.preprocess.num_shards))
         metrics["shards"] = published
         stats = build_stats(metrics, config.preprocess, time.time() - started)
+        stats["vocabularies_from"] = reuse_from or "corpus"
         _write_json(f"{staging}/stats.json", stats)
         fs.write_text(f"{staging}/config.yaml", config.to_yaml())
         try:
@@ -114,8 +120,51 @@ def run_preprocess(data: str, out: str, config: PipelineConfig, beam_args: Seque
 # The pipeline
 # --------------------------------------------------------------------------------------------
 
+def _reuse_source(p: PreprocessConfig, served_vocabularies: Optional[str]) -> Optional[str]:
+    if p.vocabulary != "reuse_served":
+        return None
+    if not served_vocabularies:
+        logger.warning("preprocess.vocabulary=reuse_served but no served model is given: "
+                       "building the vocabularies from the corpus")
+        return None
+    return served_vocabularies.rstrip("/")
+
+
+def _copy_reused_vocabularies(directory: str, p: PreprocessConfig, staging: str
+                              ) -> tuple[dict[str, list[str]], Optional[dict[str, list[str]]]]:
+    """Check (special ids) and copy the served vocabularies into the output; returns their tokens."""
+    from components.text.vocabulary import COUNTS_SUFFIX, Vocabulary, VocabularyError
+
+    def tokens_of(path: str) -> list[str]:
+        if not fs.exists(path):
+            raise ArtifactError(f"preprocess.vocabulary=reuse_served: {path} does not exist")
+        text = fs.read_text(path)
+        return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+
+    vocabularies, wordpiece = {}, ({} if p.tokenizer == "wordpiece" else None)
+    for side in SIDES:
+        path = f"{directory}/{side}.vocab"
+        tokens = tokens_of(path)
+        try:
+            Vocabulary(tuple(tokens))
+        except VocabularyError as e:
+            raise ArtifactError(f"{path}: {e}") from None
+        fs.write_text(f"{staging}/{side}.vocab", "".join(t + "\n" for t in tokens))
+        if fs.exists(path + COUNTS_SUFFIX):
+            fs.write_text(f"{staging}/{side}.vocab{COUNTS_SUFFIX}", fs.read_text(path + COUNTS_SUFFIX))
+        vocabularies[side] = tokens
+        if wordpiece is not None:
+            pieces = tokens_of(f"{directory}/{side}.wordpiece.vocab")
+            fs.write_text(f"{staging}/{side}.wordpiece.vocab", "".join(t + "\n" for t in pieces))
+            wordpiece[side] = pieces
+    logger.info("reusing the served vocabularies from %s (source %d, target %d tokens)", directory,
+                len(vocabularies["source"]), len(vocabularies["target"]))
+    return vocabularies, wordpiece
+
+
 def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessConfig,
-                  beam_args: Sequence[str]) -> None:
+                  beam_args: Sequence[str],
+                  reused: Optional[tuple[dict[str, list[str]], Optional[dict[str, list[str]]]]] = None) -> None:
     import apache_beam as beam
     from apache_beam.runners.runner import PipelineState
 
@@ -126,9 +175,13 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
     units_pc = pipeline | "ReadUnits" >> beam.Create(list(units))
 
     first = units_pc | "ReadForCounts" >> beam.ParDo(
-        transforms.ReadFn(p, final=False)).with_outputs(NEWLINES, main="batches")
+        transforms.ReadFn(p, final=False, newlines_only=reused is not None)).with_outputs(NEWLINES, main="batches")
     wordpiece = None
-    if p.tokenizer == "wordpiece":
+    if reused is not None:
+        vocabularies = pipeline | "ReusedVocabularies" >> beam.Create([reused[0]])
+        if reused[1] is not None:
+            wordpiece = beam.pvalue.AsSingleton(pipeline | "ReusedWordpiece" >> beam.Create([reused[1]]))
+    elif p.tokenizer == "wordpiece":
         learned = (first.batches
                    | "CountWords" >> beam.ParDo(transforms.CountTokensFn(p, "whitespace", False))
                    | "SumWords" >> beam.CombineGlobally(transforms.SumCountsFn())
@@ -141,9 +194,10 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
     else:
         counted = first.batches | "CountTokens" >> beam.ParDo(
             transforms.CountTokensFn(p, p.tokenizer, True))
-    vocabularies = (counted
-                    | "SumTokens" >> beam.CombineGlobally(transforms.SumCountsFn())
-                    | "Vocabularies" >> beam.Map(build_vocabularies, p, staging))
+    if reused is None:
+        vocabularies = (counted
+                        | "SumTokens" >> beam.CombineGlobally(transforms.SumCountsFn())
+                        | "Vocabularies" >> beam.Map(build_vocabularies, p, staging))
 
     newline_counts = first[NEWLINES] | "NewlineCounts" >> beam.combiners.ToList()
     final = units_pc | "Read" >> beam.ParDo(

@@ -80,13 +80,19 @@ class ReadFn(beam.DoFn):
     final read numbers the lines of every range; only the final read reports rejects and counts.
     """
 
-    def __init__(self, config: PreprocessConfig, final: bool):
+    def __init__(self, config: PreprocessConfig, final: bool, newlines_only: bool = False):
         self.config = config
         self.final = final
+        self.newlines_only = newlines_only  # reused vocabularies: the first read only numbers lines
 
     def process(self, unit: ReadUnit, newline_counts: Sequence[tuple[str, int, int]] = ()) -> Iterator[Any]:
         started = time.perf_counter()
         first_line = 1
+        if self.newlines_only:
+            if unit.splittable:
+                newlines, _, _ = inputs.read_range(unit)
+                yield beam.pvalue.TaggedOutput(NEWLINES, (unit.path, unit.start, newlines))
+            return
         if unit.splittable:
             newlines, skipped, lines = inputs.read_range(unit)
             if not self.final:

@@ -199,3 +199,17 @@ def test_aligned_file_without_partner_is_an_input_error(tmp_path):
     write_lines(tmp_path / "lonely.src", ["hi"])
     with pytest.raises(InputError, match=r"lonely.src: no matching .*lonely.tgt"):
         run(tmp_path, tmp_path / "out")
+
+
+def test_csv_rows_with_bad_bytes_are_quarantined_and_a_missing_column_fails_first(tmp_path):
+    data = tmp_path / "c.csv"
+    data.write_bytes(b"source,target\r\nfine,gut\r\nbad \xff byte,x\r\n\"multi\nline\",zwei\r\nlast,letzte\r\n")
+    out = tmp_path / "out"
+    stats = run(data, out, config("preprocess.eval_fraction=0", "preprocess.max_rejected_fraction=0.5"))
+    assert [(r["line"], r["reason"]) for r in quarantine(out)] == [(3, "invalid_utf8")]
+    assert quarantine(out)[0]["raw"].startswith("bad \ufffd byte")
+    assert sorted(r["source_text"] for r in read_examples(out)) == ["fine", "last", "multi line"]
+    assert stats["records_read"] == 4
+    (tmp_path / "d.csv").write_text("en,ko\nhello,안녕\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"d.csv: the CSV header \['en', 'ko'\] has no column 'source'"):
+        run(tmp_path / "d.csv", tmp_path / "out2")

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
@@ -160,6 +161,8 @@ def resolve_inputs(data: Union[str, Sequence[str]], config: PreprocessConfig) ->
     for path, size in sorted(files.items()):
         by_format.setdefault(detect_format(path, config), []).append((path, size))
     units: list[ReadUnit] = []
+    for path, _ in by_format.get("csv", []):
+        csv_header(path, config)  # a missing column fails now, not in a worker
     for fmt, entries in sorted(by_format.items()):
         if fmt == "aligned":
             units.extend(_aligned_units([p for p, _ in entries], config))
@@ -380,64 +383,58 @@ def parse_lines(unit: ReadUnit, lines: Iterator[bytes], first_line: int, config:
             yield parse_jsonl_line(line, unit.path, number, config)
 
 
-def read_csv(unit: ReadUnit, config: PreprocessConfig) -> Iterator[Parsed]:
-    """CSV with a header row; a record's number is the line it starts on."""
-    with _open(unit.path) as f:
-        raw = f.read()
-    if raw.startswith(BOM):
-        raw = raw[len(BOM):]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        # Fall back to line-by-line so that only the bad lines are rejected.
-        text = None
-    if text is None:
-        yield from _read_csv_lines(unit, raw, config)
-        return
-    yield from _csv_rows(unit.path, io.StringIO(text, newline=""), config)
+_BAD_BYTE = re.compile("[\udc80-\udcff]")
 
 
-def _read_csv_lines(unit: ReadUnit, raw: bytes, config: PreprocessConfig) -> Iterator[Parsed]:
-    good = []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        text = _decode(_clean(line, False), unit.path, number)
-        if isinstance(text, Reject):
-            yield text
-            good.append("")  # keep line numbers aligned for the csv reader
-        else:
-            good.append(text)
-    yield from _csv_rows(unit.path, io.StringIO("\n".join(good), newline=""), config)
+def _open_csv(path: str) -> io.TextIOWrapper:
+    """A streaming text view of a (possibly gzip) CSV file; invalid UTF-8 bytes become surrogates."""
+    return io.TextIOWrapper(_open(path), encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
-def _csv_rows(path: str, stream: io.StringIO, config: PreprocessConfig) -> Iterator[Parsed]:
-    reader = csv.reader(stream)
-    try:
-        header = next(reader)
-    except StopIteration:
-        return
-    except csv.Error as e:
-        raise InputError(f"{path}: line 1: cannot read the CSV header: {e}") from None
+def csv_header(path: str, config: PreprocessConfig) -> list[str]:
+    """The header row of a CSV file, checked for the configured columns (raises InputError)."""
+    with _open_csv(path) as stream:
+        try:
+            header = next(csv.reader(stream), None)
+        except csv.Error as e:
+            raise InputError(f"{path}: line 1: cannot read the CSV header: {e}") from None
+    if header is None:
+        return []
     for name in (config.source_field, config.target_field):
         if name not in header:
             raise InputError(f"{path}: the CSV header {header} has no column {name!r} "
                              f"(set preprocess.source_field / preprocess.target_field)")
-    si, ti = header.index(config.source_field), header.index(config.target_field)
-    while True:
-        number = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
+    return header
+
+
+def read_csv(unit: ReadUnit, config: PreprocessConfig) -> Iterator[Parsed]:
+    """CSV with a header row, streamed; a record's number is the line it starts on."""
+    path = unit.path
+    with _open_csv(path) as stream:
+        reader = csv.reader(stream)
+        header = next(reader, None)
+        if header is None:
             return
-        except csv.Error as e:
-            yield Reject(path, number, "malformed_record", f"(CSV error: {e})")
-            continue
-        raw = ",".join(row)
-        if not row or all(not cell for cell in row):
-            yield Blank(number)
-        elif len(row) != len(header):
-            yield Reject(path, number, "wrong_column_count", f"{raw} ({len(row)} columns, header has {len(header)})")
-        else:
-            yield check_sides(path, number, row[si], row[ti], raw)
+        si, ti = header.index(config.source_field), header.index(config.target_field)
+        while True:
+            number = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield Reject(path, number, "malformed_record", f"(CSV error: {e})")
+                continue
+            raw = ",".join(row)
+            if _BAD_BYTE.search(raw):
+                shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                yield Reject(path, number, "invalid_utf8", shown)
+            elif not row or all(not cell for cell in row):
+                yield Blank(number)
+            elif len(row) != len(header):
+                yield Reject(path, number, "wrong_column_count", f"{raw} ({len(row)} columns, header has {len(header)})")
+            else:
+                yield check_sides(path, number, row[si], row[ti], raw)
 
 
 def read_parquet(unit: ReadUnit, config: PreprocessConfig) -> Iterator[Parsed]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any, Mapping, Optional, Sequence
@@ -228,10 +229,36 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
     logger.info("running the Beam job on %s (%s workers, %s; %d read units)",
                 all_options.get("runner") or DEFAULT_RUNNER, all_options.get("direct_num_workers"),
                 all_options.get("direct_running_mode"), len(units))
-    result = pipeline.run()
-    state = result.wait_until_finish()
+    relay = logging.getLogger("apache_beam.runners.portability.local_job_service")
+    worker_filter = _WorkerLogFilter()
+    relay.addFilter(worker_filter)
+    try:
+        result = pipeline.run()
+        state = result.wait_until_finish()
+    finally:
+        relay.removeFilter(worker_filter)
     if state not in (PipelineState.DONE, None):
         raise RuntimeError(f"the Beam job ended in state {state}")
+
+
+class _WorkerLogFilter(logging.Filter):
+    """Multi-process workers print their own log lines and also relay each one as a protobuf dump.
+
+    Keep only relayed warnings and errors (the workers' INFO lines are already on stderr), as
+    one readable line.
+    """
+
+    PATTERN = re.compile(r'severity: (\w+).*?message: "((?:[^"\\]|\\.)*)"', re.DOTALL)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = self.PATTERN.search(record.getMessage())
+        if not match:
+            return True
+        severity, message = match.groups()
+        if severity in ("DEBUG", "INFO", "NOTICE"):
+            return False
+        record.msg, record.args = "worker %s: %s", (severity, message.encode().decode("unicode_escape", "replace"))
+        return True
 
 
 def build_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str

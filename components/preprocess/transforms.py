@@ -86,48 +86,50 @@ class ReadFn(beam.DoFn):
         self.newlines_only = newlines_only  # reused vocabularies: the first read only numbers lines
 
     def process(self, unit: ReadUnit, newline_counts: Sequence[tuple[str, int, int]] = ()) -> Iterator[Any]:
-        started = time.perf_counter()
-        first_line = 1
         if self.newlines_only:
             if unit.splittable:
                 newlines, _, _ = inputs.read_range(unit)
                 yield beam.pvalue.TaggedOutput(NEWLINES, (unit.path, unit.start, newlines))
             return
+        started = time.perf_counter()
+        yield from self._read(unit, newline_counts)
+        if self.final:
+            logger.info("read %s [%d..%s] in %.1fs", unit.path, unit.start,
+                        unit.end if unit.end is not None else "end", time.perf_counter() - started)
+
+    def _read(self, unit: ReadUnit, newline_counts: Sequence[tuple[str, int, int]]) -> Iterator[Any]:
         if unit.splittable:
             newlines, skipped, lines = inputs.read_range(unit)
+            first_line = 1
             if not self.final:
                 yield beam.pvalue.TaggedOutput(NEWLINES, (unit.path, unit.start, newlines))
             else:
                 first_line = 1 + self._newlines_before(unit, newline_counts) + int(skipped)
             if unit.format == "tsv":
                 yield from self._tsv_batches(unit, lines, first_line)
-                return
-            parsed: Iterable[inputs.Parsed] = inputs.parse_lines(unit, iter(lines), first_line, self.config)
+            else:
+                yield from self._batches(unit, inputs.parse_lines(unit, iter(lines), first_line, self.config))
         elif unit.format == "tsv":
             yield from self._tsv_batches(unit, inputs.read_whole_lines(unit.path), 1)
-            return
         elif unit.format == "jsonl":
-            parsed = inputs.parse_lines(unit, inputs.read_whole_lines(unit.path), 1, self.config)
+            yield from self._batches(unit, inputs.parse_lines(unit, inputs.read_whole_lines(unit.path), 1, self.config))
         elif unit.format == "csv":
-            parsed = inputs.read_csv(unit, self.config)
+            yield from self._batches(unit, inputs.read_csv(unit, self.config))
         elif unit.format == "parquet":
-            parsed = inputs.read_parquet(unit, self.config)
+            yield from self._batches(unit, inputs.read_parquet(unit, self.config))
         else:
-            parsed = inputs.read_aligned(unit)
-        yield from self._batches(unit, parsed)
-        if self.final:
-            logger.info("read %s [%d..%s] in %.1fs", unit.path, unit.start,
-                        unit.end if unit.end is not None else "end", time.perf_counter() - started)
+            yield from self._batches(unit, inputs.read_aligned(unit))
 
     def _newlines_before(self, unit: ReadUnit, counts: Sequence[tuple[str, int, int]]) -> int:
-        prefix = getattr(self, "_prefix", None)
-        if prefix is None:
-            prefix = {}
+        """Newlines in the file before this range: the sum over the file's earlier ranges."""
+        if getattr(self, "_prefix", None) is None:
+            prefix: dict[tuple[str, int], int] = {}
+            totals: dict[str, int] = {}
             for path, start, n in sorted(counts):
-                prefix[(path, start)] = prefix.get("_total_" + path, 0)  # type: ignore[assignment]
-                prefix["_total_" + path] = prefix.get("_total_" + path, 0) + n  # type: ignore[index]
+                prefix[(path, start)] = totals.get(path, 0)
+                totals[path] = totals.get(path, 0) + n
             self._prefix = prefix
-        return prefix[(unit.path, unit.start)]
+        return self._prefix[(unit.path, unit.start)]
 
     def _tsv_batches(self, unit: ReadUnit, lines: Iterable[bytes], first_line: int) -> Iterator[Any]:
         """The fast path for TSV: parse chunks of lines at once."""

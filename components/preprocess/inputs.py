@@ -34,7 +34,7 @@ BOM = b"\xef\xbb\xbf"
 # Byte ranges of one line-based file: small enough to give every worker several, large enough
 # that the per-unit overhead does not show.
 MIN_RANGE_BYTES = 1 << 20
-MAX_RANGE_BYTES = 64 << 20
+MAX_RANGE_BYTES = 16 << 20
 RANGES_PER_FILE_TARGET = 32
 
 

@@ -7,9 +7,11 @@ Layout of PREPROCESS_DIR (written by `seq2seq preprocess`, published by an atomi
     source.vocab.counts.tsv, target...  token<TAB>count
     source.wordpiece.vocab, target...   learned WordPiece vocabularies (tokenizer: wordpiece only)
     train-NNNNN-of-MMMMM.tfrecord.gz    gzip TFRecords of tf.train.Example (schemas/examples.schema.json)
-    eval-NNNNN-of-MMMMM.tfrecord.gz     (absent when eval_fraction is 0)
+    eval-NNNNN-of-MMMMM.tfrecord.gz     (absent when no pair is in eval, e.g. eval_fraction 0)
     quarantine/rejected-*.jsonl         rejected records: file, line, reason, raw text
     stats.json                          counts, length percentiles, vocabulary sizes, timing
+
+docs/preprocess.md describes each file and the stats keys.
 """
 from __future__ import annotations
 

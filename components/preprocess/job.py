@@ -2,7 +2,7 @@
 
 The pipeline reads the corpus twice (three times for wordpiece) instead of holding it anywhere:
 
-    read #1 -> validate -> tokenize -> count train tokens --CombinePerKey--> vocabularies
+    read #1 -> validate -> tokenize -> count train tokens --CombineGlobally--> vocabularies
     read #2 -> validate -> encode with the vocabularies (side input) -> gzip TFRecord shards
             \\-> rejects -> quarantine/*.jsonl          counts of every step -> stats
 

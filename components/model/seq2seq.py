@@ -200,23 +200,24 @@ class Seq2Seq(tf.Module):
         recurrent_kernel = tf.stop_gradient(tf.cast(self.encoder_recurrent_kernel, self.compute_dtype))
         recurrent_offset = self.encoder_recurrent_bias + _deferred_kernel_gradient(
             tf.convert_to_tensor(self.encoder_recurrent_kernel), steps, batch, previous, self.compute_dtype)
-        x_proj_t, offset_t, mask_t = _steps(x_proj), _steps_time_major(recurrent_offset), _steps(mask)
+        x_proj_t, offset_t = _steps(x_proj), _steps_time_major(recurrent_offset)
         h0 = tf.zeros([batch, self.units])
         states_ta = tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, self.units]))
-        previous_ta = tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None, self.units]))
 
-        def body(t, h, states, previous_states):
-            h_new = gru_cell(x_proj_t.read(t), _matmul(h, recurrent_kernel, self.compute_dtype) + offset_t.read(t), h)
-            real = mask_t.read(t)[:, None]
-            # Padding leaves the state unchanged, so final_state is the state at the last real token.
-            return (t + 1, tf.where(real, h_new, h), states.write(t, tf.where(real, h_new, tf.zeros_like(h_new))),
-                    previous_states.write(t, h))
+        # No masking inside the loop: padding only comes after a row's real tokens, so the final
+        # state is read at each row's last real position afterwards, and padded states are zeroed.
+        def body(t, h, states):
+            h = gru_cell(x_proj_t.read(t), _matmul(h, recurrent_kernel, self.compute_dtype) + offset_t.read(t), h)
+            return t + 1, h, states.write(t, h)
 
-        _, final_state, states_ta, previous_ta = tf.while_loop(
-            lambda t, *_: t < steps, body, (tf.constant(0), h0, states_ta, previous_ta), maximum_iterations=steps)
-        previous["x"] = previous_ta.stack()
-        states = tf.transpose(states_ta.stack(), [1, 0, 2])
-        states = tf.ensure_shape(states, [None, None, self.units])
+        _, _, states_ta = tf.while_loop(
+            lambda t, *_: t < steps, body, (tf.constant(0), h0, states_ta), maximum_iterations=steps)
+        time_major = states_ta.stack()
+        previous["x"] = tf.concat([h0[None], time_major[:-1]], axis=0)
+        states = tf.ensure_shape(tf.transpose(time_major, [1, 0, 2]), [None, None, self.units])
+        last = tf.gather(states, tf.maximum(source_length - 1, 0), batch_dims=1)
+        final_state = tf.where((source_length > 0)[:, None], last, 0.0)
+        states = states * tf.cast(mask, tf.float32)[:, :, None]
         return Encoded(states, final_state, mask, self._keys(states))
 
     def _keys(self, states: tf.Tensor) -> tf.Tensor:

@@ -184,7 +184,7 @@ def _served_vocabularies(state: RunState) -> Optional[str]:
 def _train(state: RunState, out: str) -> dict[str, Any]:
     from components.trainer import run_training
 
-    metrics = run_training(state.outputs["preprocess"], out, state.config)
+    metrics = run_training(state.outputs["preprocess"], out, state.config, warm_start_from=state.baseline_model)
     return {k: metrics.get(k) for k in ("best_eval_loss", "final_eval_loss", "token_accuracy", "steps",
                                         "epochs", "train_tokens_per_second") if k in metrics}
 

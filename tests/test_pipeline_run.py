@@ -71,7 +71,7 @@ def test_second_run_on_the_same_corpus_reruns_nothing(capsys, corpus, artifacts)
 
 def test_changing_a_trainer_setting_reuses_preprocessing_only(capsys, corpus, artifacts):
     # Two epochs cannot learn the seed: the candidate is worse than the served model, so it is not pushed.
-    code, result, _ = run(capsys, corpus, artifacts, "--set", "trainer.epochs=2")
+    code, result, _ = run(capsys, corpus, artifacts, "--set", "trainer.epochs=2", "--set", "trainer.warm_start=never")
     assert result["cached"] == ["preprocess"]
     assert code == 3 and result["status"] == "not_blessed"
     assert "worse than the served model" in result["reason"]
@@ -93,9 +93,25 @@ def test_changing_one_corpus_line_reruns_from_preprocessing(capsys, corpus, arti
     with open(corpus / "seed.tsv", "a", encoding="utf-8") as f:
         f.write("I feel very hungry\t나는 매우 배가 고프다\n")
     # The same 2-epoch config as above: only the corpus changed, yet nothing is reused.
-    code, result, _ = run(capsys, corpus, artifacts, "--set", "trainer.epochs=2")
+    code, result, _ = run(capsys, corpus, artifacts, "--set", "trainer.epochs=2", "--set", "trainer.warm_start=never")
     assert result["cached"] == []
     assert code == 3
+
+
+def test_reuse_served_vocabulary_makes_a_warm_start_possible(capsys, caplog, corpus, artifacts):
+    with open(corpus / "seed.tsv", "a", encoding="utf-8") as f:
+        f.write("I feel sleepy\t나는 졸리다\n")  # two words the served vocabularies do not have
+    caplog.set_level("INFO")
+    code, result, _ = run(capsys, corpus, artifacts, "--set", "preprocess.vocabulary=reuse_served",
+                          "--set", "trainer.epochs=3", "--set", "evaluator.tolerance=100")
+    assert "warm start: starting from the weights of the served model" in caplog.text
+    manifest = json.loads(Path(result["manifest"]).read_text())
+    prep = Path(manifest["components"]["preprocess"]["output"])
+    for side in ("source", "target"):
+        assert (prep / f"{side}.vocab").read_bytes() == (artifacts / "serving" / "1" / "assets" / f"{side}.vocab").read_bytes()
+    # Three epochs from scratch translate nothing; from the served weights the four seed pairs survive.
+    assert result["metrics"]["exact_match"] >= 4 / 6 * 100 - 1e-6
+    assert code == 0 and result["serving_model"] == f"{artifacts}/serving/2"
 
 
 def _wait_for(predicate, timeout):

@@ -16,6 +16,7 @@ from tensorflow.core.framework import summary_pb2
 from components.model import Seq2Seq
 from components.text.artifacts import PreprocessArtifact
 from components.trainer import checkpoints as ck
+from components.trainer.warm_start import warm_start
 from components.trainer.data import AUTOTUNE, input_error, make_dataset, shard_files
 from components.trainer.optimizer import Adam, learning_rate
 from pipeline.config import PipelineConfig, config_from_dict, read_yaml
@@ -148,8 +149,9 @@ class EpochTotals:
 class Trainer:
     """One training run into TRAIN_DIR; `run()` trains (or resumes) and returns the metrics."""
 
-    def __init__(self, examples: str, out: str, config: PipelineConfig):
+    def __init__(self, examples: str, out: str, config: PipelineConfig, warm_start_from: Optional[str] = None):
         self.out = out.rstrip("/")
+        self.warm_start_from = warm_start_from
         self.artifact = PreprocessArtifact.load(examples)
         if config.preprocess != self.artifact.preprocess:
             logger.info("using the preprocess settings of %s (the config's preprocess section is ignored)",
@@ -357,6 +359,9 @@ class Trainer:
         self._prepare_out()
         self._build_state()
         resumed = self._resume()
+        if not resumed and self.warm_start_from and self.t.warm_start == "auto":
+            with self.strategy.scope():
+                warm_start(self.model, self.warm_start_from, self.artifact, self.config.model)
         metrics = (ck.read_json(f"{self.out}/{ck.METRICS}") or {}) if resumed else {}
         history = [h for h in metrics.get("history", []) if h["epoch"] <= int(self.epoch.numpy())]
         if int(self.epoch.numpy()) >= self.t.epochs or self._stopped_early():
@@ -524,7 +529,12 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def run_training(examples: str, out: str, config: PipelineConfig) -> dict[str, Any]:
-    """Train (or resume) into OUT from the preprocess output EXAMPLES; returns the metrics dict."""
+def run_training(examples: str, out: str, config: PipelineConfig,
+                 warm_start_from: Optional[str] = None) -> dict[str, Any]:
+    """Train (or resume) into OUT from the preprocess output EXAMPLES; returns the metrics dict.
+
+    `warm_start_from`, a served SavedModel, seeds a new run's weights when trainer.warm_start=auto
+    and its model shape and vocabularies match (see components/trainer/warm_start.py).
+    """
     tf.random.set_seed(config.trainer.seed)
-    return Trainer(examples, out, config).run()
+    return Trainer(examples, out, config, warm_start_from).run()

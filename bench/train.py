@@ -146,7 +146,8 @@ def main() -> None:
     if not reuse:
         generate_corpus(corpus, args.pairs, args.vocab)
     overrides = ["preprocess.max_source_length=20", "preprocess.max_target_length=22",
-                 f"model.embedding_dim={EMBEDDING}", f"model.units={UNITS}", f"model.attention={args.attention}", f"model.precision={args.precision}",
+                 f"model.embedding_dim={EMBEDDING}", f"model.units={UNITS}", f"model.attention={args.attention}",
+                 f"model.precision={args.precision}",
                  f"trainer.batch_size={BATCH}", f"trainer.epochs={args.epochs}", "trainer.learning_rate=0.001",
                  f"trainer.bucket_by_length={not args.no_bucket}", "trainer.log_every_steps=50"]
     config = load_config(None, overrides)

@@ -85,3 +85,12 @@ def test_fast_whitespace_pattern_equals_the_plain_one_on_every_bmp_character():
     plain = tf.strings.strip(tf.strings.regex_replace(texts, r"[\s\p{Z}\x{FEFF}]+", " "))
     assert normalize(tf.constant(texts), lowercase=False).numpy().tolist() == plain.numpy().tolist()
     assert normalize(tf.constant(["\ufeffA\u3000\u00a0B\r\n"]), lowercase=True).numpy().tolist() == [b"a b"]
+
+
+def test_lowercase_applies_to_vocabularies_and_texts(tmp_path):
+    out = tmp_path / "out"
+    run(SEED_TSV, out, config("preprocess.lowercase=true", embedded=True))
+    assert "i" in vocab(out, "source") and "I" not in vocab(out, "source")
+    texts = {r["source_text"] for r in read_examples(out)}
+    assert "i feel hungry" in texts
+    _assert_parity(out)

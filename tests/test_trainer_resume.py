@@ -76,7 +76,7 @@ def test_killed_run_resumes_and_sigterm_saves_before_exit(toy_examples, tmp_path
     second = start_training(toy_examples, out, tmp_path / "second.log")
     wait_for(lambda: latest_step(out) > killed_at, second)
     second.send_signal(signal.SIGTERM)
-    assert second.wait(timeout=60) == 130
+    assert second.wait(timeout=60) == 128 + signal.SIGTERM
     log = (tmp_path / "second.log").read_text()
     assert f"resuming from {out}/checkpoints/ckpt-{killed_at}: step {killed_at}" in log
     assert "stopped by SIGTERM at step" in log and "Traceback" not in log
@@ -89,7 +89,7 @@ def test_killed_run_resumes_and_sigterm_saves_before_exit(toy_examples, tmp_path
     epochs = stopped_at // STEPS_PER_EPOCH + 2
     caplog.set_level(logging.INFO, logger="components.trainer.training")
     metrics = run_training(str(toy_examples), str(out), config(*TOY, *SMALL, f"trainer.epochs={epochs}"))
-    assert f"step {stopped_at}, epoch {stopped_at // STEPS_PER_EPOCH}" in caplog.text
+    assert f"ckpt-{stopped_at}: step {stopped_at}, epoch " in caplog.text
     assert metrics["steps"] == epochs * STEPS_PER_EPOCH and metrics["epochs"] == epochs
     assert metrics["history"][-1]["epoch"] == epochs
     trained_now = [r for r in caplog.records if r.getMessage().startswith("epoch ") and " (" in r.getMessage()]
@@ -194,3 +194,30 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, caplog):
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "does not exist" in errors[0].getMessage()
     assert errors[0].exc_info is None
+
+
+def test_stop_between_an_epochs_last_step_and_its_evaluation_resumes_that_epoch(seed_examples, tmp_path,
+                                                                                 monkeypatch):
+    """The seed corpus is one step per epoch: a SIGTERM after step 2 lands before epoch 2's evaluation."""
+    from components.trainer import TrainingInterrupted
+    from components.trainer.training import Trainer
+
+    original = Trainer._after_step
+
+    def after_step(self, *args):
+        if int(self.step.numpy()) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by the trainer: save, then stop
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "_after_step", after_step)
+    out = tmp_path / "t"
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at step 2") as stopped:
+        run_training(str(seed_examples), str(out), config("trainer.epochs=3"))
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
+    assert [checkpoint_value(latest, k) for k in ("step", "epoch", "step_in_epoch")] == [2, 1, 1]
+
+    monkeypatch.setattr(Trainer, "_after_step", original)
+    metrics = run_training(str(seed_examples), str(out), config("trainer.epochs=3"))
+    assert metrics["steps"] == 3 and metrics["epochs"] == 3
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]  # epoch 2 was evaluated after the restart

@@ -30,7 +30,7 @@ EVAL_IN_MEMORY_EXAMPLES = 20000
 
 
 class TrainingInterrupted(UserError):
-    """SIGTERM/SIGINT: a checkpoint was saved; the same command resumes."""
+    """SIGTERM/SIGINT: a checkpoint was saved; the same command resumes (exit code 128 + signal)."""
 
     exit_code = 130
 
@@ -407,7 +407,10 @@ class Trainer:
                 yield epoch, batch
 
     def _loop(self, history: list[dict[str, Any]], stop: dict[str, Optional[str]]) -> None:
-        current, totals, last = None, EpochTotals(), {}
+        # A run stopped after the last batch of an epoch but before its evaluation resumes with that
+        # epoch open, so it is still evaluated and checkpointed even when no batch of it remains.
+        current = int(self.epoch.numpy()) if int(self.step_in_epoch.numpy()) else None
+        totals, last = EpochTotals(), {}
         epoch_started = tick = time.perf_counter()
         first_step = True
         for epoch, batch in self._batches():
@@ -449,8 +452,10 @@ class Trainer:
         if stop["signal"]:
             path = self._save(stop["signal"])
             self._write_metrics(history)
-            raise TrainingInterrupted(f"training stopped by {stop['signal']} at step {step}; checkpoint {path} "
-                                      f"saved. Run the same command again to resume")
+            error = TrainingInterrupted(f"training stopped by {stop['signal']} at step {step}; checkpoint "
+                                        f"{path} saved. Run the same command again to resume")
+            error.exit_code = 128 + int(signal.Signals[stop["signal"]])  # the shell's convention: 143, 130
+            raise error
 
     def _stopped_early(self) -> bool:
         patience = self.t.early_stopping_patience

@@ -122,12 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Import-time notices about optional Google Cloud clients that a local run never uses.
+_IGNORED_NOTICES = ("apitools not found", "No module named google.cloud")
+
+
+def _not_a_cloud_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_IGNORED_NOTICES)
+
+
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_not_a_cloud_notice)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -250,12 +251,27 @@ def _merge_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str
     return merged
 
 
-def read_yaml(path: str) -> dict[str, Any]:
-    import tensorflow as tf  # gfile, so that gs:// config files work too
+def _open(path: str, mode: str):
+    """Local files with open(); URLs (gs://, s3://, ...) through tf.io.gfile, imported only then."""
+    if "://" in path:
+        import tensorflow as tf
 
-    if not tf.io.gfile.exists(path):
+        return tf.io.gfile.GFile(path, mode)
+    return open(path, mode, encoding="utf-8")
+
+
+def _exists(path: str) -> bool:
+    if "://" in path:
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path)
+    return os.path.exists(path)
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    if not _exists(path):
         raise ConfigError(f"config file {path} does not exist")
-    with tf.io.gfile.GFile(path, "r") as f:
+    with _open(path, "r") as f:
         try:
             data = yaml.safe_load(f.read()) or {}
         except yaml.YAMLError as e:
@@ -290,10 +306,8 @@ def config_from_dict(data: Mapping[str, Any]) -> PipelineConfig:
 
 def write_config(config: PipelineConfig, directory: str, name: str = "config.yaml") -> str:
     """Snapshot the resolved config into an output folder."""
-    import tensorflow as tf
-
     path = directory.rstrip("/") + "/" + name
-    with tf.io.gfile.GFile(path, "w") as f:
+    with _open(path, "w") as f:
         f.write(config.to_yaml())
     return path
 

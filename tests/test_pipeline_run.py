@@ -114,6 +114,29 @@ def test_reuse_served_vocabulary_makes_a_warm_start_possible(capsys, caplog, cor
     assert code == 0 and result["serving_model"] == f"{artifacts}/serving/2"
 
 
+def test_warm_start_is_refused_with_a_reason_when_shape_or_vocabulary_differ(artifacts):
+    import dataclasses
+
+    from components.text.artifacts import PreprocessArtifact
+    from components.trainer.warm_start import incompatibility
+    from pipeline.config import load_config
+
+    served = str(artifacts / "serving" / "1")
+    model = load_config(EMBEDDED).model
+    runs = [json.loads(p.read_text()) for p in sorted(artifacts.glob("runs/*/run.json"))]
+    same_vocab = next(r for r in runs if r["config"]["preprocess"]["vocabulary"] == "reuse_served")
+    # The corpus-change run: vocabularies rebuilt from a grown corpus.
+    rebuilt = next(r for r in runs if r["config"]["trainer"]["epochs"] == 2
+                   and r["components"]["preprocess"]["status"] == "succeeded")
+    assert incompatibility(served, PreprocessArtifact.load(same_vocab["components"]["preprocess"]["output"]),
+                           model) is None
+    reason = incompatibility(served, PreprocessArtifact.load(rebuilt["components"]["preprocess"]["output"]), model)
+    assert reason is not None and "vocabulary differs" in reason
+    reason = incompatibility(served, PreprocessArtifact.load(same_vocab["components"]["preprocess"]["output"]),
+                             dataclasses.replace(model, units=model.units + 1))
+    assert reason == "model.units differs (served 32, now 33)"
+
+
 def _wait_for(predicate, timeout):
     deadline = time.time() + timeout
     while time.time() < deadline:

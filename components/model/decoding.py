@@ -25,6 +25,7 @@ def greedy_decode(model, source_ids: tf.Tensor, source_length: tf.Tensor, max_le
     source_length = tf.convert_to_tensor(source_length, tf.int64)
     max_length = tf.cast(max_length, tf.int32)
     encoded = model.encode(source_ids, source_length)
+    step_weights = model.step_weights()  # once, outside the loop
     batch = tf.shape(source_ids)[0]
     source_steps = tf.shape(source_ids)[1]
 
@@ -36,7 +37,7 @@ def greedy_decode(model, source_ids: tf.Tensor, source_length: tf.Tensor, max_le
         return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(finished)))
 
     def body(t, previous, state, finished, length, score, tokens, attention):
-        logits, state, weights = model.decode_step(previous, state, encoded)
+        logits, state, weights = model.decode_step(previous, state, encoded, step_weights)
         log_probs = tf.nn.log_softmax(logits, axis=-1)
         chosen = tf.argmax(logits, axis=-1, output_type=tf.int64)
         chosen_log_prob = tf.gather(log_probs, chosen, batch_dims=1)

@@ -287,12 +287,18 @@ class Seq2Seq(tf.Module):
             x_proj = x_proj + _matmul(context, w["context_kernel"], self.compute_dtype)
         return gru_cell(x_proj, inner, state), weights, context
 
-    def decode_step(self, token_ids: tf.Tensor, state: tf.Tensor,
-                    encoded: Encoded) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def step_weights(self) -> dict[str, tf.Tensor]:
+        """The decoder step's weights, read (and fused) once: pass them to every `decode_step` of a
+        decoding loop so the loop body does not re-read and re-concatenate them at each step."""
+        return self._step_weights()
+
+    def decode_step(self, token_ids: tf.Tensor, state: tf.Tensor, encoded: Encoded,
+                    step_weights: Optional[dict[str, tf.Tensor]] = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """[B] previous tokens, [B, U] state -> (logits [B, V], new state [B, U], attention [B, S])."""
         embedded = tf.gather(self.target_embedding, tf.convert_to_tensor(token_ids, tf.int64))
         x_proj = _matmul(embedded, self.decoder_kernel, self.compute_dtype) + self.decoder_bias
-        new_state, attention, _ = self._step(x_proj, state, encoded, self._step_weights())
+        w = step_weights if step_weights is not None else self._step_weights()
+        new_state, attention, _ = self._step(x_proj, state, encoded, w)
         return self.project(new_state), new_state, attention
 
     def project(self, states: tf.Tensor) -> tf.Tensor:

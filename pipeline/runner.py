@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError, UserError
 from pipeline.fingerprint import corpus_fingerprint, digest, file_digest, resolve_corpus
-from pipeline.lock import RunLock
+from pipeline.lock import LockedError, RunLock
 from pipeline.pipeline import PIPELINE, ComponentSpec
 
 logger = logging.getLogger(__name__)
@@ -421,32 +421,47 @@ def run_pipeline(args: argparse.Namespace, config: PipelineConfig) -> int:
     export_overrides = [o for o in args.overrides if o.strip().startswith("export.")]
     state = RunState(new_run_id(), artifacts, args.data, config, list(args.beam_args), export_overrides,
                      use_cache=not args.no_cache)
-    code = EXIT_FAILED
-    with RunLock(artifacts, state.run_id):
-        files = resolve_corpus(args.data)
-        if not files:
-            raise InputError(f"--data {args.data}: no such file, or the glob matches nothing")
-        state.corpus = corpus_fingerprint(files)
-        logger.info("run %s: %d corpus file(s), artifacts in %s", state.run_id, len(files), state.run_dir)
-        try:
-            with Progress([spec.name for spec in PIPELINE]) as progress:
-                code = execute(state, progress)
-            _sample_translations(state)
-        except UserError as e:
-            state.status, state.reason = FAILED, str(e)
-            logger.error("%s", e)
-        except Exception as e:  # a bug, not bad input: keep the traceback in the log
-            state.status, state.reason = FAILED, f"{type(e).__name__}: {e}"
-            logger.exception("run %s failed", state.run_id)
-        finally:
-            if state.status == RUNNING:
-                state.status, state.reason = FAILED, "interrupted"
-            state.save()
+    try:
+        lock = RunLock(artifacts, state.run_id).acquire()
+    except LockedError as e:  # another run owns the folder: touch nothing, not even a manifest
+        logger.error("%s", e)
+        if args.json:
+            print(json.dumps({**json_summary(state), "status": FAILED, "reason": str(e), "manifest": None}))
+        return e.exit_code
+    try:
+        code = _run_locked(state, args.data)
+    finally:
+        lock.release()
     sys.stdout.write(_summary(state))
     if args.json:
         sys.stdout.write(json.dumps(json_summary(state), ensure_ascii=False) + "\n")
     sys.stdout.flush()
     return code if state.status != FAILED else EXIT_FAILED
+
+
+def _run_locked(state: RunState, data: str) -> int:
+    """Run the pipeline; every failure ends up in the state (and run.json), never as an exception."""
+    code = EXIT_FAILED
+    try:
+        files = resolve_corpus(data)
+        if not files:
+            raise InputError(f"--data {data}: no such file, or the glob matches nothing")
+        state.corpus = corpus_fingerprint(files)
+        logger.info("run %s: %d corpus file(s), artifacts in %s", state.run_id, len(files), state.run_dir)
+        with Progress([spec.name for spec in PIPELINE]) as progress:
+            code = execute(state, progress)
+        _sample_translations(state)
+    except UserError as e:
+        state.status, state.reason = FAILED, str(e)
+        logger.error("%s", e)
+    except Exception as e:  # a bug, not bad input: keep the traceback in the log
+        state.status, state.reason = FAILED, f"{type(e).__name__}: {e}"
+        logger.exception("run %s failed", state.run_id)
+    finally:
+        if state.status == RUNNING:
+            state.status, state.reason = FAILED, "interrupted"
+        state.save()
+    return code
 
 
 def json_summary(state: RunState) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import gzip
 import hashlib
 import itertools
 import json

@@ -8,7 +8,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 logger = logging.getLogger("seq2seq")
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-import numpy as np
 
 from pipeline.config import PipelineConfig, load_config
 

@@ -1,5 +1,4 @@
 """Reading and validating: every input format, every bad-record kind, quarantine and conservation."""
-import gzip
 import json
 
 import pyarrow as pa

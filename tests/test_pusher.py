@@ -1,5 +1,4 @@
 """Pusher: numbered versions, atomic publication, keep-N, never a partial version, never unblessed."""
-import json
 import os
 import signal
 import subprocess

@@ -58,6 +58,6 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
     import socket
     (tmp_path / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
                                                 "started_at": "2020-01-01T00:00:00Z"}))
-    with RunLock(str(tmp_path), "mine") as lock:
+    with RunLock(str(tmp_path), "mine"):
         assert json.loads((tmp_path / ".lock").read_text())["run_id"] == "mine"
     assert "stale lock" in caplog.text

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError, UserError
+from pipeline.io import write_json_atomic
 from pipeline.fingerprint import corpus_fingerprint, digest, file_digest, resolve_corpus
 from pipeline.lock import LockedError, RunLock
 from pipeline.pipeline import PIPELINE, ComponentSpec
@@ -61,16 +62,6 @@ def _read_json(path: str) -> dict[str, Any]:
 
     with tf.io.gfile.GFile(path) as f:
         return json.load(f)
-
-
-def _write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    import tensorflow as tf
-
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 @dataclass
@@ -120,7 +111,7 @@ class RunState:
         }
 
     def save(self) -> None:
-        _write_json_atomic(f"{self.run_dir}/run.json", self.manifest())
+        write_json_atomic(f"{self.run_dir}/run.json", self.manifest())
 
 
 # ---------------------------------------------------------------- cache
@@ -222,7 +213,7 @@ def _push(state: RunState, out: str) -> dict[str, Any]:
               "metrics": {k: state.metrics.get(k) for k in ("bleu", "chrf", "exact_match", "eval_loss")}}
     state.serving_model = run_push(state.outputs["export"], state.serving_dir, blessing,
                                    state.config.pusher.keep, record=record)
-    _write_json_atomic(f"{out}/push.json", {"pushed": state.serving_model is not None,
+    write_json_atomic(f"{out}/push.json", {"pushed": state.serving_model is not None,
                                              "serving_model": state.serving_model})
     return {"serving_model": state.serving_model}
 

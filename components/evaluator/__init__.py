@@ -15,6 +15,7 @@ from components.evaluator.metrics import Blessing, Scores, decide, score
 from components.evaluator.report import write_report
 from pipeline.config import EvaluatorConfig
 from pipeline.errors import ArtifactError
+from pipeline.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +71,6 @@ def _train_metrics(train_dir: Optional[str]) -> dict[str, Any]:
         return json.load(f)
 
 
-def _write_json(directory: str, name: str, data: dict[str, Any]) -> None:
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(f"{directory}/{name}", "w") as f:
-        f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
 def run_evaluation(
     saved_model: str,
     examples: str,
@@ -111,8 +105,8 @@ def run_evaluation(
         "baseline": baseline_scores.to_dict() if baseline_scores else None,
         "seconds": round(time.time() - started, 3),
     }
-    _write_json(out, "evaluation.json", evaluation)
-    _write_json(out, "blessing.json", {**blessing.to_dict(), "candidate_model": saved_model,
+    write_json_atomic(f"{out}/evaluation.json", evaluation)
+    write_json_atomic(f"{out}/blessing.json", {**blessing.to_dict(), "candidate_model": saved_model,
                                        "baseline_model": baseline_model, "split": split})
     count = config.num_samples
     samples = [{"source": s, "reference": r, "translation": c.translation}

@@ -35,14 +35,6 @@ TENSORBOARD = "tensorboard"
 METRICS = "metrics.json"
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-    """Write JSON to a temp file and rename it, so readers never see a partial file."""
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def read_json(path: str) -> Optional[Any]:
     if not tf.io.gfile.exists(path):
         return None

@@ -17,6 +17,7 @@ from components.model import Seq2Seq
 from components.text.artifacts import PreprocessArtifact
 from components.trainer import checkpoints as ck
 from components.trainer.warm_start import warm_start
+from pipeline.io import write_json_atomic
 from components.trainer.data import AUTOTUNE, input_error, make_dataset, shard_files
 from components.trainer.optimizer import Adam, learning_rate
 from pipeline.config import PipelineConfig, config_from_dict, read_yaml
@@ -216,7 +217,7 @@ class Trainer:
         with tf.io.gfile.GFile(tmp, "w") as f:
             f.write(self.config.to_yaml())
         tf.io.gfile.rename(tmp, f"{self.out}/{ck.CONFIG}", overwrite=True)
-        ck.write_json_atomic(f"{self.out}/{ck.INPUTS}", {
+        write_json_atomic(f"{self.out}/{ck.INPUTS}", {
             "examples": ck.absolute(self.artifact.directory),
             "source_vocab_size": self.source_vocab_size,
             "target_vocab_size": self.target_vocab_size,
@@ -519,7 +520,7 @@ class Trainer:
             "history": history,
         }
         if self.chief:
-            ck.write_json_atomic(f"{self.out}/{ck.METRICS}", _finite(metrics))
+            write_json_atomic(f"{self.out}/{ck.METRICS}", _finite(metrics))
         return metrics
 
 

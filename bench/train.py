@@ -74,7 +74,19 @@ def flops_per_token(E: int, U: int, V: int, S: float, T: float) -> dict[str, flo
 
 
 def matmul_gflops(dtype: str = "float32", n: int = 2048, repeats: int = 10) -> float:
-    """Best-of-repeats GFLOP/s of one compiled [n,n]x[n,n] tf.matmul on this machine, now."""
+    """Best-of-repeats GFLOP/s of one compiled [n,n]x[n,n] tf.matmul on this machine, now, in a fresh
+    process with TensorFlow's default thread pools (all cores on the one matmul): the trainer's
+    process runs one thread per op, which would halve this reference."""
+    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.train import _matmul_gflops; " \
+           f"print(_matmul_gflops({dtype!r}, {n}, {repeats}))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if run.returncode != 0:
+        raise SystemExit(f"matmul reference failed:\n{run.stderr[-2000:]}")
+    return float(run.stdout.strip().splitlines()[-1])
+
+
+def _matmul_gflops(dtype: str, n: int, repeats: int) -> float:
     import tensorflow as tf
 
     a, b = tf.cast(tf.random.normal([n, n]), dtype), tf.cast(tf.random.normal([n, n]), dtype)
@@ -126,6 +138,8 @@ def main() -> None:
     parser.add_argument("--no-bucket", action="store_true", help="train without length bucketing")
     parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"],
                         help="model.precision (mixed_bfloat16: bfloat16 matmul inputs, float32 elsewhere)")
+    parser.add_argument("--sub-batches", type=int, default=0,
+                        help="trainer.sub_batches (0: auto, one per core; 1: one chain with multi-threaded ops)")
     parser.add_argument("--seed-batches", type=int, default=10, help="batches the seed baseline times")
     parser.add_argument("--no-seed", action="store_true", help="skip the seed baseline")
     parser.add_argument("--workdir", help="keep the corpus and outputs here (default: a temp dir)")
@@ -137,6 +151,7 @@ def main() -> None:
 
     from components.preprocess import run_preprocess
     from components.trainer import run_training
+    from components.trainer.threads import configure_cpu_threads
     from pipeline.config import load_config
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-train-"))
@@ -149,8 +164,10 @@ def main() -> None:
                  f"model.embedding_dim={EMBEDDING}", f"model.units={UNITS}", f"model.attention={args.attention}",
                  f"model.precision={args.precision}",
                  f"trainer.batch_size={BATCH}", f"trainer.epochs={args.epochs}", "trainer.learning_rate=0.001",
-                 f"trainer.bucket_by_length={not args.no_bucket}", "trainer.log_every_steps=50"]
+                 f"trainer.bucket_by_length={not args.no_bucket}", "trainer.log_every_steps=50",
+                 f"trainer.sub_batches={args.sub_batches}"]
     config = load_config(None, overrides)
+    configure_cpu_threads(config.trainer)  # as `seq2seq train` does, before TensorFlow starts
     start = time.perf_counter()
     if not reuse:
         run_preprocess(str(corpus), str(work / "prep"), config, beam_args=["--runner=DirectRunner"], overwrite=True)

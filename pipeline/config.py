@@ -82,6 +82,7 @@ class TrainerConfig:
     checkpoint_every_steps: int = 0  # 0 = once per epoch
     log_every_steps: int = 50
     distribution: Literal["none", "mirrored", "multi_worker"] = "none"
+    sub_batches: int = 0  # 0 = auto: one per CPU core (see components/trainer/threads.py)
     warm_start: Literal["auto", "never"] = "auto"
 
 
@@ -217,6 +218,8 @@ def _validate(config: Any, prefix: str) -> None:
                 raise bad(name, "must be positive")
         if config.learning_rate <= 0:
             raise bad("learning_rate", "must be positive")
+        if config.sub_batches < 0:
+            raise bad("sub_batches", "must be 0 (auto) or positive")
     elif isinstance(config, PusherConfig) and config.keep < 1:
         raise bad("keep", "must be at least 1")
 

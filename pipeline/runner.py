@@ -410,6 +410,9 @@ def _sample_translations(state: RunState, limit: int = 10) -> None:
 
 def run_pipeline(args: argparse.Namespace, config: PipelineConfig) -> int:
     """Entry point of `seq2seq run`."""
+    from components.trainer.threads import configure_cpu_threads
+
+    configure_cpu_threads(config.trainer)  # before any component starts TensorFlow
     artifacts = os.path.abspath(args.artifacts) if "://" not in args.artifacts else args.artifacts.rstrip("/")
     export_overrides = [o for o in args.overrides if o.strip().startswith("export.")]
     state = RunState(new_run_id(), artifacts, args.data, config, list(args.beam_args), export_overrides,

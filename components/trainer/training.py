@@ -19,7 +19,9 @@ from components.trainer import checkpoints as ck
 from components.trainer.warm_start import warm_start
 from pipeline.io import write_json_atomic
 from components.trainer.data import AUTOTUNE, input_error, make_dataset, shard_files
+from components.trainer.loss import token_loss
 from components.trainer.optimizer import Adam, learning_rate
+from components.trainer.threads import configure_cpu_threads, resolve_sub_batches
 from pipeline.config import PipelineConfig, config_from_dict, read_yaml
 from pipeline.errors import ArtifactError, UserError
 
@@ -37,23 +39,6 @@ class TrainingInterrupted(UserError):
 
 
 # ---------------------------------------------------------------- loss and steps
-
-
-def token_loss(model: Seq2Seq, batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(summed cross-entropy, real target tokens, correctly predicted tokens) under teacher forcing.
-
-    Only the real (non-padding) decoder positions are projected to the vocabulary: one
-    [tokens, U] x [U, V] matmul for the whole batch, no FLOPs spent on padding.
-    """
-    encoded = model.encode(batch["source_ids"], batch["source_length"])
-    states, _ = model.decoder_states(encoded, batch["target_input"], with_attention=False)
-    mask = tf.sequence_mask(batch["target_length"], tf.shape(batch["target_output"])[1])
-    logits = model.project(tf.boolean_mask(states, mask))
-    labels = tf.boolean_mask(batch["target_output"], mask)
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int64), labels)
-    return (tf.reduce_sum(losses), tf.cast(tf.size(labels), tf.float32),
-            tf.reduce_sum(tf.cast(correct, tf.float32)))
 
 
 def make_strategy(kind: str) -> tf.distribute.Strategy:
@@ -264,6 +249,7 @@ class Trainer:
 
     def _compile(self) -> None:
         strategy, model, variables, t = self.strategy, self.model, self.variables, self.t
+        sub_batches = resolve_sub_batches(t)
         # Built once: re-iterating a dataset is cheaper than rebuilding (and retracing) it every epoch,
         # and a small eval split is kept in memory, which also skips the iterator start-up.
         self.eval_dataset = self._distribute(
@@ -281,7 +267,7 @@ class Trainer:
 
         def replica_grads(batch):
             with tf.GradientTape() as tape:
-                loss_sum, tokens, correct = token_loss(model, batch)
+                loss_sum, tokens, correct = token_loss(model, batch, sub_batches)
             grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss_sum, variables)]
             return grads, loss_sum, tokens, correct
 
@@ -307,7 +293,7 @@ class Trainer:
 
         @tf.function(input_signature=[spec])
         def eval_step(batch):
-            loss_sum, tokens, correct = strategy.run(lambda b: token_loss(model, b), args=(batch,))
+            loss_sum, tokens, correct = strategy.run(lambda b: token_loss(model, b, sub_batches), args=(batch,))
             return {"loss_sum": reduce(loss_sum), "tokens": reduce(tokens), "correct": reduce(correct)}
 
         self.train_step, self.eval_step = train_step, eval_step
@@ -517,6 +503,7 @@ class Trainer:
             "train_tokens_per_second": tokens_per_second if math.isfinite(tokens_per_second) else None,
             "distribution": self.t.distribution,
             "replicas": self.strategy.num_replicas_in_sync,
+            "sub_batches": resolve_sub_batches(self.t),
             "history": history,
         }
         if self.chief:
@@ -542,5 +529,6 @@ def run_training(examples: str, out: str, config: PipelineConfig,
     `warm_start_from`, a served SavedModel, seeds a new run's weights when trainer.warm_start=auto
     and its model shape and vocabularies match (see components/trainer/warm_start.py).
     """
+    configure_cpu_threads(config.trainer)
     tf.random.set_seed(config.trainer.seed)
     return Trainer(examples, out, config, warm_start_from).run()

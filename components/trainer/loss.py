@@ -1,0 +1,71 @@
+"""The training loss: masked token cross-entropy under teacher forcing, over parallel sub-batches.
+
+`cross_entropy` is the softmax cross-entropy written out with its own gradient (softmax - one-hot):
+TensorFlow's SparseSoftmaxCrossEntropyWithLogits kernel makes several more passes over the
+[tokens, V] logits than this, and at V in the thousands those passes cost as much as the matmuls.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from components.model import Seq2Seq
+from components.trainer.data import cut_to_longest
+
+
+@tf.custom_gradient
+def _cross_entropy(logits: tf.Tensor, labels: tf.Tensor):
+    top = tf.reduce_max(logits, axis=-1)
+    exp = tf.exp(logits - top[:, None])
+    total = tf.reduce_sum(exp, axis=-1)
+    label_logit = tf.gather(logits, labels, batch_dims=1)
+    losses = tf.math.log(total) + top - label_logit
+    # A token counts as predicted when its logit is the largest: argmax without another pass.
+    correct = tf.cast(label_logit >= top, tf.float32)
+
+    def grad(upstream: tf.Tensor, _unused_correct_grad=None):
+        softmax_grad = exp * (upstream / total)[:, None]
+        rows = tf.range(tf.shape(labels, out_type=labels.dtype)[0])
+        one_hot = tf.stack([rows, labels], axis=1)
+        return tf.tensor_scatter_nd_sub(softmax_grad, one_hot, upstream), None
+
+    return (losses, correct), grad
+
+
+def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """[N, V] float32 logits and [N] int64 labels -> (per-token loss [N], 1.0 where argmax == label)."""
+    return _cross_entropy(logits, tf.cast(labels, tf.int64))
+
+
+def split_batch(batch: dict[str, tf.Tensor], parts: int) -> list[dict[str, tf.Tensor]]:
+    """Split a batch into `parts` row ranges (sizes differ by at most one; a range may be empty),
+    each cut to its own longest sequence."""
+    if parts <= 1:
+        return [batch]
+    rows = tf.shape(batch["source_length"], out_type=tf.int32)[0]
+    sizes = tf.stack([(rows + parts - 1 - i) // parts for i in range(parts)])
+    pieces = {name: tf.split(value, sizes, num=parts) for name, value in batch.items()}
+    return [cut_to_longest({name: pieces[name][i] for name in batch}) for i in range(parts)]
+
+
+def _sub_batch_loss(model: Seq2Seq, batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    encoded = model.encode(batch["source_ids"], batch["source_length"])
+    states, _ = model.decoder_states(encoded, batch["target_input"], with_attention=False)
+    mask = tf.sequence_mask(batch["target_length"], tf.shape(batch["target_output"])[1])
+    # Only the real decoder positions are projected: one [tokens, U] x [U, V] matmul, none on padding.
+    losses, correct = cross_entropy(model.project(tf.boolean_mask(states, mask)),
+                                    tf.boolean_mask(batch["target_output"], mask))
+    return tf.reduce_sum(losses), tf.cast(tf.size(losses), tf.float32), tf.reduce_sum(correct)
+
+
+def token_loss(model: Seq2Seq, batch: dict[str, tf.Tensor],
+               sub_batches: int = 1) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(summed cross-entropy, real target tokens, correctly predicted tokens) under teacher forcing.
+
+    With `sub_batches` > 1 the batch is split into independent row ranges whose graphs share no
+    op, so TensorFlow runs them concurrently, one per core (see components/trainer/threads.py).
+    The sums are the same as for the whole batch.
+    """
+    parts = [_sub_batch_loss(model, part) for part in split_batch(batch, sub_batches)]
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(tf.add_n(list(values)) for values in zip(*parts))

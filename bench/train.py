@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -50,8 +51,24 @@ def make_words(rng: random.Random, count: int, syllables: list[str]) -> list[str
     return sorted(words)
 
 
-def generate_corpus(path: Path, pairs: int, vocab: int, seed: int = 0) -> None:
-    """Zipf-distributed source words; targets map word for word with local swaps (learnable)."""
+PARTICLES = ["은", "을", "에", "가", "로", "와"]
+
+
+def sentence_length(rng: random.Random, lengths: str) -> int:
+    """`tatoeba`: right-skewed like short everyday sentences (median 7 tokens, a tail to 20);
+    `uniform`: 5-20 tokens."""
+    if lengths == "uniform":
+        return rng.randint(5, 20)
+    return min(20, max(3, round(rng.lognormvariate(math.log(7), 0.4))))
+
+
+def generate_corpus(path: Path, pairs: int, vocab: int, lengths: str = "tatoeba", forms: int = 4,
+                    seed: int = 0) -> None:
+    """Zipf-distributed source words, translated word for word with local swaps (learnable).
+
+    With `forms` > 1 each target word takes one of `forms` particles chosen by its position, the
+    way a Korean eojeol is a stem plus a particle: the target vocabulary is larger than the source's.
+    """
     rng = random.Random(seed)
     source_words = make_words(rng, vocab, ["ka", "to", "ri", "me", "su", "la", "no", "pe", "di", "gu", "an", "el"])
     target_words = make_words(rng, vocab, ["가", "나", "다", "라", "마", "바", "사", "아", "자", "차", "카", "타"])
@@ -59,8 +76,8 @@ def generate_corpus(path: Path, pairs: int, vocab: int, seed: int = 0) -> None:
     weights = [1.0 / (rank + 1) ** 1.05 for rank in range(vocab)]
     with path.open("w", encoding="utf-8") as f:
         for _ in range(pairs):
-            ranks = rng.choices(range(vocab), weights=weights, k=rng.randint(5, 20))
-            target = [target_words[r] for r in ranks]
+            ranks = rng.choices(range(vocab), weights=weights, k=sentence_length(rng, lengths))
+            target = [target_words[r] + (PARTICLES[i % forms] if forms > 1 else "") for i, r in enumerate(ranks)]
             for i in range(0, len(target) - 1, 3):  # local reordering
                 target[i], target[i + 1] = target[i + 1], target[i]
             f.write(" ".join(source_words[r] for r in ranks) + "\t" + " ".join(target) + "\n")
@@ -132,7 +149,10 @@ def run_seed(corpus: Path, pairs: int, batches: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=20000)
-    parser.add_argument("--vocab", type=int, default=5000, help="words per side before Zipf sampling")
+    parser.add_argument("--vocab", type=int, default=8000, help="source words before Zipf sampling")
+    parser.add_argument("--lengths", default="tatoeba", choices=["tatoeba", "uniform"],
+                        help="sentence lengths: tatoeba (median 7, tail to 20) or uniform 5-20")
+    parser.add_argument("--forms", type=int, default=4, help="particles per target word (1: none)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--attention", default="bahdanau", choices=["bahdanau", "luong", "none"])
     parser.add_argument("--no-bucket", action="store_true", help="train without length bucketing")
@@ -159,7 +179,7 @@ def main() -> None:
     corpus = work / "corpus.tsv"
     reuse = args.reuse and corpus.exists() and (work / "prep" / "config.yaml").exists()
     if not reuse:
-        generate_corpus(corpus, args.pairs, args.vocab)
+        generate_corpus(corpus, args.pairs, args.vocab, args.lengths, args.forms)
     overrides = ["preprocess.max_source_length=20", "preprocess.max_target_length=22",
                  f"model.embedding_dim={EMBEDDING}", f"model.units={UNITS}", f"model.attention={args.attention}",
                  f"model.precision={args.precision}",

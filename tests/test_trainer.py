@@ -110,7 +110,8 @@ def test_batches_are_cut_to_their_longest_sequence_and_cover_the_split(toy_examp
     again = [b["source_ids"].numpy().tolist() for b in make_dataset(files, artifact, 8, training=True, seed=4)]
     other = [b["source_ids"].numpy().tolist() for b in make_dataset(files, artifact, 8, training=True, seed=5)]
     assert first == again and first != other
-    assert bucket_boundaries(34) == [6, 10, 14, 18, 22, 26]
+    assert bucket_boundaries(34) == [4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 28, 32]
+    assert bucket_boundaries(70)[-4:] == [44, 48, 56, 64]
 
 
 def test_adam_matches_the_reference_update():

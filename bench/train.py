@@ -1,16 +1,21 @@
 """Benchmark: the trainer's compiled train step against the seed's eager loop, and against tf.matmul.
 
     .venv/bin/python bench/train.py                  # 20,000 pairs, batch 64, emb 128, units 256, bahdanau
+    .venv/bin/python bench/train.py --precision mixed_bfloat16
+    .venv/bin/python bench/train.py --lengths uniform --vocab 5000    # the corpus of the first measurements
     .venv/bin/python bench/train.py --pairs 40000 --epochs 2 --no-seed
 
-1. Generates a synthetic parallel corpus (Zipf-distributed words from a vocabulary of --vocab
-   words per side, 5-20 tokens a side, a word-for-word "translation" with local reordering).
+1. Generates a synthetic parallel corpus: Zipf-distributed words from a vocabulary of --vocab
+   words, a word-for-word "translation" with local reordering, and sentence lengths like those of
+   short everyday sentences (Tatoeba, the corpus of the TensorFlow NMT tutorial the seed comes
+   from: median 7 tokens, a tail to the 20-token limit), or uniform over 5-20 with --lengths uniform.
 2. Preprocesses it with the real Beam job (DirectRunner) into the trainer's TFRecords.
 3. Trains with `run_training` (bucket_by_length on) and reads steady-state real target tokens/s
    from metrics.json (first step, which traces, excluded; eval excluded).
 4. Prints the model FLOPs per real target token (formula below), the achieved GFLOP/s and its
    fraction of a large tf.matmul's GFLOP/s measured in this same run (best of a measurement just
-   before and just after training, float32 and bfloat16).
+   before and just after training, float32 and bfloat16, each in a fresh process with
+   TensorFlow's default thread pools, so that the one matmul uses every core).
 5. Runs /work/shared/bench/seed_baseline.py (the seed's eager loop) on the same TSV with the same
    hyperparameters as a subprocess and prints the tokens/s ratio.
 
@@ -152,7 +157,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8000, help="source words before Zipf sampling")
     parser.add_argument("--lengths", default="tatoeba", choices=["tatoeba", "uniform"],
                         help="sentence lengths: tatoeba (median 7, tail to 20) or uniform 5-20")
-    parser.add_argument("--forms", type=int, default=4, help="particles per target word (1: none)")
+    parser.add_argument("--forms", type=int, default=1,
+                        help="particles per target word, Korean-style (1: none; 4 roughly triples the target vocabulary)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--attention", default="bahdanau", choices=["bahdanau", "luong", "none"])
     parser.add_argument("--no-bucket", action="store_true", help="train without length bucketing")
@@ -177,9 +183,13 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-train-"))
     work.mkdir(parents=True, exist_ok=True)
     corpus = work / "corpus.tsv"
-    reuse = args.reuse and corpus.exists() and (work / "prep" / "config.yaml").exists()
+    recipe = {"pairs": args.pairs, "vocab": args.vocab, "lengths": args.lengths, "forms": args.forms}
+    recipe_file = work / "corpus.json"
+    same_recipe = not recipe_file.exists() or json.loads(recipe_file.read_text()) == recipe
+    reuse = args.reuse and same_recipe and corpus.exists() and (work / "prep" / "config.yaml").exists()
     if not reuse:
         generate_corpus(corpus, args.pairs, args.vocab, args.lengths, args.forms)
+        recipe_file.write_text(json.dumps(recipe))
     overrides = ["preprocess.max_source_length=20", "preprocess.max_target_length=22",
                  f"model.embedding_dim={EMBEDDING}", f"model.units={UNITS}", f"model.attention={args.attention}",
                  f"model.precision={args.precision}",

@@ -1,8 +1,9 @@
 """The training loss: masked token cross-entropy under teacher forcing, over parallel sub-batches.
 
-`cross_entropy` is the softmax cross-entropy written out with its own gradient (softmax - one-hot):
-TensorFlow's SparseSoftmaxCrossEntropyWithLogits kernel makes several more passes over the
-[tokens, V] logits than this, and at V in the thousands those passes cost as much as the matmuls.
+`projected_cross_entropy` is the vocabulary projection and the softmax cross-entropy written out
+with their own gradient (softmax - one-hot): TensorFlow's SparseSoftmaxCrossEntropyWithLogits kernel
+makes several more passes over the [tokens, V] logits than this, and at V in the thousands those
+passes cost as much as the matmuls.
 """
 from __future__ import annotations
 
@@ -12,32 +13,9 @@ from components.model import Seq2Seq
 from components.trainer.data import cut_to_longest
 
 
-@tf.custom_gradient
-def _cross_entropy(logits: tf.Tensor, labels: tf.Tensor):
-    top = tf.reduce_max(logits, axis=-1)
-    exp = tf.exp(logits - top[:, None])
-    total = tf.reduce_sum(exp, axis=-1)
-    label_logit = tf.gather(logits, labels, batch_dims=1)
-    losses = tf.math.log(total) + top - label_logit
-    # A token counts as predicted when its logit is the largest: argmax without another pass.
-    correct = tf.cast(label_logit >= top, tf.float32)
-
-    def grad(upstream: tf.Tensor, _unused_correct_grad=None):
-        softmax_grad = exp * (upstream / total)[:, None]
-        rows = tf.range(tf.shape(labels, out_type=labels.dtype)[0])
-        one_hot = tf.stack([rows, labels], axis=1)
-        return tf.tensor_scatter_nd_sub(softmax_grad, one_hot, upstream), None
-
-    return (losses, correct), grad
-
-
-def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """[N, V] float32 logits and [N] int64 labels -> (per-token loss [N], 1.0 where argmax == label)."""
-    return _cross_entropy(logits, tf.cast(labels, tf.int64))
-
-
 def projected_cross_entropy(model: Seq2Seq, states: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """`cross_entropy(model.project(states), labels)` for [N, U] decoder states, fused, vocabulary-major.
+    """(per-token loss [N], 1.0 where argmax == label) of `model.project(states)` for [N, U] decoder
+    states and [N] labels: the projection and the cross-entropy fused, vocabulary-major.
 
     The logits are computed as [V, N] (kernel · statesᵀ), so that of the projection's three matmuls
     the two slow ones on the CPU, the forward pass and the kernel gradient (which would otherwise

@@ -33,7 +33,8 @@ def test_fused_cross_entropy_is_stable_for_large_logits():
     model.output_kernel.assign([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     losses, correct = projected_cross_entropy(model, tf.constant([[1000.0, 0.0], [0.0, -1000.0]]),
                                               tf.constant([1, 1], tf.int64))
-    np.testing.assert_allclose(losses.numpy(), [1000.0, 1000.0])  # logits (1000, 0, 0), (0, -1000, 0)
+    # logits (1000, 0, 0) and (0, -1000, 0): -log softmax at index 1 = 1000 and 1000 + log 2
+    np.testing.assert_allclose(losses.numpy(), [1000.0, 1000.0 + np.log(2.0)], rtol=1e-6)
     assert correct.numpy().tolist() == [0.0, 0.0]
 
 

@@ -179,9 +179,9 @@ class Seq2Seq(tf.Module):
                 self.attention_v = var(init.glorot([U, 1])[:, 0], "attention_V")
             elif attention == "luong":
                 self.attention_key_kernel = var(init.glorot([U, U]), "attention_Wa")
-            # Stored [V, U], one row per target token: the projection's three matmuls (logits, and
-            # the gradients of the states and of the kernel) run 15-25% faster on the CPU than with
-            # a [U, V] kernel (measured at V 5k-18k, U 256).
+            # Stored [V, U], one row per target token: `project` (states · kernelᵀ) and the training
+            # loss (kernel · statesᵀ, components/trainer/loss.py) both multiply it 15-25% faster on
+            # the CPU than a [U, V] kernel (measured at V 5k-18k, U 256).
             self.output_kernel = var(init.glorot([self.target_vocab_size, U]), "output_kernel")
             self.output_bias = var(tf.zeros([self.target_vocab_size]), "output_bias")
 

@@ -14,7 +14,7 @@ from components.text.vocabulary import EOS_ID
 from components.trainer import run_training
 from components.trainer.checkpoints import restore_model
 from components.trainer.data import bucket_boundaries, make_dataset
-from components.trainer.optimizer import Adam, learning_rate
+from components.trainer.optimizer import Adam, clip_by_global_norm, learning_rate
 from pipeline.config import TrainerConfig
 from tests.trainer_helpers import SEED_TSV, config, encode, preprocess, seed_pairs, synthetic_corpus
 
@@ -127,6 +127,17 @@ def test_adam_matches_the_reference_update():
         expected = expected - alpha * m / (np.sqrt(v) + 1e-7)
     np.testing.assert_allclose(var.numpy(), expected, rtol=1e-5)
     assert int(adam.iterations.numpy()) == 2
+
+
+def test_clip_by_global_norm_scales_only_when_the_norm_exceeds_it():
+    grads = [tf.constant([3.0, 0.0]), tf.constant([[0.0], [4.0]])]  # global norm 5
+    norm = tf.linalg.global_norm(grads)
+    clipped = clip_by_global_norm(grads, norm, 1.0)
+    np.testing.assert_allclose(clipped[0].numpy(), [0.6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(clipped[1].numpy(), [[0.0], [0.8]], rtol=1e-6)
+    for clip_norm in (5.0, 10.0, 0.0):  # at or under the norm, or off: the gradients as they were
+        kept = clip_by_global_norm(grads, norm, clip_norm)
+        assert [g.numpy().tolist() for g in kept] == [[3.0, 0.0], [[0.0], [4.0]]]
 
 
 def test_learning_rate_schedules():

@@ -13,6 +13,17 @@ import tensorflow as tf
 from pipeline.config import TrainerConfig
 
 
+def clip_by_global_norm(grads: Sequence[tf.Tensor], norm: tf.Tensor, clip_norm: float) -> list[tf.Tensor]:
+    """Scale the gradients to global norm `clip_norm` when `norm` (theirs) exceeds it; 0 turns it off.
+
+    Unlike tf.clip_by_global_norm, the pass over the gradients is only paid on the steps that clip.
+    """
+    if clip_norm <= 0:
+        return list(grads)
+    scale = clip_norm / tf.maximum(norm, 1e-12)
+    return tf.cond(norm > clip_norm, lambda: [g * scale for g in grads], lambda: list(grads))
+
+
 class Adam(tf.Module):
     """Adam (Kingma & Ba) with bias correction; slots are created eagerly, one pair per variable."""
 

@@ -20,7 +20,7 @@ from components.trainer.warm_start import warm_start
 from pipeline.io import write_json_atomic
 from components.trainer.data import AUTOTUNE, input_error, make_dataset, shard_files
 from components.trainer.loss import token_loss
-from components.trainer.optimizer import Adam, learning_rate
+from components.trainer.optimizer import Adam, clip_by_global_norm, learning_rate
 from components.trainer.threads import configure_cpu_threads, resolve_sub_batches
 from pipeline.config import PipelineConfig, config_from_dict, read_yaml
 from pipeline.errors import ArtifactError, UserError
@@ -38,7 +38,7 @@ class TrainingInterrupted(UserError):
     exit_code = 130
 
 
-# ---------------------------------------------------------------- loss and steps
+# ---------------------------------------------------------------- distribution
 
 
 def make_strategy(kind: str) -> tf.distribute.Strategy:
@@ -276,13 +276,6 @@ class Trainer:
             grads = [tf.convert_to_tensor(g) for g in tape.gradient(mean_loss, variables)]
             return grads, loss_sum, local_tokens, correct
 
-        def clip(grads: list[tf.Tensor], norm: tf.Tensor) -> list[tf.Tensor]:
-            """Clip by global norm, paying for the pass over the gradients only when it clips."""
-            if t.clip_norm <= 0:
-                return grads
-            scale = t.clip_norm / tf.maximum(norm, 1e-12)
-            return tf.cond(norm > t.clip_norm, lambda: [g * scale for g in grads], lambda: grads)
-
         # One trace: the signature leaves batch and length dimensions unknown.
         @tf.function(input_signature=[spec])
         def train_step(batch):
@@ -291,7 +284,7 @@ class Trainer:
             grads = [reduce(g) for g in grads]
             norm = tf.linalg.global_norm(grads)
             rate = learning_rate(t, self.step, total_steps)
-            self.optimizer.apply(clip(grads, norm), variables, rate)
+            self.optimizer.apply(clip_by_global_norm(grads, norm, t.clip_norm), variables, rate)
             self.step.assign_add(1)
             return {"loss": reduce(loss_sum) / tf.maximum(tokens, 1.0), "tokens": tokens,
                     "correct": reduce(correct), "grad_norm": norm, "learning_rate": rate}

@@ -67,7 +67,7 @@ def sentence_length(rng: random.Random, lengths: str) -> int:
     return min(20, max(3, round(rng.lognormvariate(math.log(7), 0.4))))
 
 
-def generate_corpus(path: Path, pairs: int, vocab: int, lengths: str = "tatoeba", forms: int = 4,
+def generate_corpus(path: Path, pairs: int, vocab: int, lengths: str = "tatoeba", forms: int = 1,
                     seed: int = 0) -> None:
     """Zipf-distributed source words, translated word for word with local swaps (learnable).
 
@@ -154,7 +154,7 @@ def run_seed(corpus: Path, pairs: int, batches: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=20000)
-    parser.add_argument("--vocab", type=int, default=8000, help="source words before Zipf sampling")
+    parser.add_argument("--vocab", type=int, default=8000, help="words per side before Zipf sampling")
     parser.add_argument("--lengths", default="tatoeba", choices=["tatoeba", "uniform"],
                         help="sentence lengths: tatoeba (median 7, tail to 20) or uniform 5-20")
     parser.add_argument("--forms", type=int, default=1,

@@ -71,7 +71,7 @@ def _sub_batch_loss(model: Seq2Seq, batch: dict[str, tf.Tensor]) -> tuple[tf.Ten
     encoded = model.encode(batch["source_ids"], batch["source_length"])
     states, _ = model.decoder_states(encoded, batch["target_input"], with_attention=False)
     mask = tf.sequence_mask(batch["target_length"], tf.shape(batch["target_output"])[1])
-    # Only the real decoder positions are projected: one [tokens, U] x [U, V] matmul, none on padding.
+    # Only the real decoder positions are projected: one [V, U] x [U, tokens] matmul, none on padding.
     losses, correct = projected_cross_entropy(model, tf.boolean_mask(states, mask),
                                               tf.boolean_mask(batch["target_output"], mask))
     return tf.reduce_sum(losses), tf.cast(tf.size(losses), tf.float32), tf.reduce_sum(correct)
@@ -81,8 +81,8 @@ def token_loss(model: Seq2Seq, batch: dict[str, tf.Tensor],
                sub_batches: int = 1) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """(summed cross-entropy, real target tokens, correctly predicted tokens) under teacher forcing.
 
-    With `sub_batches` > 1 the batch is split into independent row ranges whose graphs share no
-    op, so TensorFlow runs them concurrently, one per core (see components/trainer/threads.py).
+    With `sub_batches` > 1 the batch is dealt into parts (`split_batch`) whose graphs share no op,
+    so TensorFlow runs them concurrently, one per core (see components/trainer/threads.py).
     The sums are the same as for the whole batch.
     """
     parts = [_sub_batch_loss(model, part) for part in split_batch(batch, sub_batches)]

@@ -152,6 +152,7 @@ class Trainer:
             logger.info("no eval split in %s: evaluating on the training split", self.artifact.directory)
             self.eval_files = self.train_files
         self.strategy = make_strategy(self.t.distribution)
+        self.sub_batches = resolve_sub_batches(self.t)
         self.chief = is_chief(self.strategy)
         self.train_examples = self._count_train_examples()
 
@@ -249,7 +250,7 @@ class Trainer:
 
     def _compile(self) -> None:
         strategy, model, variables, t = self.strategy, self.model, self.variables, self.t
-        sub_batches = resolve_sub_batches(t)
+        sub_batches = self.sub_batches
         # Built once: re-iterating a dataset is cheaper than rebuilding (and retracing) it every epoch,
         # and a small eval split is kept in memory, which also skips the iterator start-up.
         self.eval_dataset = self._distribute(
@@ -501,7 +502,7 @@ class Trainer:
             "train_tokens_per_second": tokens_per_second if math.isfinite(tokens_per_second) else None,
             "distribution": self.t.distribution,
             "replicas": self.strategy.num_replicas_in_sync,
-            "sub_batches": resolve_sub_batches(self.t),
+            "sub_batches": self.sub_batches,
             "history": history,
         }
         if self.chief:

@@ -15,24 +15,16 @@ pools, which is no slower than one chain.
 from __future__ import annotations
 
 import logging
-import os
 
 import tensorflow as tf
 
 from pipeline.config import TrainerConfig
+from pipeline.cpu import cpu_cores
 
 logger = logging.getLogger(__name__)
 
 # Below this many rows per sub-batch the per-step ops are too small to be worth a core each.
 MIN_ROWS_PER_SUB_BATCH = 16
-
-
-def cpu_cores() -> int:
-    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def resolve_sub_batches(trainer: TrainerConfig) -> int:

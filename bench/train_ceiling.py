@@ -1,9 +1,9 @@
 """Ceiling: how fast could a train step be if it did nothing but its matmuls?
 
     .venv/bin/python bench/train_ceiling.py                 # bench/train.py's shapes: batch 64, E 128, U 256
-    .venv/bin/python bench/train_ceiling.py --vocab 4994 --source 12 --target 13
+    .venv/bin/python bench/train_ceiling.py --vocab 4994 --source 13 --target 14
 
-Times, one thread each (as the trainer runs them, one sub-batch per core), every matmul of one
+Times, one thread each (as the trainer runs its sub-batches, one per core), every matmul of one
 sub-batch's train step at bench/train.py's shapes: the forward pass, both matmuls of its backward
 pass, the per-step matmuls of the two recurrences and the attention's batched products, each shape
 timed on its own (best of several rounds), summed with the count of each per step. It then prints:
@@ -27,6 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.train import BATCH, EMBEDDING, UNITS, flops_per_token, matmul_gflops  # noqa: E402
+from components.trainer.threads import MIN_ROWS_PER_SUB_BATCH  # noqa: E402
+from pipeline.cpu import cpu_cores  # noqa: E402
 
 
 def step_matmuls(b: int, S: int, T: int, E: int, U: int, V: int) -> list[tuple[str, tuple, int]]:
@@ -95,7 +97,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=7309, help="target vocabulary (bench/train.py default corpus: 7309)")
     parser.add_argument("--source", type=int, default=8, help="source steps per sub-batch (default corpus: 7.56 mean)")
     parser.add_argument("--target", type=int, default=9, help="target steps per sub-batch (default corpus: 8.56 mean)")
-    parser.add_argument("--sub-batches", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--sub-batches", type=int, default=0,
+                        help="sub-batches run at once (0: as the trainer resolves it, one per core, at least 16 rows each)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--target-fraction", type=float, default=0.5)
     args = parser.parse_args()
@@ -105,6 +108,8 @@ def main() -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    if args.sub_batches <= 0:
+        args.sub_batches = max(1, min(cpu_cores(), BATCH // MIN_ROWS_PER_SUB_BATCH))
     b, S, T, V = BATCH // args.sub_batches, args.source, args.target, args.vocab
     total = 0.0
     print(f"one sub-batch of {b} rows, {S} source and {T} target steps, E {EMBEDDING}, U {UNITS}, V {V}:")

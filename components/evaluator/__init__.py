@@ -2,7 +2,7 @@
 
 Inputs: the SavedModel, the preprocess output (references) and the training folder (loss curve,
 eval loss); optionally the SavedModel now in service. Outputs in OUT: evaluation.json,
-blessing.json, report.md, loss_curve.png and attention.png.
+blessing.json, report.md, and when there is something to plot loss_curve.png and attention.png.
 """
 from __future__ import annotations
 
@@ -60,9 +60,9 @@ def translate_batches(translator: Any, sources: list[str], batch_size: int = TRA
     """`translator.translate` over `sources` in batches, `workers` batches at a time (default: one
     per core), results in the order of `sources`.
 
-    A greedy decode is a chain of small ops that keeps about one core busy, and under `seq2seq run`
-    the trainer has already pinned TensorFlow to one thread per op: two batches at once decode
-    1.9-2.3x faster on 2 cores (1.5x with TensorFlow's default thread pools).
+    A greedy decode is a chain of small ops that keeps about one core busy, and `seq2seq run` pins
+    TensorFlow to one thread per op when the trainer's batch splits into sub-batches: two batches
+    at once decode 1.9-2.3x faster on 2 cores then, 1.5x with TensorFlow's default thread pools.
     """
     batches = [sources[start:start + batch_size] for start in range(0, len(sources), batch_size)]
     workers = max(1, min(workers or cpu_cores(), len(batches)))

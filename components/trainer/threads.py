@@ -28,8 +28,9 @@ MIN_ROWS_PER_SUB_BATCH = 16
 
 
 def resolve_sub_batches(trainer: TrainerConfig) -> int:
-    """`trainer.sub_batches`, with 0 (auto) resolved: one per CPU core when training on the CPU
-    without a distribution strategy (replicas already split the batch), else 1."""
+    """`trainer.sub_batches`, with 0 (auto) resolved: one per CPU core, at most one per
+    MIN_ROWS_PER_SUB_BATCH rows, when training on the CPU without a distribution strategy (replicas
+    already split the batch), else 1."""
     if trainer.sub_batches > 0:
         return trainer.sub_batches
     if trainer.distribution != "none" or tf.config.list_physical_devices("GPU"):

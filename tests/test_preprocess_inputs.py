@@ -183,6 +183,25 @@ def test_byte_ranges_number_lines_exactly(tmp_path, monkeypatch):
     assert stats["records_read"] == 300
 
 
+def test_parquet_row_groups_are_read_units_and_rows_are_numbered_exactly(tmp_path, monkeypatch):
+    """A Parquet file split into runs of row groups: every row read once, quarantine rows exact."""
+    monkeypatch.setattr(inputs, "MIN_RANGE_BYTES", 0)
+    monkeypatch.setattr(inputs, "RANGES_PER_FILE_TARGET", 40)
+    sources = [None if i % 7 == 0 else f"src {i}" for i in range(1, 23)]
+    pq.write_table(pa.table({"src": sources, "tgt": [f"tgt {i}" for i in range(1, 23)]}),
+                   tmp_path / "big.parquet", row_group_size=3)
+    cfg = config("preprocess.source_field=src", "preprocess.target_field=tgt", "preprocess.eval_fraction=0",
+                 "preprocess.max_rejected_fraction=0.5")
+    units = inputs.resolve_inputs(str(tmp_path / "big.parquet"), cfg.preprocess)
+    assert [(u.start, u.end) for u in units] == [(g, g + 1) for g in range(8)]
+    assert not any(u.splittable for u in units)  # no newline counting for row groups
+    out = tmp_path / "out"
+    stats = run(tmp_path / "big.parquet", out, cfg)
+    assert [r["line"] for r in quarantine(out)] == [7, 14, 21]
+    assert sorted(r["source_text"] for r in read_examples(out)) == sorted(s for s in sources if s)
+    assert stats["records_read"] == 22
+
+
 @pytest.mark.parametrize("path, message", [
     ("{tmp}/does/not/exist.tsv", "does/not/exist.tsv: path does not exist"),
     ("{tmp}/*.nothing", r"\*.nothing: glob matches no files"),

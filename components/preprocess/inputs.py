@@ -1,11 +1,13 @@
 """Corpus inputs: resolve paths into read units, and parse raw bytes into records or rejects.
 
 Nothing here imports TensorFlow: the readers run inside Beam workers, before tokenization.
-Line-based files (TSV, JSONL) that are not compressed are split into byte ranges so that several
-workers read one big file; other files are read whole, one unit per file (or per aligned pair).
+Line-based files (TSV, JSONL) that are not compressed are split into byte ranges, and Parquet files
+into runs of row groups, so that several workers read one big file; other files are read whole,
+one unit per file (or per aligned pair).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -14,7 +16,7 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
 
 import schemas
 from pipeline.config import PreprocessConfig
@@ -40,7 +42,8 @@ RANGES_PER_FILE_TARGET = 32
 
 @dataclass(frozen=True, order=True)
 class ReadUnit:
-    """One piece of input that one worker reads: a byte range of a file, or a whole file (pair)."""
+    """One piece of input that one worker reads: a byte range of a file, row groups [start, end)
+    of a Parquet file, or a whole file (pair)."""
 
     path: str
     format: str
@@ -50,7 +53,8 @@ class ReadUnit:
 
     @property
     def splittable(self) -> bool:
-        return self.end is not None
+        """A byte range, whose lines are numbered from the newline counts of the ranges before it."""
+        return self.end is not None and self.format != "parquet"
 
     @property
     def key(self) -> str:
@@ -175,10 +179,33 @@ def resolve_inputs(data: Union[str, Sequence[str]], config: PreprocessConfig) ->
 
 
 def _file_units(path: str, fmt: str, size: int) -> list[ReadUnit]:
+    if fmt == "parquet" and size > MIN_RANGE_BYTES:
+        return _parquet_units(path, size)
     if fmt not in ("tsv", "jsonl") or path.endswith(GZIP_SUFFIX) or size <= MIN_RANGE_BYTES:
         return [ReadUnit(path, fmt)]
     step = min(MAX_RANGE_BYTES, max(MIN_RANGE_BYTES, -(-size // RANGES_PER_FILE_TARGET)))
     return [ReadUnit(path, fmt, start, min(start + step, size)) for start in range(0, size, step)]
+
+
+def _parquet_units(path: str, size: int) -> list[ReadUnit]:
+    """Runs of whole row groups (the smallest piece Parquet reads alone): as many units as a
+    line-based file of this size gets byte ranges, at most one per row group."""
+    with _parquet_file(path) as parquet:
+        groups = parquet.metadata.num_row_groups
+    if groups <= 1:
+        return [ReadUnit(path, "parquet")]
+    step = min(MAX_RANGE_BYTES, max(MIN_RANGE_BYTES, -(-size // RANGES_PER_FILE_TARGET)))
+    per_unit = -(-groups // min(groups, -(-size // step)))
+    return [ReadUnit(path, "parquet", first, min(first + per_unit, groups)) for first in range(0, groups, per_unit)]
+
+
+@contextlib.contextmanager
+def _parquet_file(path: str) -> Iterator[Any]:
+    """A pyarrow ParquetFile over Beam's FileSystems: the footer is read now, row groups on demand."""
+    import pyarrow.parquet as pq
+
+    with _open(path, raw=True) as f:
+        yield pq.ParquetFile(f)
 
 
 def _aligned_units(paths: list[str], config: PreprocessConfig) -> list[ReadUnit]:
@@ -438,15 +465,14 @@ def read_csv(unit: ReadUnit, config: PreprocessConfig) -> Iterator[Parsed]:
 
 
 def read_parquet(unit: ReadUnit, config: PreprocessConfig) -> Iterator[Parsed]:
-    """Parquet through pyarrow; a record's number is its 1-based row."""
-    import pyarrow.parquet as pq
-
-    with _open(unit.path, raw=True) as f:
-        parquet = pq.ParquetFile(f)
+    """Parquet through pyarrow, the unit's row groups only; a record's number is its 1-based row
+    in the file."""
+    with _parquet_file(unit.path) as parquet:
         names = parquet.schema_arrow.names
         wanted = [c for c in (config.source_field, config.target_field) if c in names]
-        row = 0
-        for batch in parquet.iter_batches(batch_size=8192, columns=wanted):
+        groups = list(range(unit.start, unit.end if unit.end is not None else parquet.metadata.num_row_groups))
+        row = sum(parquet.metadata.row_group(g).num_rows for g in range(unit.start))
+        for batch in parquet.iter_batches(batch_size=8192, columns=wanted, row_groups=groups):
             columns = batch.to_pydict()
             n = batch.num_rows
             sources = columns.get(config.source_field, [None] * n)

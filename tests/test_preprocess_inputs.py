@@ -202,6 +202,16 @@ def test_parquet_row_groups_are_read_units_and_rows_are_numbered_exactly(tmp_pat
     assert stats["records_read"] == 22
 
 
+def test_unreadable_parquet_or_missing_column_fails_before_the_job_names_the_file(tmp_path):
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(InputError, match=r"bad.parquet: not a readable Parquet file \(.*magic bytes"):
+        run(tmp_path / "bad.parquet", tmp_path / "out1")
+    pq.write_table(pa.table({"en": ["a"], "ko": ["b"]}), tmp_path / "cols.parquet")
+    with pytest.raises(InputError, match=r"cols.parquet: the Parquet columns \['en', 'ko'\] have no column 'source'"):
+        run(tmp_path / "cols.parquet", tmp_path / "out2")
+    assert not list(tmp_path.glob("out*"))
+
+
 @pytest.mark.parametrize("path, message", [
     ("{tmp}/does/not/exist.tsv", "does/not/exist.tsv: path does not exist"),
     ("{tmp}/*.nothing", r"\*.nothing: glob matches no files"),

@@ -170,6 +170,8 @@ def resolve_inputs(data: Union[str, Sequence[str]], config: PreprocessConfig) ->
     for fmt, entries in sorted(by_format.items()):
         if fmt == "aligned":
             units.extend(_aligned_units([p for p, _ in entries], config))
+        elif fmt == "parquet":  # an unreadable file or a missing column fails now, not in a worker
+            units.extend(u for path, size in entries for u in _parquet_units(path, size, config))
         else:
             for path, size in entries:
                 units.extend(_file_units(path, fmt, size))
@@ -179,24 +181,36 @@ def resolve_inputs(data: Union[str, Sequence[str]], config: PreprocessConfig) ->
 
 
 def _file_units(path: str, fmt: str, size: int) -> list[ReadUnit]:
-    if fmt == "parquet" and size > MIN_RANGE_BYTES:
-        return _parquet_units(path, size)
     if fmt not in ("tsv", "jsonl") or path.endswith(GZIP_SUFFIX) or size <= MIN_RANGE_BYTES:
         return [ReadUnit(path, fmt)]
     step = min(MAX_RANGE_BYTES, max(MIN_RANGE_BYTES, -(-size // RANGES_PER_FILE_TARGET)))
     return [ReadUnit(path, fmt, start, min(start + step, size)) for start in range(0, size, step)]
 
 
-def _parquet_units(path: str, size: int) -> list[ReadUnit]:
+def _parquet_units(path: str, size: int, config: PreprocessConfig) -> list[ReadUnit]:
     """Runs of whole row groups (the smallest piece Parquet reads alone): as many units as a
     line-based file of this size gets byte ranges, at most one per row group."""
-    with _parquet_file(path) as parquet:
-        groups = parquet.metadata.num_row_groups
-    if groups <= 1:
+    groups = parquet_row_groups(path, config)
+    if groups <= 1 or size <= MIN_RANGE_BYTES:
         return [ReadUnit(path, "parquet")]
     step = min(MAX_RANGE_BYTES, max(MIN_RANGE_BYTES, -(-size // RANGES_PER_FILE_TARGET)))
     per_unit = -(-groups // min(groups, -(-size // step)))
     return [ReadUnit(path, "parquet", first, min(first + per_unit, groups)) for first in range(0, groups, per_unit)]
+
+
+def parquet_row_groups(path: str, config: PreprocessConfig) -> int:
+    """A Parquet file's row-group count, once its footer is read and the configured columns are
+    found in its schema (raises InputError naming the file otherwise)."""
+    try:
+        with _parquet_file(path) as parquet:
+            names, groups = parquet.schema_arrow.names, parquet.metadata.num_row_groups
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise InputError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    for name in (config.source_field, config.target_field):
+        if name not in names:
+            raise InputError(f"{path}: the Parquet columns {names} have no column {name!r} "
+                             f"(set preprocess.source_field / preprocess.target_field)")
+    return groups
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ Real Beam, real TensorFlow, the real seed corpus; one shared artifacts folder wa
 scheduled-retraining story in order.
 """
 import json
+import logging
 import os
 import shutil
 import signal
@@ -135,6 +136,47 @@ def test_warm_start_is_refused_with_a_reason_when_shape_or_vocabulary_differ(art
     reason = incompatibility(served, PreprocessArtifact.load(same_vocab["components"]["preprocess"]["output"]),
                              dataclasses.replace(model, units=model.units + 1))
     assert reason == "model.units differs (served 32, now 33)"
+
+
+def test_warm_start_loads_the_served_weights_and_refuses_another_layout(artifacts, tmp_path, caplog):
+    """The served model warm-starts a new model; a copy whose output kernel is saved in another
+    layout (as an earlier build stored it) is refused with the reason, and nothing is restored."""
+    import numpy as np
+    import tensorflow as tf
+
+    from components.model import Seq2Seq
+    from components.text.artifacts import PreprocessArtifact
+    from components.trainer.checkpoints import vocabulary_sizes
+    from components.trainer.warm_start import warm_start
+    from pipeline.config import load_config
+
+    served = artifacts / "serving" / "1"
+    runs = [json.loads(p.read_text()) for p in sorted(artifacts.glob("runs/*/run.json"))]
+    same_vocab = next(r for r in runs if r["config"]["preprocess"]["vocabulary"] == "reuse_served")
+    artifact = PreprocessArtifact.load(same_vocab["components"]["preprocess"]["output"])
+    model_config = load_config(EMBEDDED).model
+
+    def fresh() -> Seq2Seq:
+        return Seq2Seq.from_config(model_config, *vocabulary_sizes(artifact), seed=99)
+
+    model = fresh()
+    assert warm_start(model, str(served), artifact, model_config)
+    saved = tf.train.load_checkpoint(str(served / "variables" / "variables"))
+    np.testing.assert_array_equal(model.output_kernel.numpy(),
+                                  saved.get_tensor("model/output_kernel/.ATTRIBUTES/VARIABLE_VALUE"))
+
+    old_layout = tmp_path / "served"
+    shutil.copytree(served, old_layout)
+    earlier = fresh()
+    earlier.output_kernel = tf.Variable(tf.transpose(earlier.output_kernel), name="output_kernel")
+    tf.train.Checkpoint(model=earlier).write(str(old_layout / "variables" / "variables"))
+    model, untouched = fresh(), fresh()
+    with caplog.at_level(logging.INFO, logger="components.trainer.warm_start"):
+        assert not warm_start(model, str(old_layout), artifact, model_config)
+    assert "training from scratch because its variables have other shapes" in caplog.text
+    assert f"output_kernel saved [{model_config.units}, " in caplog.text
+    for got, want in zip(model.variables, untouched.variables):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
 def _wait_for(predicate, timeout):

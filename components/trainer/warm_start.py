@@ -2,7 +2,9 @@
 
 They fit when the served model was trained with the same model shape (embedding_dim, units,
 attention) and byte-identical vocabularies; `preprocess.vocabulary: reuse_served` guarantees the
-latter on a growing corpus. Otherwise training starts from scratch, and the log says why.
+latter on a growing corpus, and when every saved variable has the shape of this build's (a model
+exported by an earlier build may store a kernel in another layout). Otherwise training starts
+from scratch, and the log says why.
 """
 from __future__ import annotations
 
@@ -45,9 +47,25 @@ def incompatibility(served_dir: str, artifact: PreprocessArtifact, model_config:
     return None
 
 
+def variable_mismatches(model: Seq2Seq, checkpoint: str) -> list[str]:
+    """`model`'s variables whose saved value under `checkpoint` has another shape ("name saved [..],
+    now [..]"); read from the checkpoint's index, before anything is restored."""
+    saved = tf.train.load_checkpoint(checkpoint).get_variable_to_shape_map()
+    mismatches = []
+    for name, variable in vars(model).items():
+        key = f"model/{name}/.ATTRIBUTES/VARIABLE_VALUE"
+        if isinstance(variable, tf.Variable) and key in saved and list(saved[key]) != variable.shape.as_list():
+            mismatches.append(f"{name} saved {list(saved[key])}, now {variable.shape.as_list()}")
+    return mismatches
+
+
 def warm_start(model: Seq2Seq, served_dir: str, artifact: PreprocessArtifact, model_config: ModelConfig) -> bool:
     """Load the served model's weights into `model` if they fit; log the decision either way."""
     reason = incompatibility(served_dir, artifact, model_config)
+    if not reason:
+        mismatches = variable_mismatches(model, f"{served_dir}/variables/variables")
+        if mismatches:
+            reason = f"its variables have other shapes (exported by an earlier build?): {'; '.join(mismatches)}"
     if reason:
         logger.info("warm start: training from scratch because %s", reason)
         return False

@@ -183,8 +183,13 @@ def resolve_inputs(data: Union[str, Sequence[str]], config: PreprocessConfig) ->
 def _file_units(path: str, fmt: str, size: int) -> list[ReadUnit]:
     if fmt not in ("tsv", "jsonl") or path.endswith(GZIP_SUFFIX) or size <= MIN_RANGE_BYTES:
         return [ReadUnit(path, fmt)]
-    step = min(MAX_RANGE_BYTES, max(MIN_RANGE_BYTES, -(-size // RANGES_PER_FILE_TARGET)))
+    step = _range_bytes(size)
     return [ReadUnit(path, fmt, start, min(start + step, size)) for start in range(0, size, step)]
+
+
+def _range_bytes(size: int) -> int:
+    """The bytes of one read unit of a file of `size` bytes."""
+    return min(MAX_RANGE_BYTES, max(MIN_RANGE_BYTES, -(-size // RANGES_PER_FILE_TARGET)))
 
 
 def _parquet_units(path: str, size: int, config: PreprocessConfig) -> list[ReadUnit]:
@@ -193,8 +198,7 @@ def _parquet_units(path: str, size: int, config: PreprocessConfig) -> list[ReadU
     groups = parquet_row_groups(path, config)
     if groups <= 1 or size <= MIN_RANGE_BYTES:
         return [ReadUnit(path, "parquet")]
-    step = min(MAX_RANGE_BYTES, max(MIN_RANGE_BYTES, -(-size // RANGES_PER_FILE_TARGET)))
-    per_unit = -(-groups // min(groups, -(-size // step)))
+    per_unit = -(-groups // min(groups, -(-size // _range_bytes(size))))
     return [ReadUnit(path, "parquet", first, min(first + per_unit, groups)) for first in range(0, groups, per_unit)]
 
 

@@ -27,8 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.train import BATCH, EMBEDDING, UNITS, flops_per_token, matmul_gflops  # noqa: E402
-from components.trainer.threads import MIN_ROWS_PER_SUB_BATCH  # noqa: E402
-from pipeline.cpu import cpu_cores  # noqa: E402
+from components.trainer.threads import resolve_sub_batches  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 
 
 def step_matmuls(b: int, S: int, T: int, E: int, U: int, V: int) -> list[tuple[str, tuple, int]]:
@@ -109,7 +109,7 @@ def main() -> None:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     if args.sub_batches <= 0:
-        args.sub_batches = max(1, min(cpu_cores(), BATCH // MIN_ROWS_PER_SUB_BATCH))
+        args.sub_batches = resolve_sub_batches(load_config(None, [f"trainer.batch_size={BATCH}"]).trainer)
     b, S, T, V = BATCH // args.sub_batches, args.source, args.target, args.vocab
     total = 0.0
     print(f"one sub-batch of {b} rows, {S} source and {T} target steps, E {EMBEDDING}, U {UNITS}, V {V}:")

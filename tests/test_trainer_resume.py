@@ -92,7 +92,10 @@ def test_killed_run_resumes_and_sigterm_saves_before_exit(toy_examples, tmp_path
     assert f"ckpt-{stopped_at}: step {stopped_at}, epoch " in caplog.text
     assert metrics["steps"] == epochs * STEPS_PER_EPOCH and metrics["epochs"] == epochs
     assert metrics["history"][-1]["epoch"] == epochs
-    trained_now = [r for r in caplog.records if r.getMessage().startswith("epoch ") and " (" in r.getMessage()]
+    # Step progress lines only: when SIGTERM landed on an epoch's last batch, the resumed run first
+    # evaluates that epoch, and its end-of-epoch line (with eval_loss) names step `stopped_at`.
+    trained_now = [r for r in caplog.records if r.getMessage().startswith("epoch ") and " (" in r.getMessage()
+                   and "eval_loss" not in r.getMessage()]
     assert int(trained_now[0].getMessage().split(" step ")[1].split()[0]) == stopped_at + 1
 
 

@@ -126,7 +126,7 @@ def mean_lengths(examples: str) -> tuple[float, float, int]:
     """Mean real source length, mean target_length (with <eos>), target vocabulary size."""
     import tensorflow as tf
 
-    from components.text.artifacts import PreprocessArtifact
+    from components.core.artifacts import PreprocessArtifact
 
     artifact = PreprocessArtifact.load(examples)
     spec = {k: v for k, v in artifact.feature_spec().items() if k in ("source_length", "target_length")}
@@ -177,7 +177,7 @@ def main() -> None:
 
     from components.preprocess import run_preprocess
     from components.trainer import run_training
-    from components.trainer.threads import configure_cpu_threads
+    from components.core.threads import configure_cpu_threads
     from pipeline.config import load_config
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-train-"))

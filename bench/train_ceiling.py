@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.train import BATCH, EMBEDDING, UNITS, flops_per_token, matmul_gflops  # noqa: E402
-from components.trainer.threads import resolve_sub_batches  # noqa: E402
+from components.core.threads import resolve_sub_batches  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 
 

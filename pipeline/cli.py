@@ -61,7 +61,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from components.exporter.translate import translate_main
+    from components.serving.translate import translate_main
 
     return translate_main(args)
 
@@ -147,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(own)
     args.beam_args = beam_args
     _configure_logging(args.verbose)
-    from pipeline.errors import UserError
+    from components.core.errors import UserError
 
     try:
         return args.func(args)

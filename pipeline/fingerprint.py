@@ -1,46 +1,111 @@
-"""Content fingerprints: the cache keys of the pipeline runner."""
+"""Cache-key ingredients: the corpus files, each component's own code, and the libraries it runs on."""
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any, Iterable
+import ast
+import functools
+import importlib.util
+import platform
+from pathlib import Path
+from typing import Iterable
 
-CHUNK = 1 << 20
+from components.core.io import digest, file_digest, gfile
 
-
-def digest(*parts: Any) -> str:
-    """A stable sha256 over JSON-able parts (dicts are key-sorted)."""
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(json.dumps(part, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8"))
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def file_digest(path: str) -> str:
-    import tensorflow as tf
-
-    h = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+# Top-level packages of this project: a component's code is its module and every module of these
+# that it imports, directly or not (lazy imports inside functions included).
+PROJECT_PACKAGES = ("components", "schemas", "pipeline")
+# Libraries whose upgrade may change a component's output.
+KEYED_LIBRARIES = ("tensorflow", "tensorflow-text", "apache-beam", "keras", "pyarrow", "sacrebleu")
 
 
 def resolve_corpus(data: str) -> list[str]:
     """The files a corpus argument names: a file, every file under a folder, or a glob."""
-    import tensorflow as tf
-
-    if tf.io.gfile.isdir(data):
-        files = [f"{d.rstrip('/')}/{name}" for d, _, names in tf.io.gfile.walk(data)
+    fs = gfile()
+    if fs.isdir(data):
+        files = [f"{d.rstrip('/')}/{name}" for d, _, names in fs.walk(data)
                  for name in names if not name.startswith(".")]
     elif any(ch in data for ch in "*?["):
-        files = [f for f in tf.io.gfile.glob(data) if not tf.io.gfile.isdir(f)]
+        files = [f for f in fs.glob(data) if not fs.isdir(f)]
     else:
-        files = [data] if tf.io.gfile.exists(data) else []
+        files = [data] if fs.exists(data) else []
     return sorted(files)
 
 
 def corpus_fingerprint(files: Iterable[str]) -> dict[str, str]:
     """file -> sha256 of its bytes (the names matter too: they pick the reader)."""
     return {path: file_digest(path) for path in files}
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for name in ("seq2seq-pipeline", *KEYED_LIBRARIES):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def library_versions() -> dict[str, str]:
+    versions = package_versions()
+    return {name: versions[name] for name in ("python", *KEYED_LIBRARIES)}
+
+
+def _module_file(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # `from module import name` where name is not a module
+        return None
+    return Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
+
+
+def _imported_project_modules(path: Path, module: str, packages: tuple[str, ...]) -> set[str]:
+    """Project modules named by PATH's import statements, wherever they stand in the file."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) \
+                if node.level else (node.module or "")
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found.update(n for n in names if n.split(".")[0] in packages)
+    return found
+
+
+def module_closure(module: str, packages: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """MODULE and every project module it imports, transitively: module name -> source file."""
+    packages = packages or PROJECT_PACKAGES
+    seen: dict[str, Path] = {}
+    pending = [module]
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        path = _module_file(name)
+        if path is None:  # `from package import name` where name is not a module
+            continue
+        seen[name] = path
+        parent = name.rpartition(".")[0]
+        if parent:
+            pending.append(parent)  # importing a.b runs a/__init__.py
+        pending.extend(_imported_project_modules(path, name, packages) - seen.keys())
+    return seen
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest(module: str, packages: tuple[str, ...] | None = None) -> str:
+    """sha256 over the source of MODULE and of the project modules it imports (plus the JSON schemas
+    beside any `schemas` module): editing any of them changes the cache key of the component."""
+    files = module_closure(module, packages)
+    parts = []
+    for name, path in sorted(files.items()):
+        parts.append((name, path.read_bytes().decode("utf-8", "replace")))
+        if name == "schemas":
+            parts += [(p.name, p.read_text(encoding="utf-8")) for p in sorted(path.parent.glob("*.json"))]
+    return digest(parts)

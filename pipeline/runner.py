@@ -14,24 +14,27 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import secrets
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Mapping, Optional
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import InputError, UserError
-from pipeline.io import write_json_atomic
-from pipeline.fingerprint import corpus_fingerprint, digest, file_digest, resolve_corpus
+from components.core import io
+from components.core.artifacts import Artifact, Corpus, ExportedModel, PreprocessArtifact, PushedModel, ServingRoot
+from components.core.component import RunContext
+from components.core.config import PipelineConfig
+from components.core.errors import ArtifactError, InputError, UserError
+from components.core.io import digest, write_json_atomic
+from pipeline.fingerprint import code_digest, corpus_fingerprint, library_versions, package_versions, resolve_corpus
 from pipeline.lock import LockedError, RunLock
-from pipeline.pipeline import PIPELINE, ComponentSpec
+from pipeline.pipeline import CORPUS, LATEST_SERVED, PIPELINE, ComponentSpec
 
 logger = logging.getLogger(__name__)
 
 EXIT_PUSHED, EXIT_FAILED, EXIT_NOT_BLESSED = 0, 1, 3
 SUCCEEDED, CACHED, FAILED, RUNNING, SKIPPED = "succeeded", "cached", "failed", "running", "skipped"
+MANIFEST_METRICS = ("bleu", "chrf", "exact_match", "eval_loss", "split", "blessed")
 
 
 def new_run_id() -> str:
@@ -40,28 +43,8 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now % 1 * 1000):03d}Z-{secrets.token_hex(3)}"
 
 
-def package_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    names = ("seq2seq-pipeline", "tensorflow", "tensorflow-text", "apache-beam", "keras", "pyarrow", "sacrebleu")
-    found = {"python": platform.python_version()}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
 
 
 @dataclass
@@ -73,18 +56,17 @@ class RunState:
     data: str
     config: PipelineConfig
     beam_args: list[str]
-    export_overrides: list[str]
     use_cache: bool = True
     started_at: str = field(default_factory=_now)
     corpus: dict[str, str] = field(default_factory=dict)
     components: dict[str, dict[str, Any]] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, Artifact] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     status: str = RUNNING
     reason: Optional[str] = None
     serving_model: Optional[str] = None
-    baseline_model: Optional[str] = None
+    baseline: Optional[ExportedModel] = None
     samples: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -92,8 +74,17 @@ class RunState:
         return f"{self.artifacts}/runs/{self.run_id}"
 
     @property
-    def serving_dir(self) -> str:
-        return f"{self.artifacts}/serving"
+    def serving_root(self) -> ServingRoot:
+        return ServingRoot(f"{self.artifacts}/serving")
+
+    @property
+    def corpus_artifact(self) -> Corpus:
+        """The corpus, keyed by its files' names and bytes (the names matter: they pick the reader)."""
+        return Corpus(self.data, digest(sorted((os.path.basename(p), h) for p, h in self.corpus.items())))
+
+    @property
+    def context(self) -> RunContext:
+        return RunContext(self.run_id, tuple(self.beam_args), self.serving_root)
 
     @property
     def cached(self) -> list[str]:
@@ -106,7 +97,7 @@ class RunState:
             "data": self.data, "artifacts": self.artifacts, "beam_args": self.beam_args,
             "config": self.config.to_dict(), "inputs": {"corpus": self.corpus},
             "components": self.components, "metrics": self.metrics,
-            "serving_model": self.serving_model, "baseline_model": self.baseline_model,
+            "serving_model": self.serving_model, "baseline_model": self.baseline.uri if self.baseline else None,
             "versions": package_versions(),
         }
 
@@ -119,148 +110,90 @@ class RunState:
 
 def _earlier_runs(artifacts: str, current: str) -> list[dict[str, Any]]:
     """Manifests of earlier runs, newest first."""
-    import tensorflow as tf
-
     manifests = []
-    for path in sorted(tf.io.gfile.glob(f"{artifacts}/runs/*/run.json"), reverse=True):
+    for path in sorted(io.glob(f"{artifacts}/runs/*/run.json"), reverse=True):
         if f"/runs/{current}/" in path:
             continue
         try:
-            manifests.append(_read_json(path))
+            manifests.append(io.read_json_object(path))
         except (ValueError, OSError):
             logger.warning("ignoring unreadable manifest %s", path)
     return manifests
 
 
 def find_cached(artifacts: str, current: str, name: str, fingerprint: str) -> Optional[dict[str, Any]]:
-    import tensorflow as tf
-
     for manifest in _earlier_runs(artifacts, current):
         entry = manifest.get("components", {}).get(name, {})
         if entry.get("fingerprint") == fingerprint and entry.get("status") in (SUCCEEDED, CACHED) \
-                and tf.io.gfile.exists(entry.get("output", "")):
+                and io.exists(entry.get("output", "")):
             return {**entry, "run_id": entry.get("cached_from") or manifest["run_id"]}
     return None
 
 
 def find_interrupted(artifacts: str, current: str, name: str, fingerprint: str) -> Optional[str]:
     """The output folder of an earlier, unfinished attempt at the same work (to resume it)."""
-    import tensorflow as tf
-
     for manifest in _earlier_runs(artifacts, current):
         entry = manifest.get("components", {}).get(name, {})
         if entry.get("fingerprint") == fingerprint and entry.get("status") in (RUNNING, FAILED) \
-                and tf.io.gfile.isdir(entry.get("output", "")):
+                and io.isdir(entry.get("output", "")):
             return entry["output"]
     return None
 
 
-# ---------------------------------------------------------------- component executors
+# ---------------------------------------------------------------- wiring and caching
 
 
-def _preprocess(state: RunState, out: str) -> dict[str, Any]:
-    from components.preprocess import run_preprocess
-
-    stats = run_preprocess(state.data, out, state.config, beam_args=state.beam_args, overwrite=True,
-                           served_vocabularies=_served_vocabularies(state))
-    return {"records_read": stats.get("records_read"), "records_written": stats.get("records_written"),
-            "rejected": stats.get("rejected")}
-
-
-def _served_vocabularies(state: RunState) -> Optional[str]:
-    """The served model's vocabulary folder, when preprocess.vocabulary=reuse_served asks for it."""
-    if state.config.preprocess.vocabulary != "reuse_served" or not state.baseline_model:
+def resolve_latest_served(serving_root: ServingRoot) -> Optional[ExportedModel]:
+    """The served baseline, as TFX's LatestBlessedModelResolver finds it: the newest pushed version,
+    fingerprinted by the export that produced it (its own path when its push record has none)."""
+    latest = serving_root.latest()
+    if latest is None:
         return None
-    return f"{state.baseline_model}/assets"
+    return latest.with_fingerprint(latest.export_fingerprint() or latest.uri)
 
 
-def _train(state: RunState, out: str) -> dict[str, Any]:
-    from components.trainer import run_training
-
-    metrics = run_training(state.outputs["preprocess"], out, state.config, warm_start_from=state.baseline_model)
-    return {k: metrics.get(k) for k in ("best_eval_loss", "final_eval_loss", "token_accuracy", "steps",
-                                        "epochs", "train_tokens_per_second") if k in metrics}
-
-
-def _export(state: RunState, out: str) -> dict[str, Any]:
-    from components.exporter import run_export
-
-    run_export(state.outputs["train"], out, overrides=state.export_overrides)
-    return {}
-
-
-def _evaluate(state: RunState, out: str) -> dict[str, Any]:
-    from components.evaluator import run_evaluation
-
-    run_evaluation(state.outputs["export"], state.outputs["preprocess"], out, state.config.evaluator,
-                            train_dir=state.outputs["train"], baseline_model=state.baseline_model)
-    return _evaluation_summary(out)
-
-
-def _evaluation_summary(out: str) -> dict[str, Any]:
-    evaluation = _read_json(f"{out}/evaluation.json")
-    blessing = _read_json(f"{out}/blessing.json")
-    return {"bleu": evaluation["bleu"], "chrf": evaluation["chrf"], "exact_match": evaluation["exact_match"],
-            "eval_loss": evaluation.get("eval_loss"), "split": evaluation["split"],
-            "blessed": blessing["blessed"], "blessing_reason": blessing["reason"]}
+def resolve_inputs(state: RunState, spec: ComponentSpec) -> dict[str, Artifact]:
+    """The declared inputs of SPEC, by name: upstream outputs, the corpus and the served baseline."""
+    resolved: dict[str, Artifact] = {}
+    for name, input_spec in spec.inputs.items():
+        if input_spec.when is not None and not input_spec.when(state.config):
+            continue
+        if input_spec.source == CORPUS:
+            artifact: Optional[Artifact] = state.corpus_artifact
+        elif input_spec.source == LATEST_SERVED:
+            artifact = state.baseline
+        else:
+            artifact = state.outputs[input_spec.source]
+        if artifact is None:
+            if not input_spec.optional:
+                raise ArtifactError(f"{spec.name}: its input {name!r} ({input_spec.source}) is missing")
+            continue
+        if not isinstance(artifact, input_spec.type):
+            raise ArtifactError(f"{spec.name}: input {name!r} is a {type(artifact).__name__}, "
+                                f"not the declared {input_spec.type.__name__}")
+        resolved[name] = artifact
+    return resolved
 
 
-def _push(state: RunState, out: str) -> dict[str, Any]:
-    from components.pusher import run_push
-
-    blessing = _read_json(f"{state.outputs['evaluate']}/blessing.json")
-    record = {"run_id": state.run_id, "export_fingerprint": state.fingerprints["export"],
-              "metrics": {k: state.metrics.get(k) for k in ("bleu", "chrf", "exact_match", "eval_loss")}}
-    state.serving_model = run_push(state.outputs["export"], state.serving_dir, blessing,
-                                   state.config.pusher.keep, record=record)
-    write_json_atomic(f"{out}/push.json", {"pushed": state.serving_model is not None,
-                                             "serving_model": state.serving_model})
-    return {"serving_model": state.serving_model}
-
-
-EXECUTORS: dict[str, Callable[[RunState, str], dict[str, Any]]] = {
-    "preprocess": _preprocess, "train": _train, "export": _export, "evaluate": _evaluate, "push": _push,
-}
-
-
-# ---------------------------------------------------------------- orchestration
-
-
-def _fingerprint(state: RunState, spec: ComponentSpec) -> str:
-    upstream = [state.fingerprints[name] for name in spec.inputs]
+def fingerprint(state: RunState, spec: ComponentSpec, inputs: Mapping[str, Artifact]) -> str:
+    """The cache key: the inputs (as each declares), the config sections, the component's code and
+    the versions of the libraries it runs on (docs/pipeline.md, "Caching")."""
+    keys = {name: spec.inputs[name].key(artifact) for name, artifact in sorted(inputs.items())}
     sections = {s: dataclasses.asdict(getattr(state.config, s)) for s in spec.config_sections}
-    extra: Any = None
-    if spec.name == "preprocess":
-        vocabularies = _served_vocabularies(state)
-        extra = [sorted((os.path.basename(p), h) for p, h in state.corpus.items()),
-                 vocabularies and {side: file_digest(f"{vocabularies}/{side}.vocab") for side in ("source", "target")}]
-    if spec.name == "evaluate":
-        extra = _baseline_key(state)
-    return digest(spec.name, upstream, sections, extra, package_versions()["seq2seq-pipeline"])
-
-
-def _baseline_key(state: RunState) -> Optional[str]:
-    if not state.baseline_model:
-        return None
-    from components.pusher import read_push_record
-
-    return read_push_record(state.baseline_model).get("export_fingerprint") or state.baseline_model
-
-
-def _already_serving(state: RunState) -> bool:
-    """The candidate is the very export that is in service: nothing to evaluate or push."""
-    return bool(state.baseline_model) and _baseline_key(state) == state.fingerprints.get("export")
+    return digest(spec.name, keys, sections, code_digest(spec.executor.__module__), library_versions())
 
 
 def _run_component(state: RunState, spec: ComponentSpec, progress: "Progress") -> None:
-    fingerprint = _fingerprint(state, spec)
-    state.fingerprints[spec.name] = fingerprint
-    entry: dict[str, Any] = {"fingerprint": fingerprint, "started_at": _now()}
+    inputs = resolve_inputs(state, spec)
+    key = fingerprint(state, spec, inputs)
+    state.fingerprints[spec.name] = key
+    entry: dict[str, Any] = {"fingerprint": key, "started_at": _now(),
+                             "inputs": {name: artifact.uri for name, artifact in inputs.items()}}
     state.components[spec.name] = entry
-    hit = find_cached(state.artifacts, state.run_id, spec.name, fingerprint) \
+    hit = find_cached(state.artifacts, state.run_id, spec.name, key) \
         if spec.cacheable and state.use_cache else None
     if hit:
-        state.outputs[spec.name] = hit["output"]
+        state.outputs[spec.name] = spec.output(hit["output"], key)
         entry.update(status=CACHED, output=hit["output"], cached_from=hit["run_id"], ended_at=_now(),
                      seconds=0.0, metrics=hit.get("metrics", {}))
         logger.info("%s: reusing the output of run %s (same inputs and config)", spec.name, hit["run_id"])
@@ -268,17 +201,18 @@ def _run_component(state: RunState, spec: ComponentSpec, progress: "Progress") -
         return
     out = f"{state.run_dir}/{spec.name}"
     if spec.resumable and state.use_cache:
-        out = find_interrupted(state.artifacts, state.run_id, spec.name, fingerprint) or out
+        out = find_interrupted(state.artifacts, state.run_id, spec.name, key) or out
         if out != f"{state.run_dir}/{spec.name}":
             logger.info("%s: resuming the interrupted attempt in %s", spec.name, out)
             entry["resumed"] = True
     entry.update(status=RUNNING, output=out)
-    state.outputs[spec.name] = out
+    output = spec.output(out, key)
+    state.outputs[spec.name] = output
     state.save()
     started = time.time()
     progress.start(spec.name)
     try:
-        entry["metrics"] = EXECUTORS[spec.name](state, out)
+        entry["metrics"] = spec.executor(inputs, output, state.config, state.context)
     except BaseException as e:
         entry.update(status=FAILED, error=str(e) or type(e).__name__, ended_at=_now(),
                      seconds=round(time.time() - started, 3))
@@ -289,50 +223,60 @@ def _run_component(state: RunState, spec: ComponentSpec, progress: "Progress") -
     state.save()
 
 
-def _skip(state: RunState, name: str, why: str, progress: "Progress") -> None:
-    state.components[name] = {"status": SKIPPED, "reason": why, "fingerprint": state.fingerprints.get("export")}
-    progress.done(name, "skipped")
+def _is_moot(state: RunState, spec: ComponentSpec) -> bool:
+    """SPEC's `moot_if_served` input is the very model in service."""
+    if not spec.moot_if_served or state.baseline is None:
+        return False
+    upstream = spec.inputs[spec.moot_if_served].source
+    return state.fingerprints.get(upstream) == state.baseline.fingerprint
+
+
+def _reuse_for_served(state: RunState, spec: ComponentSpec, progress: "Progress") -> None:
+    """The candidate is already served: reuse the output this component made for it, else skip."""
+    upstream = spec.inputs[spec.moot_if_served].source
+    if spec.cacheable:
+        for manifest in _earlier_runs(state.artifacts, state.run_id):
+            components = manifest.get("components", {})
+            entry = components.get(spec.name, {})
+            if components.get(upstream, {}).get("fingerprint") == state.fingerprints[upstream] \
+                    and entry.get("status") in (SUCCEEDED, CACHED) and io.exists(entry.get("output", "")):
+                state.outputs[spec.name] = spec.output(entry["output"], entry.get("fingerprint"))
+                state.components[spec.name] = {**entry, "status": CACHED, "seconds": 0.0,
+                                               "cached_from": entry.get("cached_from") or manifest["run_id"]}
+                progress.done(spec.name, "cached")
+                return
+    state.components[spec.name] = {"status": SKIPPED, "fingerprint": state.fingerprints[upstream],
+                                   "reason": f"this {upstream} is already served as {state.baseline.uri}"}
+    progress.done(spec.name, "skipped")
 
 
 def execute(state: RunState, progress: "Progress") -> int:
-    from components.pusher import latest_version
-
-    state.baseline_model = latest_version(state.serving_dir)
+    state.baseline = resolve_latest_served(state.serving_root)
     for spec in PIPELINE:
-        if spec.name in ("evaluate", "push") and _already_serving(state):
-            if spec.name == "evaluate":
-                _reuse_served_evaluation(state, progress)
-            else:
-                state.serving_model = state.baseline_model
-                _skip(state, "push", f"this export is already served as {state.baseline_model}", progress)
-            continue
-        _run_component(state, spec, progress)
+        if _is_moot(state, spec):
+            _reuse_for_served(state, spec, progress)
+        else:
+            _run_component(state, spec, progress)
         state.metrics.update({k: v for k, v in state.components[spec.name].get("metrics", {}).items()
-                              if k in ("bleu", "chrf", "exact_match", "eval_loss", "split", "blessed")})
+                              if k in MANIFEST_METRICS})
+    state.serving_model = _serving_model(state)
     if state.serving_model:
         state.status = "pushed"
         return EXIT_PUSHED
     state.status = "not_blessed"
-    state.reason = state.components["evaluate"].get("metrics", {}).get("blessing_reason")
+    state.reason = next((entry["metrics"]["blessing_reason"] for entry in state.components.values()
+                         if "blessing_reason" in entry.get("metrics", {})), None)
     return EXIT_NOT_BLESSED
 
 
-def _reuse_served_evaluation(state: RunState, progress: "Progress") -> None:
-    """The served model is this candidate: reuse the evaluation that blessed it."""
-    import tensorflow as tf
-
-    for manifest in _earlier_runs(state.artifacts, state.run_id):
-        entry = manifest.get("components", {}).get("evaluate", {})
-        if manifest.get("components", {}).get("export", {}).get("fingerprint") == state.fingerprints["export"] \
-                and entry.get("status") in (SUCCEEDED, CACHED) and tf.io.gfile.exists(entry.get("output", "")):
-            state.outputs["evaluate"] = entry["output"]
-            state.components["evaluate"] = {**entry, "status": CACHED, "seconds": 0.0,
-                                            "cached_from": entry.get("cached_from") or manifest["run_id"]}
-            state.metrics.update({k: v for k, v in entry.get("metrics", {}).items()
-                                  if k in ("bleu", "chrf", "exact_match", "eval_loss", "split", "blessed")})
-            progress.done("evaluate", "cached")
-            return
-    _skip(state, "evaluate", "this export is already served", progress)
+def _serving_model(state: RunState) -> Optional[str]:
+    """Where this run's model is served: where it was pushed, or the baseline when it already was."""
+    for spec in PIPELINE:
+        if spec.output is PushedModel:
+            if state.components[spec.name].get("status") == SKIPPED:
+                return state.baseline.uri if state.baseline else None
+            return state.components[spec.name].get("metrics", {}).get("serving_model")
+    return None
 
 
 # ---------------------------------------------------------------- presentation
@@ -403,20 +347,19 @@ def _sample_translations(state: RunState, limit: int = 10) -> None:
         return
     from components.evaluator import load_references, translate_all
 
-    _, sources, _ = load_references(state.outputs["preprocess"])
+    examples = next(a for a in state.outputs.values() if isinstance(a, PreprocessArtifact))
+    _, sources, _ = load_references(examples.uri)
     results = translate_all(state.serving_model, sources[:limit])
     state.samples = [{"source": r.source, "translation": r.translation} for r in results]
 
 
 def run_pipeline(args: argparse.Namespace, config: PipelineConfig) -> int:
     """Entry point of `seq2seq run`."""
-    from components.trainer.threads import configure_cpu_threads
+    from components.core.threads import configure_cpu_threads
 
     configure_cpu_threads(config.trainer)  # before any component starts TensorFlow
     artifacts = os.path.abspath(args.artifacts) if "://" not in args.artifacts else args.artifacts.rstrip("/")
-    export_overrides = [o for o in args.overrides if o.strip().startswith("export.")]
-    state = RunState(new_run_id(), artifacts, args.data, config, list(args.beam_args), export_overrides,
-                     use_cache=not args.no_cache)
+    state = RunState(new_run_id(), artifacts, args.data, config, list(args.beam_args), use_cache=not args.no_cache)
     try:
         lock = RunLock(artifacts, state.run_id).acquire()
     except LockedError as e:  # another run owns the folder: touch nothing, not even a manifest

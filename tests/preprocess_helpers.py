@@ -36,7 +36,7 @@ def read_examples(out: Path, split: str = "train") -> list[dict[str, Any]]:
     """Every example of a split, parsed with the schema's feature spec, as plain lists."""
     import tensorflow as tf
 
-    from components.text.artifacts import PreprocessArtifact
+    from components.core.artifacts import PreprocessArtifact
 
     artifact = PreprocessArtifact.load(str(out))
     files = artifact.split_files(split)

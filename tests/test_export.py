@@ -90,7 +90,7 @@ def test_layout_assets_and_model_card(seed_run):
 
 
 def test_seed_corpus_translates_exactly(seed_run):
-    from components.exporter.serving import load_translator
+    from components.serving.client import load_translator
 
     pairs = seed_pairs()
     results = load_translator(seed_run["export"]).translate([s for s, _ in pairs])
@@ -139,7 +139,7 @@ def test_saved_model_cli_show_and_run(seed_run):
 
 
 def _records(examples: str, split: str) -> dict[str, np.ndarray]:
-    from components.text.artifacts import PreprocessArtifact
+    from components.core.artifacts import PreprocessArtifact
 
     artifact = PreprocessArtifact.load(examples)
     return parse_records(artifact.split_files(split), artifact.feature_spec())
@@ -170,7 +170,7 @@ def test_encode_signature_reproduces_the_tfrecords(synthetic_run, synthetic_corp
 
 def test_savedmodel_equals_the_trainer_greedy_decoder(synthetic_run, synthetic_corpus):
     from components.model.decoding import greedy_decode
-    from components.trainer.checkpoints import restore_model
+    from components.model.checkpoints import restore_model
 
     model, config, artifact = restore_model(synthetic_run["train"])
     records = {k: np.concatenate([_records(synthetic_run["examples"], s)[k] for s in ("train", "eval")])
@@ -268,7 +268,7 @@ def test_max_decode_length_is_set_at_export_and_per_call(seed_run, tmp_path, cap
 def test_attention_none_gives_zeros_of_the_right_shape(seed_run, tmp_path):
     from components.exporter.export import export_model
     from components.model.seq2seq import Seq2Seq
-    from components.text.artifacts import PreprocessArtifact
+    from components.core.artifacts import PreprocessArtifact
     from pipeline.config import load_config
 
     artifact = PreprocessArtifact.load(seed_run["examples"])
@@ -290,7 +290,7 @@ def test_tensorflow_text_tokenizer_model_loads_in_a_fresh_process(tmp_path):
     from components.exporter.export import export_model
     from components.model.seq2seq import Seq2Seq
     from components.preprocess import run_preprocess
-    from components.text.artifacts import PreprocessArtifact
+    from components.core.artifacts import PreprocessArtifact
     from pipeline.config import load_config
 
     tokenizer = "wordpiece"
@@ -342,8 +342,8 @@ def test_export_is_written_to_a_temp_dir_and_renamed(seed_run, tmp_path):
     from components.exporter import run_export
     from components.exporter.card import build_card
     from components.exporter.export import build_module, save_module, vocabulary_sizes
-    from components.trainer.checkpoints import restore_model
-    from pipeline.errors import ArtifactError
+    from components.model.checkpoints import restore_model
+    from components.core.errors import ArtifactError
 
     model, _, artifact = restore_model(seed_run["train"])
     out = tmp_path / "model"

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from components.model import Seq2Seq
 from components.trainer.loss import projected_cross_entropy, split_batch, token_loss
-from components.trainer.threads import MIN_ROWS_PER_SUB_BATCH, cpu_cores, resolve_sub_batches
+from components.core.threads import MIN_ROWS_PER_SUB_BATCH, cpu_cores, resolve_sub_batches
 from pipeline.config import TrainerConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def test_configure_cpu_threads_gives_each_sub_batch_a_core_in_a_fresh_process():
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(REPO)!r})
         from pipeline.config import TrainerConfig
-        from components.trainer.threads import configure_cpu_threads
+        from components.core.threads import configure_cpu_threads
         import tensorflow as tf
         parts = configure_cpu_threads(TrainerConfig(sub_batches=2))
         print(parts, tf.config.threading.get_intra_op_parallelism_threads(),

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from components.model import Seq2Seq, greedy_decode
-from components.text.vocabulary import EOS_ID, PAD_ID
+from components.core.vocabulary import EOS_ID, PAD_ID
 from pipeline.config import ModelConfig
 
 ATTENTIONS = ["bahdanau", "luong", "none"]

@@ -70,6 +70,25 @@ def test_second_run_on_the_same_corpus_reruns_nothing(capsys, corpus, artifacts)
     assert sorted(os.listdir(artifacts / "serving")) == ["1"]
 
 
+def test_an_export_section_in_the_config_file_reaches_the_export(capsys, corpus, artifacts, tmp_path):
+    """Only `export:` differs from the cached run: export re-runs with the file's value, not the
+    training folder's snapshot (a bug when only `--set export.*` reached the exporter)."""
+    import yaml
+
+    copy = tmp_path / "artifacts"
+    shutil.copytree(artifacts, copy)  # the cached outputs stay where the manifests point
+    config = yaml.safe_load(Path(EMBEDDED).read_text(encoding="utf-8"))
+    config["export"] = {"max_decode_length": 7}
+    config_file = tmp_path / "export.yaml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    code, result, out = run(capsys, corpus, copy, "--config", str(config_file))
+    assert code == 0, out
+    assert result["cached"] == ["preprocess", "train"]
+    manifest = json.loads(Path(result["manifest"]).read_text())
+    card = json.loads((Path(manifest["components"]["export"]["output"]) / "assets" / "model_card.json").read_text())
+    assert card["decoding"]["max_decode_length"] == 7
+
+
 def test_changing_a_trainer_setting_reuses_preprocessing_only(capsys, corpus, artifacts):
     # Two epochs cannot learn the seed: the candidate is worse than the served model, so it is not pushed.
     code, result, _ = run(capsys, corpus, artifacts, "--set", "trainer.epochs=2", "--set", "trainer.warm_start=never")
@@ -118,7 +137,7 @@ def test_reuse_served_vocabulary_makes_a_warm_start_possible(capsys, caplog, cor
 def test_warm_start_is_refused_with_a_reason_when_shape_or_vocabulary_differ(artifacts):
     import dataclasses
 
-    from components.text.artifacts import PreprocessArtifact
+    from components.core.artifacts import PreprocessArtifact
     from components.trainer.warm_start import incompatibility
     from pipeline.config import load_config
 
@@ -145,8 +164,8 @@ def test_warm_start_loads_the_served_weights_and_refuses_another_layout(artifact
     import tensorflow as tf
 
     from components.model import Seq2Seq
-    from components.text.artifacts import PreprocessArtifact
-    from components.trainer.checkpoints import vocabulary_sizes
+    from components.core.artifacts import PreprocessArtifact
+    from components.model.checkpoints import vocabulary_sizes
     from components.trainer.warm_start import warm_start
     from pipeline.config import load_config
 

@@ -70,7 +70,7 @@ def test_seed_output_layout_and_stats(seed_out):
 
 
 def test_existing_output_needs_overwrite(seed_out, tmp_path):
-    from pipeline.errors import UserError
+    from components.core.errors import UserError
 
     out, _ = seed_out
     with pytest.raises(UserError, match="already exists"):

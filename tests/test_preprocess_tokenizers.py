@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from components.preprocess.examples import serialize_examples
-from components.text.artifacts import PreprocessArtifact
+from components.core.artifacts import PreprocessArtifact
+from components.text.artifacts import encoder_for, tokenizer_for
 from tests.preprocess_helpers import SEED_TSV, config, read_examples, run, vocab, write_lines
 from tests.test_preprocess_runner import synthetic_pairs
 
@@ -12,8 +13,8 @@ def _assert_parity(out):
     """Encoding source_text/target_text with the artifact's SequenceEncoders gives the written ids."""
     artifact = PreprocessArtifact.load(str(out))
     rows = read_examples(out, "train")
-    src = artifact.encoder("source").encode_source([r["source_text"] for r in rows])
-    tgt = artifact.encoder("target").encode_target([r["target_text"] for r in rows])
+    src = encoder_for(artifact, "source").encode_source([r["source_text"] for r in rows])
+    tgt = encoder_for(artifact, "target").encode_target([r["target_text"] for r in rows])
     assert src["source_ids"].numpy().tolist() == [r["source_ids"] for r in rows]
     assert tgt["target_input"].numpy().tolist() == [r["target_input"] for r in rows]
     assert tgt["target_output"].numpy().tolist() == [r["target_output"] for r in rows]
@@ -47,7 +48,7 @@ def test_wordpiece_learns_subwords_and_round_trips(tmp_path):
     assert any(t.startswith("##") for t in target_vocab) and "<unk>" not in target_vocab[4:]
     artifact, rows = _assert_parity(out)
     # ids -> pieces -> detokenized text gives back the (normalized) target
-    tokenizer = artifact.tokenizer("target")
+    tokenizer = tokenizer_for(artifact, "target")
     for row in rows[:50]:
         length = row["target_length"] - 1
         tokens = [[target_vocab[i] for i in row["target_output"][:length]]]

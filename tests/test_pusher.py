@@ -8,8 +8,9 @@ import textwrap
 import pytest
 import tensorflow as tf
 
-from components.pusher import PARTIAL_PREFIX, latest_version, read_push_record, run_push, versions
-from pipeline.errors import ArtifactError
+from components.core.artifacts import ExportedModel
+from components.pusher import PARTIAL_PREFIX, latest_version, run_push, versions
+from components.core.errors import ArtifactError
 
 BLESSED = {"blessed": True, "reason": "test"}
 
@@ -36,8 +37,8 @@ def test_blessed_models_get_increasing_versions_and_old_ones_are_pruned(saved_mo
     assert pushed == [f"{serving}/1", f"{serving}/2", f"{serving}/3"]
     assert versions(serving) == [2, 3]
     assert latest_version(serving) == f"{serving}/3"
-    assert read_push_record(f"{serving}/3")["run_id"] == "r2"
-    assert read_push_record(f"{serving}/3")["version"] == 3
+    assert ExportedModel(f"{serving}/3").push_record()["run_id"] == "r2"
+    assert ExportedModel(f"{serving}/3").push_record()["version"] == 3
     loaded = tf.saved_model.load(f"{serving}/3")
     assert loaded.signatures["serving_default"](text=tf.constant(["ab"]))["translation"].numpy()[0] == b"AB"
 

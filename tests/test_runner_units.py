@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from components.evaluator.metrics import decide, score
-from pipeline.fingerprint import corpus_fingerprint, digest, resolve_corpus
+from components.core.io import digest
+from pipeline.fingerprint import corpus_fingerprint, resolve_corpus
 from pipeline.lock import LockedError, RunLock
 
 
@@ -61,3 +62,81 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
     with RunLock(str(tmp_path), "mine"):
         assert json.loads((tmp_path / ".lock").read_text())["run_id"] == "mine"
     assert "stale lock" in caplog.text
+
+
+@pytest.fixture(autouse=False)
+def forget_probe():
+    """Each test imports its own `probe` package from its own tmp_path."""
+    def forget():
+        for name in [n for n in sys.modules if n == "probe" or n.startswith("probe.")]:
+            del sys.modules[name]
+    forget()
+    yield
+    forget()
+
+
+def _write_probe_package(root):
+    package = root / "probe"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "executor.py").write_text(
+        "import json\n\n\ndef run():\n    from probe.helper import twice  # a lazy import counts too\n"
+        "    return json.dumps(twice(1))\n")
+    (package / "helper.py").write_text("def twice(x):\n    return 2 * x\n")
+    (package / "unrelated.py").write_text("X = 1\n\n\ndef run():\n    return X\n")
+    return package
+
+
+def test_code_digest_follows_the_component_and_the_modules_it_imports(tmp_path, monkeypatch, forget_probe):
+    import importlib
+
+    from pipeline.fingerprint import code_digest, module_closure
+
+    package = _write_probe_package(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert set(module_closure("probe.executor", ("probe",))) == {"probe", "probe.executor", "probe.helper"}
+    before = code_digest("probe.executor", ("probe",))
+
+    (package / "unrelated.py").write_text("X = 2\n\n\ndef run():\n    return X\n")
+    code_digest.cache_clear()
+    assert code_digest("probe.executor", ("probe",)) == before  # not imported: not in the key
+
+    (package / "helper.py").write_text("def twice(x):\n    return x + x\n")
+    code_digest.cache_clear()
+    assert code_digest("probe.executor", ("probe",)) != before
+    code_digest.cache_clear()
+
+
+def test_editing_a_component_changes_its_cache_key_and_every_key_downstream(tmp_path, monkeypatch, forget_probe):
+    """The runner's key of a component covers its code; a downstream component's key covers the
+    upstream key, so an edit re-runs the component and everything after it."""
+    import importlib
+
+    from components.core.artifacts import PreprocessArtifact, TrainedModel
+    from components.core.config import PipelineConfig
+    from pipeline import fingerprint as fingerprint_module
+    from pipeline.pipeline import ComponentSpec, InputSpec
+    from pipeline.runner import RunState, fingerprint
+
+    package = _write_probe_package(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(fingerprint_module, "PROJECT_PACKAGES", ("probe",))
+    importlib.invalidate_caches()
+    upstream = ComponentSpec("probe", importlib.import_module("probe.executor").run, PreprocessArtifact,
+                             config_sections=("preprocess",))
+    # Its own code (probe.unrelated) does not change: only the upstream key moves its key.
+    downstream = ComponentSpec("after", importlib.import_module("probe.unrelated").run, TrainedModel,
+                               inputs={"examples": InputSpec(PreprocessArtifact, "probe")})
+    state = RunState("r", str(tmp_path), str(tmp_path), PipelineConfig(), [])
+
+    def keys() -> tuple[str, str]:
+        fingerprint_module.code_digest.cache_clear()
+        first = fingerprint(state, upstream, {})
+        return first, fingerprint(state, downstream, {"examples": PreprocessArtifact(str(tmp_path), first)})
+
+    before = keys()
+    (package / "helper.py").write_text("def twice(x):\n    return x * 2\n")
+    after = keys()
+    assert after[0] != before[0] and after[1] != before[1]
+    fingerprint_module.code_digest.cache_clear()

@@ -9,10 +9,10 @@ import pytest
 import tensorflow as tf
 
 from components.model import greedy_decode
-from components.text.artifacts import PreprocessArtifact
-from components.text.vocabulary import EOS_ID
+from components.core.artifacts import PreprocessArtifact
+from components.core.vocabulary import EOS_ID
 from components.trainer import run_training
-from components.trainer.checkpoints import restore_model
+from components.model.checkpoints import restore_model
 from components.trainer.data import bucket_boundaries, make_dataset
 from components.trainer.optimizer import Adam, clip_by_global_norm, learning_rate
 from pipeline.config import TrainerConfig

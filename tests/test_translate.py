@@ -99,7 +99,7 @@ def test_real_cli_streams_a_pipe(seed_run):
 
 
 def test_stream_batches_by_size_and_by_what_is_waiting():
-    from components.exporter.translate import stream_batches
+    from components.serving.translate import stream_batches
 
     assert list(stream_batches(io.StringIO("a\nb\n\nc\r\nd"), 2)) == [["a", "b"], ["", "c"], ["d"]]
     read, write = os.pipe()
@@ -113,8 +113,8 @@ def test_stream_batches_by_size_and_by_what_is_waiting():
 
 
 def test_stream_batches_names_the_line_with_bad_utf8():
-    from components.exporter.translate import stream_batches
-    from pipeline.errors import InputError
+    from components.serving.translate import stream_batches
+    from components.core.errors import InputError
 
     read, write = os.pipe()
     os.write(write, b"ok\nbad \xff\n")
@@ -124,7 +124,7 @@ def test_stream_batches_names_the_line_with_bad_utf8():
 
 
 def test_plot_attention_writes_a_png_and_checks_shapes(tmp_path):
-    from components.exporter.plotting import plot_attention
+    from components.serving.plotting import plot_attention
 
     path = plot_attention(["I", "feel", "hungry"], ["나는", "배가", "고프다", "<eos>"],
                           np.eye(4, 20, dtype=np.float32), str(tmp_path / "a.png"), title="I feel hungry")

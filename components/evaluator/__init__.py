@@ -6,18 +6,19 @@ blessing.json, report.md, and when there is something to plot loss_curve.png and
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
+from components.core import io
+from components.core.artifacts import Evaluation, PreprocessArtifact, TrainedModel
 from components.evaluator.metrics import Blessing, Scores, decide, score
 from components.evaluator.report import write_report
-from pipeline.config import EvaluatorConfig
-from pipeline.cpu import cpu_cores
-from pipeline.errors import ArtifactError
-from pipeline.io import write_json_atomic
+from components.core.config import EvaluatorConfig
+from components.core.cpu import cpu_cores
+from components.core.errors import ArtifactError
+from components.serving import load_translator
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +29,6 @@ PROGRESS_EVERY_BATCHES = 50
 def load_references(examples_dir: str) -> tuple[str, list[str], list[str]]:
     """(split, sources, references) from the eval split, or the training split when there is none."""
     import tensorflow as tf
-
-    from components.text.artifacts import PreprocessArtifact
 
     artifact = PreprocessArtifact.load(examples_dir)
     split = "eval" if artifact.split_files("eval") else "train"
@@ -50,8 +49,6 @@ def load_references(examples_dir: str) -> tuple[str, list[str], list[str]]:
 def translate_all(model_dir: str, sources: list[str], batch_size: int = TRANSLATE_BATCH,
                   workers: Optional[int] = None) -> list[Any]:
     """Translate every source with the SavedModel's serving_default, as a downstream service would."""
-    from components.exporter.serving import load_translator
-
     return translate_batches(load_translator(model_dir), sources, batch_size, workers)
 
 
@@ -75,16 +72,6 @@ def translate_batches(translator: Any, sources: list[str], batch_size: int = TRA
     return results
 
 
-def _train_metrics(train_dir: Optional[str]) -> dict[str, Any]:
-    import tensorflow as tf
-
-    path = f"{train_dir}/metrics.json" if train_dir else None
-    if not path or not tf.io.gfile.exists(path):
-        return {}
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
-
-
 def run_evaluation(
     saved_model: str,
     examples: str,
@@ -94,12 +81,8 @@ def run_evaluation(
     baseline_model: Optional[str] = None,
 ) -> dict[str, Any]:
     """Score the candidate (and the served baseline on the same examples); write the verdict."""
-    import tensorflow as tf
-
-    from components.exporter.serving import load_translator
-
     started = time.time()
-    tf.io.gfile.makedirs(out)
+    io.gfile().makedirs(out)
     split, sources, references = load_references(examples)
     logger.info("evaluating %s on the %s split (%d pairs)%s", saved_model, split, len(sources),
                 "" if split == "eval" else ": there is no eval split, so these are training pairs")
@@ -112,7 +95,7 @@ def run_evaluation(
         baseline_scores = score([b.translation for b in baseline], references)
     blessing = decide(scores.bleu, baseline_scores.bleu if baseline_scores else None,
                       config.tolerance, config.min_bleu)
-    train_metrics = _train_metrics(train_dir)
+    train_metrics = TrainedModel(train_dir).metrics() if train_dir else {}
     evaluation = {
         "split": split,
         "examples": len(sources),
@@ -122,8 +105,7 @@ def run_evaluation(
         "baseline": baseline_scores.to_dict() if baseline_scores else None,
         "seconds": round(time.time() - started, 3),
     }
-    write_json_atomic(f"{out}/evaluation.json", evaluation)
-    write_json_atomic(f"{out}/blessing.json", {**blessing.to_dict(), "candidate_model": saved_model,
+    Evaluation(out).write(evaluation, {**blessing.to_dict(), "candidate_model": saved_model,
                                        "baseline_model": baseline_model, "split": split})
     count = config.num_samples
     samples = [{"source": s, "reference": r, "translation": c.translation}

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import logging
+from io import BytesIO
 from typing import Any, Sequence
+
+from components.core import io
+from components.core.artifacts import Evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -15,7 +19,6 @@ def plot_loss_curve(history: Sequence[dict[str, Any]], path: str) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import tensorflow as tf
 
     epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -27,9 +30,10 @@ def plot_loss_curve(history: Sequence[dict[str, Any]], path: str) -> bool:
     ax.set_ylabel("loss (per target token)")
     ax.legend()
     fig.tight_layout()
-    with tf.io.gfile.GFile(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    io.write_bytes_atomic(path, buffer.getvalue())
     return True
 
 
@@ -40,9 +44,7 @@ def _cell(text: str) -> str:
 def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: Sequence[dict[str, Any]],
                  history: Sequence[dict[str, Any]], attention: Any = None) -> str:
     """report.md (+ loss_curve.png, attention.png); `attention` is a Translation with attention."""
-    import tensorflow as tf
-
-    from components.exporter.plotting import plot_attention
+    from components.serving.plotting import plot_attention
 
     lines = [
         "# Evaluation report", "",
@@ -66,7 +68,6 @@ def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: S
         plot_attention(attention.source_tokens, attention.tokens, attention.attention, f"{out}/attention.png",
                        title=attention.source)
         lines += ["", "## Attention (first sample)", "", "![attention](attention.png)"]
-    path = f"{out}/report.md"
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    path = Evaluation(out).path(Evaluation.REPORT)
+    io.write_text_atomic(path, "\n".join(lines) + "\n")
     return path

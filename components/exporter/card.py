@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
 from typing import Any, Optional
 
+from components.core import io
+
 logger = logging.getLogger(__name__)
 
-CARD_NAME = "model_card.json"
-README_NAME = "README.md"
 CARD_FORMAT = "seq2seq-pipeline/saved-model"
 CARD_VERSION = 1
 
@@ -65,24 +64,11 @@ SIGNATURES: dict[str, Any] = {
 
 def sha256_files(paths: list[str]) -> str:
     """One digest over the named files' bytes, in the given order (names excluded: copies hash equal)."""
-    import tensorflow as tf
-
-    digest = hashlib.sha256()
-    for path in paths:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            while True:
-                chunk = f.read(1 << 20)
-                if not chunk:
-                    break
-                digest.update(chunk)
-        digest.update(b"\0")
-    return "sha256:" + digest.hexdigest()
+    return "sha256:" + io.files_digest(paths)
 
 
 def training_data_fingerprint(artifact) -> dict[str, Any]:
     """Digest of the vocabularies and training TFRecords, plus the counts from stats.json if present."""
-    import tensorflow as tf
-
     files = [artifact.vocab_path("source"), artifact.vocab_path("target")]
     files += [p for p in (artifact.wordpiece_vocab_path("source"), artifact.wordpiece_vocab_path("target")) if p]
     records = artifact.split_files("train")
@@ -93,7 +79,7 @@ def training_data_fingerprint(artifact) -> dict[str, Any]:
         "train_records_sha256": sha256_files(records) if records else None,
         "train_shards": len(records),
     }
-    if tf.io.gfile.exists(f"{artifact.directory}/stats.json"):
+    if io.exists(artifact.path(artifact.STATS)):
         try:
             stats = artifact.stats()
         except (ValueError, OSError) as e:
@@ -114,7 +100,7 @@ def build_card(
     metrics: Optional[dict[str, Any]],
 ) -> dict[str, Any]:
     from components.text.tokenizers import needs_tensorflow_text
-    from components.text.vocabulary import SPECIAL_TOKENS
+    from components.core.vocabulary import SPECIAL_TOKENS
 
     p = config.preprocess
     needs_text = needs_tensorflow_text(p.tokenizer)

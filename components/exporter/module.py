@@ -14,7 +14,7 @@ import tensorflow as tf
 from components.model.decoding import greedy_decode
 from components.text.encoding import SequenceEncoder
 from components.text.tokenizers import Tokenizer
-from components.text.vocabulary import PAD_ID, SPECIAL_TOKENS
+from components.core.vocabulary import PAD_ID, SPECIAL_TOKENS
 
 TEXT_SPEC = tf.TensorSpec([None], tf.string, name="text")
 MAX_LENGTH_SPEC = tf.TensorSpec([], tf.int32, name="max_length")

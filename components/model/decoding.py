@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from components.text.vocabulary import BOS_ID, EOS_ID, PAD_ID
+from components.core.vocabulary import BOS_ID, EOS_ID, PAD_ID
 
 
 def greedy_decode(model, source_ids: tf.Tensor, source_length: tf.Tensor, max_length) -> dict[str, tf.Tensor]:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
 
 import schemas
-from pipeline.config import PreprocessConfig
-from pipeline.errors import InputError
+from components.core.config import PreprocessConfig
+from components.core.errors import InputError
 
 logger = logging.getLogger(__name__)
 

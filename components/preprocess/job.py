@@ -21,8 +21,8 @@ from typing import Any, Mapping, Optional, Sequence
 import schemas
 from components.preprocess import fs, inputs, transforms
 from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SIDES, SPLITS
-from pipeline.config import PipelineConfig, PreprocessConfig
-from pipeline.errors import ArtifactError, InputError, UserError
+from components.core.config import PipelineConfig, PreprocessConfig
+from components.core.errors import ArtifactError, InputError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _direct_runner(options):
 
 def run_preprocess(data: str, out: str, config: PipelineConfig, beam_args: Sequence[str] = (),
                    overwrite: bool = False, served_vocabularies: Optional[str] = None) -> dict[str, Any]:
-    """Corpus at DATA (path, directory or glob) -> OUT (layout in components/text/artifacts.py).
+    """Corpus at DATA (path, directory or glob) -> OUT (layout in components/core/artifacts.py).
 
     With preprocess.vocabulary=reuse_served, `served_vocabularies` is a folder holding the served
     model's source.vocab/target.vocab (and *.wordpiece.vocab for wordpiece): a preprocess output or
@@ -134,7 +134,7 @@ def _reuse_source(p: PreprocessConfig, served_vocabularies: Optional[str]) -> Op
 def _copy_reused_vocabularies(directory: str, p: PreprocessConfig, staging: str
                               ) -> tuple[dict[str, list[str]], Optional[dict[str, list[str]]]]:
     """Check (special ids) and copy the served vocabularies into the output; returns their tokens."""
-    from components.text.vocabulary import COUNTS_SUFFIX, Vocabulary, VocabularyError
+    from components.core.vocabulary import COUNTS_SUFFIX, Vocabulary, VocabularyError
 
     def tokens_of(path: str) -> list[str]:
         if not fs.exists(path):
@@ -268,7 +268,7 @@ def build_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessC
     Specials first, then tokens by descending count, ties by token; min_frequency and
     max_vocab_size applied.
     """
-    from components.text.vocabulary import Vocabulary
+    from components.core.vocabulary import Vocabulary
 
     tokens = {}
     for side in SIDES:
@@ -287,7 +287,7 @@ def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: P
     """
     from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
 
-    from components.text.vocabulary import SPECIAL_TOKENS
+    from components.core.vocabulary import SPECIAL_TOKENS
 
     result = {}
     for side in SIDES:

@@ -20,7 +20,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from components.preprocess import inputs
 from components.preprocess.inputs import Blank, Reject, ReadUnit
-from pipeline.config import PreprocessConfig
+from components.core.config import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
@@ -451,7 +451,7 @@ class EncodeAndWriteFn(_TokenizingFn):
             m["truncated"][side] += int((full[keep] > limit).sum())
         rows = keep & evals
         if rows.any():
-            from components.text.vocabulary import UNK_ID
+            from components.core.vocabulary import UNK_ID
 
             m["eval_tokens"]["source"] += int(src["source_length"][rows].sum())
             m["eval_unk"]["source"] += int((src["source_ids"][rows] == UNK_ID).sum())

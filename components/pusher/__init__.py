@@ -9,43 +9,30 @@ leaves only a `.partial-*` folder, which the next push removes.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from typing import Any, Callable, Optional
 
-from pipeline.errors import ArtifactError
+from components.core import io
+from components.core.artifacts import ExportedModel, ServingRoot
+from components.core.errors import ArtifactError
+from components.core.tftext import register_tensorflow_text_ops
 
 logger = logging.getLogger(__name__)
 
 PARTIAL_PREFIX = ".partial-"
-PUSH_RECORD = "assets.extra/push.json"
 SMOKE_SENTENCE = "hello"
 
 
 def versions(serving_dir: str) -> list[int]:
     """Published version numbers, oldest first."""
-    import tensorflow as tf
-
-    if not tf.io.gfile.isdir(serving_dir):
-        return []
-    return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(serving_dir) if name.rstrip("/").isdigit())
+    return ServingRoot(serving_dir).versions()
 
 
 def latest_version(serving_dir: str) -> Optional[str]:
-    found = versions(serving_dir)
-    return f"{serving_dir.rstrip('/')}/{found[-1]}" if found else None
-
-
-def read_push_record(version_dir: str) -> dict[str, Any]:
-    import tensorflow as tf
-
-    path = f"{version_dir}/{PUSH_RECORD}"
-    if not tf.io.gfile.exists(path):
-        return {}
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    latest = ServingRoot(serving_dir).latest()
+    return latest.uri if latest else None
 
 
 def copy_tree(src: str, dst: str) -> None:
@@ -63,8 +50,8 @@ def copy_tree(src: str, dst: str) -> None:
 def smoke_test(model_dir: str, sentence: str = SMOKE_SENTENCE) -> str:
     """Load the copy as a server would and translate one sentence; raise if it cannot."""
     import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (tensorflow-text tokenizers need the ops registered)
 
+    register_tensorflow_text_ops()  # a tensorflow-text tokenizer needs its ops in this process
     try:
         out = tf.saved_model.load(model_dir).signatures["serving_default"](text=tf.constant([sentence]))
         return out["translation"].numpy()[0].decode("utf-8")
@@ -115,11 +102,9 @@ def run_push(
     version = (versions(serving_dir) or [0])[-1] + 1
     partial = f"{serving_dir}/{PARTIAL_PREFIX}{version}-{os.getpid()}"
     copy_tree(saved_model, partial)
-    tf.io.gfile.makedirs(f"{partial}/{PUSH_RECORD.rsplit('/', 1)[0]}")
-    with tf.io.gfile.GFile(f"{partial}/{PUSH_RECORD}", "w") as f:
-        f.write(json.dumps({**(record or {}), "version": version, "source": saved_model,
-                            "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-                           indent=2, ensure_ascii=False))
+    io.write_json_atomic(ExportedModel(partial).push_record_path,
+                         {**(record or {}), "version": version, "source": saved_model,
+                          "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     sample = smoke_test(partial)
     logger.info("verified the copy: %r -> %r", SMOKE_SENTENCE, sample)
     if before_publish:

@@ -10,7 +10,7 @@ from typing import Sequence, Union
 import tensorflow as tf
 
 from components.text.tokenizers import Tokenizer
-from components.text.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from components.core.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 VocabSource = Union[str, Sequence[str]]
 

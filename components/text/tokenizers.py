@@ -16,7 +16,8 @@ from typing import Optional, Sequence, Union
 
 import tensorflow as tf
 
-from components.text.vocabulary import UNK
+from components.core.tftext import register_tensorflow_text_ops
+from components.core.vocabulary import UNK
 
 TOKENIZERS = ("whitespace", "unicode_script", "wordpiece")
 WORDPIECE_SUFFIX = "##"
@@ -69,21 +70,13 @@ class WhitespaceTokenizer(Tokenizer):
         return tf.strings.split(texts)
 
 
-def _import_tf_text():
-    try:
-        import tensorflow_text  # noqa: F401  (registers the custom ops in this process)
-    except ImportError as e:  # pragma: no cover - it is a declared dependency
-        raise RuntimeError("this tokenizer needs tensorflow-text: pip install 'tensorflow-text~=2.21.0'") from e
-    return tensorflow_text
-
-
 class UnicodeScriptTokenizer(Tokenizer):
     name = "unicode_script"
     needs_tensorflow_text = True
 
     def __init__(self, lowercase: bool = False):
         super().__init__(lowercase)
-        self._impl = _import_tf_text().UnicodeScriptTokenizer()
+        self._impl = register_tensorflow_text_ops().UnicodeScriptTokenizer()
 
     def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:
         return self._impl.tokenize(texts)
@@ -98,7 +91,7 @@ class WordpieceTokenizer(Tokenizer):
     def __init__(self, vocab_path: Union[str, Sequence[str]], lowercase: bool = False):
         """`vocab_path`: the learned WordPiece vocabulary file, or (in the Beam job) its token list."""
         super().__init__(lowercase)
-        text = _import_tf_text()
+        text = register_tensorflow_text_ops()
         if isinstance(vocab_path, str):
             self.vocab_path = vocab_path
             init = tf.lookup.TextFileInitializer(

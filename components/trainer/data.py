@@ -7,8 +7,8 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from components.text.artifacts import PreprocessArtifact
-from pipeline.errors import ArtifactError
+from components.core.artifacts import PreprocessArtifact
+from components.core.errors import ArtifactError
 
 logger = logging.getLogger(__name__)
 

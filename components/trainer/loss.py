@@ -82,7 +82,7 @@ def token_loss(model: Seq2Seq, batch: dict[str, tf.Tensor],
     """(summed cross-entropy, real target tokens, correctly predicted tokens) under teacher forcing.
 
     With `sub_batches` > 1 the batch is dealt into parts (`split_batch`) whose graphs share no op,
-    so TensorFlow runs them concurrently, one per core (see components/trainer/threads.py).
+    so TensorFlow runs them concurrently, one per core (see components/core/threads.py).
     The sums are the same as for the whole batch.
     """
     parts = [_sub_batch_loss(model, part) for part in split_batch(batch, sub_batches)]

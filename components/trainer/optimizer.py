@@ -10,7 +10,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from pipeline.config import TrainerConfig
+from components.core.config import TrainerConfig
 
 
 def clip_by_global_norm(grads: Sequence[tf.Tensor], norm: tf.Tensor, clip_norm: float) -> list[tf.Tensor]:

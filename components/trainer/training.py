@@ -14,16 +14,16 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from components.model import Seq2Seq
-from components.text.artifacts import PreprocessArtifact
-from components.trainer import checkpoints as ck
+from components.core import io
+from components.core.artifacts import PreprocessArtifact, TrainedModel
+from components.model import checkpoints as ck
 from components.trainer.warm_start import warm_start
-from pipeline.io import write_json_atomic
 from components.trainer.data import AUTOTUNE, input_error, make_dataset, shard_files
 from components.trainer.loss import token_loss
 from components.trainer.optimizer import Adam, clip_by_global_norm, learning_rate
-from components.trainer.threads import configure_cpu_threads, resolve_sub_batches
-from pipeline.config import PipelineConfig, config_from_dict, read_yaml
-from pipeline.errors import ArtifactError, UserError
+from components.core.threads import configure_cpu_threads, resolve_sub_batches
+from components.core.config import PipelineConfig
+from components.core.errors import ArtifactError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ class Trainer:
 
     def __init__(self, examples: str, out: str, config: PipelineConfig, warm_start_from: Optional[str] = None):
         self.out = out.rstrip("/")
+        self.training = TrainedModel(self.out)
         self.warm_start_from = warm_start_from
         self.artifact = PreprocessArtifact.load(examples)
         if config.preprocess != self.artifact.preprocess:
@@ -181,11 +182,10 @@ class Trainer:
 
     def _check_existing_run(self) -> None:
         """An existing TRAIN_DIR must have been trained with the same model shape and vocabularies."""
-        path = f"{self.out}/{ck.CONFIG}"
-        if not tf.io.gfile.exists(path):
+        if not io.exists(self.training.config_path):
             return
-        previous = config_from_dict(read_yaml(path))
-        inputs = ck.read_json(f"{self.out}/{ck.INPUTS}") or {}
+        previous = self.training.config()
+        inputs = self.training.inputs() or {}
         before = ck.shape_fields(previous, inputs.get("source_vocab_size", self.source_vocab_size),
                                  inputs.get("target_vocab_size", self.target_vocab_size))
         now = ck.shape_fields(self.config, self.source_vocab_size, self.target_vocab_size)
@@ -198,12 +198,8 @@ class Trainer:
         self._check_existing_run()
         if not self.chief:
             return
-        tf.io.gfile.makedirs(self.out)
-        tmp = f"{self.out}/{ck.CONFIG}.tmp"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(self.config.to_yaml())
-        tf.io.gfile.rename(tmp, f"{self.out}/{ck.CONFIG}", overwrite=True)
-        write_json_atomic(f"{self.out}/{ck.INPUTS}", {
+        io.write_text_atomic(self.training.config_path, self.config.to_yaml())
+        io.write_json_atomic(self.training.inputs_path, {
             "examples": ck.absolute(self.artifact.directory),
             "source_vocab_size": self.source_vocab_size,
             "target_vocab_size": self.target_vocab_size,
@@ -224,16 +220,17 @@ class Trainer:
             self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
             step_in_epoch=self.step_in_epoch, best_eval_loss=self.best_eval_loss, bad_epochs=self.bad_epochs)
         # Non-chief workers of a multi-worker run must save too (collective ops), but to scratch space.
-        root = self.out if self.chief else f"{self.out}/.worker-{self.strategy.cluster_resolver.task_id}"
-        self.manager = tf.train.CheckpointManager(self.checkpoint, f"{root}/{ck.CHECKPOINTS}",
+        root = self.training if self.chief else \
+            TrainedModel(f"{self.out}/.worker-{self.strategy.cluster_resolver.task_id}")
+        self.manager = tf.train.CheckpointManager(self.checkpoint, root.checkpoints_dir,
                                                   max_to_keep=self.t.keep_checkpoints, step_counter=self.step)
-        self.best_manager = tf.train.CheckpointManager(self.checkpoint, f"{root}/{ck.BEST}", max_to_keep=1,
+        self.best_manager = tf.train.CheckpointManager(self.checkpoint, root.best_dir, max_to_keep=1,
                                                        step_counter=self.step)
-        self.writer = (tf.summary.create_file_writer(f"{self.out}/{ck.TENSORBOARD}") if self.chief
+        self.writer = (tf.summary.create_file_writer(self.training.tensorboard_dir) if self.chief
                        else tf.summary.create_noop_writer())
 
     def _resume(self) -> bool:
-        latest = tf.train.latest_checkpoint(f"{self.out}/{ck.CHECKPOINTS}")
+        latest = tf.train.latest_checkpoint(self.training.checkpoints_dir)
         if not latest:
             return False
         ck.restore_into(self.checkpoint, latest, partial=False)
@@ -348,7 +345,7 @@ class Trainer:
         if not resumed and self.warm_start_from and self.t.warm_start == "auto":
             with self.strategy.scope():
                 warm_start(self.model, self.warm_start_from, self.artifact, self.config.model)
-        metrics = (ck.read_json(f"{self.out}/{ck.METRICS}") or {}) if resumed else {}
+        metrics = self.training.metrics() if resumed else {}
         history = [h for h in metrics.get("history", []) if h["epoch"] <= int(self.epoch.numpy())]
         if int(self.epoch.numpy()) >= self.t.epochs or self._stopped_early():
             logger.info("%s is already trained (%d epochs); nothing to do", self.out, int(self.epoch.numpy()))
@@ -506,7 +503,7 @@ class Trainer:
             "history": history,
         }
         if self.chief:
-            write_json_atomic(f"{self.out}/{ck.METRICS}", _finite(metrics))
+            io.write_json_atomic(self.training.metrics_path, _finite(metrics))
         return metrics
 
 

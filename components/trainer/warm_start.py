@@ -8,40 +8,32 @@ from scratch, and the log says why.
 """
 from __future__ import annotations
 
-import json
 import logging
 from typing import Optional
 
 import tensorflow as tf
 
 from components.model import Seq2Seq
-from components.text.artifacts import SIDES, PreprocessArtifact
-from pipeline.config import ModelConfig
+from components.core import io
+from components.core.artifacts import SIDES, ExportedModel, PreprocessArtifact
+from components.core.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
-SHAPE_KEYS = ("embedding_dim", "units", "attention")
-
-
-def _read(path: str, mode: str = "r"):
-    with tf.io.gfile.GFile(path, mode) as f:
-        return f.read()
-
-
 def incompatibility(served_dir: str, artifact: PreprocessArtifact, model_config: ModelConfig) -> Optional[str]:
     """Why the served model's weights cannot seed this run, or None when they can."""
-    card_path = f"{served_dir}/assets/model_card.json"
-    if not tf.io.gfile.exists(card_path):
+    served = ExportedModel(served_dir)
+    if not io.exists(served.card_path):
         return f"{served_dir} has no model card"
-    served_model = json.loads(_read(card_path)).get("model", {})
-    for key in SHAPE_KEYS:
-        if served_model.get(key) != getattr(model_config, key):
-            return f"model.{key} differs (served {served_model.get(key)!r}, now {getattr(model_config, key)!r})"
+    served_model = served.card().get("model", {})
+    for key, value in model_config.shape().items():
+        if served_model.get(key) != value:
+            return f"model.{key} differs (served {served_model.get(key)!r}, now {value!r})"
     for side in SIDES:
-        served_vocab = f"{served_dir}/assets/{side}.vocab"
-        if not tf.io.gfile.exists(served_vocab):
+        served_vocab = served.vocab_path(side)
+        if not io.exists(served_vocab):
             return f"{served_vocab} is missing"
-        if _read(served_vocab, "rb") != _read(artifact.vocab_path(side), "rb"):
+        if io.read_bytes(served_vocab) != io.read_bytes(artifact.vocab_path(side)):
             return (f"the {side} vocabulary differs from the served model's "
                     "(set preprocess.vocabulary=reuse_served to keep it)")
     return None
@@ -63,13 +55,13 @@ def warm_start(model: Seq2Seq, served_dir: str, artifact: PreprocessArtifact, mo
     """Load the served model's weights into `model` if they fit; log the decision either way."""
     reason = incompatibility(served_dir, artifact, model_config)
     if not reason:
-        mismatches = variable_mismatches(model, f"{served_dir}/variables/variables")
+        mismatches = variable_mismatches(model, ExportedModel(served_dir).variables_prefix)
         if mismatches:
             reason = f"its variables have other shapes (exported by an earlier build?): {'; '.join(mismatches)}"
     if reason:
         logger.info("warm start: training from scratch because %s", reason)
         return False
-    status = tf.train.Checkpoint(model=model).read(f"{served_dir}/variables/variables")
+    status = tf.train.Checkpoint(model=model).read(ExportedModel(served_dir).variables_prefix)
     status.expect_partial()
     status.assert_existing_objects_matched()
     logger.info("warm start: starting from the weights of the served model %s", served_dir)

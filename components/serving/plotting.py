@@ -9,6 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
+from components.core.io import write_bytes_atomic
+
 logger = logging.getLogger(__name__)
 
 
@@ -84,14 +86,6 @@ def plot_attention(
         plt.close(fig)
     if not families:
         logger.debug("no installed font covers every token; some labels may render as boxes")
-    _write_bytes(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
     return path
 
-
-def _write_bytes(path: str, data: bytes) -> None:
-    import tensorflow as tf
-
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)

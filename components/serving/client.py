@@ -5,15 +5,15 @@ it adds the model card, the `import tensorflow_text` the card asks for, and nump
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from components.exporter.card import CARD_NAME
-from pipeline.errors import ArtifactError, UserError
+from components.core.artifacts import ExportedModel
+from components.core.errors import ArtifactError, UserError
+from components.core.tftext import register_tensorflow_text_ops
 
 logger = logging.getLogger(__name__)
 
@@ -37,24 +37,7 @@ class Translation:
 
 def read_model_card(saved_model_dir: str) -> dict[str, Any]:
     """The model card in the SavedModel's assets; ArtifactError when absent or unreadable."""
-    import tensorflow as tf
-
-    path = f"{saved_model_dir.rstrip('/')}/assets/{CARD_NAME}"
-    if not tf.io.gfile.exists(path):
-        raise ArtifactError(f"{saved_model_dir} has no assets/{CARD_NAME}; was it written by `seq2seq export`?")
-    with tf.io.gfile.GFile(path) as f:
-        try:
-            return json.load(f)
-        except ValueError as e:
-            raise ArtifactError(f"{path} is not valid JSON: {e}") from None
-
-
-def _import_tensorflow_text() -> None:
-    try:
-        import tensorflow_text  # noqa: F401  (registers the tokenizer ops before loading)
-    except ImportError:
-        raise ArtifactError("this model's tokenizer needs tensorflow-text: "
-                            "pip install 'tensorflow-text' with the same minor version as tensorflow") from None
+    return ExportedModel(saved_model_dir).card()
 
 
 class Translator:
@@ -130,6 +113,6 @@ def load_translator(saved_model_dir: str) -> Translator:
         raise ArtifactError(f"{saved_model_dir} is not a SavedModel (no saved_model.pb)")
     card = read_model_card(saved_model_dir)
     if card.get("tokenizer", {}).get("needs_tensorflow_text"):
-        _import_tensorflow_text()
+        register_tensorflow_text_ops()
     logger.debug("loading %s (tokenizer %s)", saved_model_dir, card.get("tokenizer", {}).get("name"))
     return Translator(saved_model_dir, tf.saved_model.load(saved_model_dir), card)

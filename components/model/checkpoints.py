@@ -1,18 +1,9 @@
-"""The training folder's layout, and restoring a trained model from it.
-
-TRAIN_DIR/
-    config.yaml     resolved config of the run
-    inputs.json     {"examples": <absolute preprocess dir>, "source_vocab_size", "target_vocab_size"}
-    checkpoints/    tf.train.CheckpointManager (keep trainer.keep_checkpoints); resume reads it
-    best/           the checkpoint with the best eval loss (max_to_keep=1), same structure
-    tensorboard/    event files: train/* and eval/* scalars
-    metrics.json    final and best eval loss, token accuracy, steps, epochs, wall time, tokens/s, history
+"""Restoring a trained model from its training folder (layout: `components.core.artifacts.TrainedModel`).
 
 A checkpoint holds `model` (the Seq2Seq), `optimizer` (Adam slots), `step`, and the loop state.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any, Optional
@@ -20,29 +11,12 @@ from typing import Any, Optional
 import tensorflow as tf
 
 from components.model import Seq2Seq
-from components.text.artifacts import PreprocessArtifact
-from components.text.vocabulary import VocabularyError
-from pipeline.config import PipelineConfig, read_config
-from pipeline.errors import ArtifactError
+from components.core.artifacts import PreprocessArtifact, TrainedModel
+from components.core.vocabulary import VocabularyError
+from components.core.config import PipelineConfig
+from components.core.errors import ArtifactError
 
 logger = logging.getLogger(__name__)
-
-CONFIG = "config.yaml"
-INPUTS = "inputs.json"
-CHECKPOINTS = "checkpoints"
-BEST = "best"
-TENSORBOARD = "tensorboard"
-METRICS = "metrics.json"
-
-
-def read_json(path: str) -> Optional[Any]:
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        try:
-            return json.load(f)
-        except ValueError as e:
-            raise ArtifactError(f"{path} is not valid JSON: {e}") from None
 
 
 def vocabulary_sizes(artifact: PreprocessArtifact) -> tuple[int, int]:
@@ -55,8 +29,7 @@ def vocabulary_sizes(artifact: PreprocessArtifact) -> tuple[int, int]:
 
 def shape_fields(config: PipelineConfig, source_vocab_size: int, target_vocab_size: int) -> dict[str, Any]:
     """What a checkpoint's variables depend on: a change in any of these cannot resume."""
-    m = config.model
-    return {"model.embedding_dim": m.embedding_dim, "model.units": m.units, "model.attention": m.attention,
+    return {**{f"model.{key}": value for key, value in config.model.shape().items()},
             "source vocabulary size": source_vocab_size, "target vocabulary size": target_vocab_size}
 
 
@@ -66,8 +39,9 @@ def build_checkpoint(model: Seq2Seq, **extra: Any) -> tf.train.Checkpoint:
 
 def checkpoint_to_restore(train_dir: str) -> Optional[str]:
     """The best checkpoint if there is one, else the latest."""
-    return (tf.train.latest_checkpoint(f"{train_dir}/{BEST}")
-            or tf.train.latest_checkpoint(f"{train_dir}/{CHECKPOINTS}"))
+    training = TrainedModel(train_dir)
+    return (tf.train.latest_checkpoint(training.best_dir)
+            or tf.train.latest_checkpoint(training.checkpoints_dir))
 
 
 def restore_into(checkpoint: tf.train.Checkpoint, path: str, partial: bool) -> None:
@@ -90,13 +64,12 @@ def restore_model(train_dir: str) -> tuple[Seq2Seq, PipelineConfig, PreprocessAr
 
     The model also carries `restored_from`, the checkpoint path it was restored from.
     """
-    train_dir = train_dir.rstrip("/")
-    if not tf.io.gfile.exists(f"{train_dir}/{CONFIG}"):
-        raise ArtifactError(f"{train_dir} is not a training folder: {CONFIG} is missing (run `seq2seq train`)")
-    config = read_config(train_dir)
-    inputs = read_json(f"{train_dir}/{INPUTS}")
+    training = TrainedModel(train_dir)
+    train_dir = training.uri
+    config = training.config()
+    inputs = training.inputs()
     if not inputs or "examples" not in inputs:
-        raise ArtifactError(f"{train_dir}/{INPUTS} is missing or has no 'examples' entry")
+        raise ArtifactError(f"{training.inputs_path} is missing or has no 'examples' entry")
     artifact = PreprocessArtifact.load(inputs["examples"])
     source_size, target_size = vocabulary_sizes(artifact)
     for side, size in (("source", source_size), ("target", target_size)):
@@ -106,7 +79,7 @@ def restore_model(train_dir: str) -> tuple[Seq2Seq, PipelineConfig, PreprocessAr
                                 f"with {recorded}: the preprocess output changed after training")
     path = checkpoint_to_restore(train_dir)
     if path is None:
-        raise ArtifactError(f"no checkpoint in {train_dir}/{BEST} or {train_dir}/{CHECKPOINTS}")
+        raise ArtifactError(f"no checkpoint in {training.best_dir} or {training.checkpoints_dir}")
     model = Seq2Seq.from_config(config.model, source_size, target_size)
     restore_into(build_checkpoint(model), path, partial=True)
     model.restored_from = path

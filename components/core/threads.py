@@ -4,8 +4,7 @@ A recurrent train step at batch 64 is a long chain of small ops (a [64, 256] x [
 a few elementwise ops over [64, 256]) run one time step after another. Split over the cores inside
 every op, each op pays a cross-thread hand-off that is as long as its work. Split instead by rows,
 into independent sub-batches, each core runs its own chain with no hand-offs; the big vocabulary
-matmuls are split the same way. Measured on 2 cores (bench/train.py): 1.4x the tokens/s of one
-chain with 2-thread ops.
+matmuls are split the same way (docs/training.md has the measurement).
 
 The thread pools are process-wide and fixed once TensorFlow has run its first op, so
 `configure_cpu_threads` is called first thing by `seq2seq train` / `seq2seq run` (and by
@@ -18,8 +17,8 @@ import logging
 
 import tensorflow as tf
 
-from pipeline.config import TrainerConfig
-from pipeline.cpu import cpu_cores
+from components.core.config import TrainerConfig
+from components.core.cpu import cpu_cores
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ import logging
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional, Sequence
 
-from pipeline.errors import UserError
+from components.core.errors import UserError
+from components.core.io import exists, read_text, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -70,19 +71,16 @@ class Vocabulary:
 
     def save(self, path: str) -> None:
         """Write PATH (tokens) and PATH.counts.tsv (token<TAB>count), each via a temp file + rename."""
-        _atomic_write(path, "".join(t + "\n" for t in self.tokens))
+        write_text_atomic(path, "".join(t + "\n" for t in self.tokens))
         if self.counts:
             rows = "".join(f"{t}\t{n}\n" for t, n in zip(self.tokens, self.counts))
-            _atomic_write(path + COUNTS_SUFFIX, rows)
+            write_text_atomic(path + COUNTS_SUFFIX, rows)
 
     @classmethod
     def load(cls, path: str) -> "Vocabulary":
-        import tensorflow as tf
-
-        if not tf.io.gfile.exists(path):
+        if not exists(path):
             raise VocabularyError(f"vocabulary file {path} does not exist")
-        with tf.io.gfile.GFile(path, "rb") as f:
-            raw = f.read().decode("utf-8")
+        raw = read_text(path)
         # Split on "\n" only: tokens may contain other Unicode line separators.
         tokens = tuple(raw.split("\n")[:-1] if raw.endswith("\n") else raw.split("\n"))
         try:
@@ -90,11 +88,3 @@ class Vocabulary:
         except VocabularyError as e:
             raise VocabularyError(f"{path}: {e}") from None
 
-
-def _atomic_write(path: str, text: str) -> None:
-    import tensorflow as tf
-
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(text.encode("utf-8"))
-    tf.io.gfile.rename(tmp, path, overwrite=True)

@@ -9,7 +9,7 @@ import select
 import sys
 from typing import Iterable, Iterator, Optional, TextIO
 
-from pipeline.errors import InputError, UserError
+from components.core.errors import InputError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _write(results: Iterable, as_json: bool, out: TextIO) -> None:
 
 
 def _plot_first(result, path: str) -> None:
-    from components.exporter.plotting import plot_attention
+    from components.serving.plotting import plot_attention
 
     if not result.tokens or not result.source_tokens:
         raise UserError(f"--attention-plot: the first sentence {result.source!r} is empty; nothing to draw")
@@ -99,7 +99,7 @@ def _plot_first(result, path: str) -> None:
 def translate_main(args: argparse.Namespace, stdin: Optional[TextIO] = None,
                    stdout: Optional[TextIO] = None) -> int:
     """Translate args.text, or stdin lines when there are none; one line (or JSON object) per input."""
-    from components.exporter.serving import load_translator
+    from components.serving.client import load_translator
 
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout

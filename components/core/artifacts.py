@@ -1,0 +1,298 @@
+"""Typed artifact handles: each one owns its folder's layout, so no consumer spells another
+component's file names.
+
+    Corpus           the raw input files (`--data`)
+    PreprocessArtifact  vocabularies, TFRecord shards, quarantine, stats.json, config.yaml
+    TrainedModel     checkpoints, best/, tensorboard/, config.yaml, inputs.json, metrics.json
+    ExportedModel    a SavedModel with its model card and vocabularies in assets/
+    Evaluation       evaluation.json, blessing.json, report.md
+    PushedModel      push.json: whether and where the model was published
+    ServingRoot      numbered ExportedModel versions in the TF Serving layout
+
+A handle is a frozen value (`uri` plus optional `fingerprint`, the cache key of the work that made
+it); reading and writing go through `components.core.io`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import schemas
+from components.core import io
+from components.core.config import PipelineConfig, PreprocessConfig, read_config
+from components.core.errors import ArtifactError
+from components.core.vocabulary import Vocabulary
+
+SIDES = ("source", "target")
+CONFIG = "config.yaml"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A folder (or file) one component wrote and others read."""
+
+    TYPE: ClassVar[str] = "Artifact"
+    uri: str
+    fingerprint: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uri", self.uri.rstrip("/") or "/")
+
+    @property
+    def directory(self) -> str:
+        return self.uri
+
+    def path(self, *parts: str) -> str:
+        return "/".join((self.uri, *parts))
+
+    def exists(self) -> bool:
+        return io.exists(self.uri)
+
+    def with_fingerprint(self, fingerprint: Optional[str]):
+        return dataclasses.replace(self, fingerprint=fingerprint)
+
+
+@dataclass(frozen=True)
+class Corpus(Artifact):
+    """The raw corpus: a file, a folder or a glob."""
+
+    TYPE: ClassVar[str] = "Corpus"
+
+
+@dataclass(frozen=True)
+class PreprocessArtifact(Artifact):
+    """The preprocess output folder, as every downstream component sees it.
+
+    Layout (written by `seq2seq preprocess`, published by an atomic rename):
+
+        config.yaml                         resolved pipeline config (widths, tokenizer, ...)
+        source.vocab, target.vocab          one token per line, id = line number, specials first
+        source.vocab.counts.tsv, target...  token<TAB>count
+        source.wordpiece.vocab, target...   learned WordPiece vocabularies (tokenizer: wordpiece only)
+        train-NNNNN-of-MMMMM.tfrecord.gz    gzip TFRecords of tf.train.Example (schemas/examples.schema.json)
+        eval-NNNNN-of-MMMMM.tfrecord.gz     (absent when no pair is in eval, e.g. eval_fraction 0)
+        quarantine/rejected-*.jsonl         rejected records: file, line, reason, raw text
+        stats.json                          counts, length percentiles, vocabulary sizes, timing
+
+    docs/preprocess.md describes each file and the stats keys.
+    """
+
+    TYPE: ClassVar[str] = "Examples"
+    STATS: ClassVar[str] = "stats.json"
+    config: Optional[PipelineConfig] = None
+
+    @classmethod
+    def load(cls, directory: str) -> "PreprocessArtifact":
+        directory = directory.rstrip("/")
+        if not io.isdir(directory):
+            raise ArtifactError(f"preprocess output {directory} does not exist (run `seq2seq preprocess` first)")
+        if not io.exists(f"{directory}/{CONFIG}"):
+            raise ArtifactError(f"{directory} is not a complete preprocess output: {CONFIG} is missing")
+        return cls(directory, config=read_config(directory))
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return self.config.preprocess
+
+    def vocab_path(self, side: str) -> str:
+        return self.path(f"{side}.vocab")
+
+    def wordpiece_vocab_path(self, side: str) -> Optional[str]:
+        if self.preprocess.tokenizer != "wordpiece":
+            return None
+        return self.path(f"{side}.wordpiece.vocab")
+
+    def vocabulary(self, side: str) -> Vocabulary:
+        return Vocabulary.load(self.vocab_path(side))
+
+    def split_pattern(self, split: str) -> str:
+        return self.path(f"{split}-*-of-*.tfrecord.gz")
+
+    def split_files(self, split: str) -> list[str]:
+        return io.glob(self.split_pattern(split))
+
+    def feature_spec(self) -> dict[str, Any]:
+        return schemas.feature_spec(self.preprocess.max_source_length, self.preprocess.max_target_length)
+
+    def stats(self) -> dict[str, Any]:
+        return io.read_json_object(self.path(self.STATS))
+
+
+@dataclass(frozen=True)
+class TrainedModel(Artifact):
+    """The training folder.
+
+        config.yaml     resolved config of the run
+        inputs.json     {"examples": <absolute preprocess dir>, "source_vocab_size", "target_vocab_size"}
+        checkpoints/    tf.train.CheckpointManager (keep trainer.keep_checkpoints); resume reads it
+        best/           the checkpoint with the best eval loss (max_to_keep=1), same structure
+        tensorboard/    event files: train/* and eval/* scalars
+        metrics.json    final and best eval loss, token accuracy, steps, epochs, wall time, tokens/s, history
+    """
+
+    TYPE: ClassVar[str] = "Model"
+    CONFIG: ClassVar[str] = CONFIG
+    INPUTS: ClassVar[str] = "inputs.json"
+    CHECKPOINTS: ClassVar[str] = "checkpoints"
+    BEST: ClassVar[str] = "best"
+    TENSORBOARD: ClassVar[str] = "tensorboard"
+    METRICS: ClassVar[str] = "metrics.json"
+
+    @property
+    def config_path(self) -> str:
+        return self.path(self.CONFIG)
+
+    @property
+    def inputs_path(self) -> str:
+        return self.path(self.INPUTS)
+
+    @property
+    def metrics_path(self) -> str:
+        return self.path(self.METRICS)
+
+    @property
+    def checkpoints_dir(self) -> str:
+        return self.path(self.CHECKPOINTS)
+
+    @property
+    def best_dir(self) -> str:
+        return self.path(self.BEST)
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return self.path(self.TENSORBOARD)
+
+    def config(self) -> PipelineConfig:
+        if not io.exists(self.config_path):
+            raise ArtifactError(f"{self.uri} is not a training folder: {CONFIG} is missing (run `seq2seq train`)")
+        return read_config(self.uri)
+
+    def inputs(self) -> Optional[dict[str, Any]]:
+        return io.read_json_object(self.inputs_path) if io.exists(self.inputs_path) else None
+
+    def metrics(self) -> dict[str, Any]:
+        """metrics.json (with its per-epoch history), or {} before the first epoch ends."""
+        return io.read_json_object(self.metrics_path) if io.exists(self.metrics_path) else {}
+
+    def scalar_metrics(self) -> Optional[dict[str, Any]]:
+        """The scalar entries of metrics.json (the per-epoch history stays there), or None."""
+        if not io.exists(self.metrics_path):
+            return None
+        return {k: v for k, v in self.metrics().items() if not isinstance(v, (list, dict))}
+
+
+@dataclass(frozen=True)
+class ExportedModel(Artifact):
+    """A SavedModel written by `seq2seq export`: assets/ holds the card, README and vocabularies."""
+
+    TYPE: ClassVar[str] = "ExportedModel"
+    CARD: ClassVar[str] = "model_card.json"
+    README: ClassVar[str] = "README.md"
+    PUSH_RECORD: ClassVar[str] = "assets.extra/push.json"
+
+    @property
+    def assets_dir(self) -> str:
+        return self.path("assets")
+
+    @property
+    def card_path(self) -> str:
+        return self.path("assets", self.CARD)
+
+    @property
+    def variables_prefix(self) -> str:
+        """The checkpoint prefix of the SavedModel's variables (tf.train.Checkpoint readable)."""
+        return self.path("variables", "variables")
+
+    @property
+    def push_record_path(self) -> str:
+        return self.path(self.PUSH_RECORD)
+
+    def vocab_path(self, side: str) -> str:
+        return self.path("assets", f"{side}.vocab")
+
+    def card(self) -> dict[str, Any]:
+        if not io.exists(self.card_path):
+            raise ArtifactError(f"{self.uri} has no assets/{self.CARD}; was it written by `seq2seq export`?")
+        return io.read_json_object(self.card_path)
+
+    def push_record(self) -> dict[str, Any]:
+        """assets.extra/push.json of a pushed version, {} for a model that was never pushed."""
+        return io.read_json_object(self.push_record_path) if io.exists(self.push_record_path) else {}
+
+    def export_fingerprint(self) -> Optional[str]:
+        """The cache key of the export that produced this model: its own, or its push record's."""
+        return self.fingerprint or self.push_record().get("export_fingerprint")
+
+
+@dataclass(frozen=True)
+class Evaluation(Artifact):
+    """The evaluator's output: scores, the blessing verdict and a human-readable report."""
+
+    TYPE: ClassVar[str] = "ModelEvaluation"
+    EVALUATION: ClassVar[str] = "evaluation.json"
+    BLESSING: ClassVar[str] = "blessing.json"
+    REPORT: ClassVar[str] = "report.md"
+
+    @property
+    def evaluation_path(self) -> str:
+        return self.path(self.EVALUATION)
+
+    @property
+    def blessing_path(self) -> str:
+        return self.path(self.BLESSING)
+
+    def evaluation(self) -> dict[str, Any]:
+        return io.read_json_object(self.evaluation_path)
+
+    def blessing(self) -> dict[str, Any]:
+        return io.read_json_object(self.blessing_path)
+
+    def write(self, evaluation: dict[str, Any], blessing: dict[str, Any]) -> None:
+        io.write_json_atomic(self.evaluation_path, evaluation)
+        io.write_json_atomic(self.blessing_path, blessing)
+
+    def summary(self) -> dict[str, Any]:
+        """The scalar results the runner's manifest and `--json` summary carry."""
+        evaluation, blessing = self.evaluation(), self.blessing()
+        return {"bleu": evaluation["bleu"], "chrf": evaluation["chrf"], "exact_match": evaluation["exact_match"],
+                "eval_loss": evaluation.get("eval_loss"), "split": evaluation["split"],
+                "blessed": blessing["blessed"], "blessing_reason": blessing["reason"]}
+
+
+@dataclass(frozen=True)
+class PushedModel(Artifact):
+    """The pusher's output: push.json says whether the model was published, and where."""
+
+    TYPE: ClassVar[str] = "PushedModel"
+    RECORD: ClassVar[str] = "push.json"
+
+    def write(self, serving_model: Optional[str]) -> None:
+        io.write_json_atomic(self.path(self.RECORD), {"pushed": serving_model is not None,
+                                                       "serving_model": serving_model})
+
+    def serving_model(self) -> Optional[str]:
+        path = self.path(self.RECORD)
+        return io.read_json_object(path).get("serving_model") if io.exists(path) else None
+
+
+@dataclass(frozen=True)
+class ServingRoot(Artifact):
+    """SERVING_DIR/<version>/: complete SavedModels under increasing integer names (TF Serving's
+    model_base_path). Temporary names are never numeric, so TF Serving ignores them."""
+
+    TYPE: ClassVar[str] = "ServingRoot"
+
+    def versions(self) -> list[int]:
+        """Published version numbers, oldest first."""
+        if not io.isdir(self.uri):
+            return []
+        names = (name.rstrip("/") for name in io.gfile().listdir(self.uri))
+        return sorted(int(name) for name in names if name.isdigit())
+
+    def version(self, number: int) -> ExportedModel:
+        return ExportedModel(self.path(str(number)))
+
+    def latest(self) -> Optional[ExportedModel]:
+        found = self.versions()
+        return self.version(found[-1]) if found else None

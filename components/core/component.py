@@ -1,0 +1,29 @@
+"""The one contract every component's executor follows, as TFX's `Executor.Do` does.
+
+    run(inputs: Mapping[str, Artifact], output: Artifact, config: PipelineConfig, context: RunContext)
+        -> dict of scalar metrics for the run manifest
+
+`inputs` holds the declared input artifacts by name (an optional input that was not resolved is
+absent); `output` is the handle of the folder to write, whose layout the handle's type owns.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Protocol
+
+from components.core.artifacts import Artifact, ServingRoot
+from components.core.config import PipelineConfig
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a run knows beyond the artifacts and the config (TFX's execution properties)."""
+
+    run_id: str
+    beam_args: tuple[str, ...] = ()
+    serving_root: Optional[ServingRoot] = None  # where the pusher publishes
+
+
+class Executor(Protocol):
+    def __call__(self, inputs: Mapping[str, Artifact], output: Artifact, config: PipelineConfig,
+                 context: RunContext) -> dict[str, Any]: ...

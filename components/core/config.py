@@ -1,0 +1,323 @@
+"""Typed, frozen pipeline configuration: YAML in, `--set section.key=value` overrides, strict keys.
+
+Every component reads only its own section (plus the sections it declares as inputs), so the
+whole configuration lives here in one place and a typo fails before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Mapping, Optional, Sequence
+
+import yaml
+
+from components.core.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+class ConfigError(UserError, ValueError):
+    """A configuration key or value is wrong; the message names the key."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The Beam preprocessing job: read, validate, tokenize, build vocabularies, write TFRecords."""
+
+    format: Literal["auto", "tsv", "csv", "jsonl", "parquet", "aligned"] = "auto"
+    source_field: str = "source"  # CSV column / JSONL field / Parquet column
+    target_field: str = "target"
+    # Aligned plain-text files are paired by stem: STEM<source_suffix> with STEM<target_suffix>.
+    source_suffix: str = ".src"
+    target_suffix: str = ".tgt"
+    tokenizer: Literal["whitespace", "unicode_script", "wordpiece"] = "whitespace"
+    lowercase: bool = False
+    # Widths of the padded TFRecord features. target_input is <bos> + target + <eos>, so a target
+    # keeps at most max_target_length - 2 tokens.
+    max_source_length: int = 32
+    max_target_length: int = 34
+    length_policy: Literal["truncate", "reject"] = "truncate"
+    eval_fraction: float = 0.1
+    min_frequency: int = 1
+    max_vocab_size: Optional[int] = None  # counts the 4 special tokens; None = unlimited
+    max_rejected_fraction: float = 0.1
+    wordpiece_vocab_size: int = 8000
+    num_shards: int = 0  # 0 = let the runner decide
+    tokenize_batch_size: int = 2048
+    vocabulary: Literal["rebuild", "reuse_served"] = "rebuild"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    embedding_dim: int = 128
+    units: int = 256
+    attention: Literal["bahdanau", "luong", "none"] = "bahdanau"
+    # mixed_bfloat16: matmuls take bfloat16 inputs (AMX / AVX512-BF16 CPUs, GPUs, TPUs); variables,
+    # activations and the loss stay float32. Checkpoints are the same either way.
+    precision: Literal["float32", "mixed_bfloat16"] = "float32"
+
+    # The keys the model's variables depend on: a checkpoint or served model whose values differ
+    # cannot be restored into this model.
+    SHAPE_KEYS: ClassVar[tuple[str, ...]] = ("embedding_dim", "units", "attention")
+
+    def shape(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.SHAPE_KEYS}
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 0.001
+    lr_schedule: Literal["constant", "cosine", "inverse_sqrt"] = "constant"
+    warmup_steps: int = 0
+    clip_norm: float = 5.0
+    seed: int = 42
+    shuffle_buffer: int = 10000
+    bucket_by_length: bool = False
+    early_stopping_patience: int = 0  # 0 = off
+    keep_checkpoints: int = 3
+    checkpoint_every_steps: int = 0  # 0 = once per epoch
+    log_every_steps: int = 50
+    distribution: Literal["none", "mirrored", "multi_worker"] = "none"
+    sub_batches: int = 0  # 0 = auto: one per CPU core (see components/core/threads.py)
+    warm_start: Literal["auto", "never"] = "auto"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    max_decode_length: Optional[int] = None  # None = preprocess.max_target_length
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    tolerance: float = 0.0
+    min_bleu: float = 0.0
+    num_samples: int = 20
+
+
+@dataclass(frozen=True)
+class PusherConfig:
+    keep: int = 5
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    pusher: PusherConfig = field(default_factory=PusherConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check (and, for strings from --set, convert) a value against a field's type."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            return None
+        return _coerce(key, value, args[0])
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {annotation!r}")  # pragma: no cover
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]!s}; valid keys under "
+            f"{prefix or 'the top level'}: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, key)
+        else:
+            kwargs[name] = _coerce(key, value, hint)
+    config = cls(**kwargs)
+    _validate(config, prefix)
+    return config
+
+
+def _validate(config: Any, prefix: str) -> None:
+    """Range checks that types alone cannot express."""
+    def bad(name: str, why: str) -> ConfigError:
+        return ConfigError(f"{prefix}.{name}: {why}, got {getattr(config, name)!r}")
+
+    if isinstance(config, PreprocessConfig):
+        if config.max_source_length < 1:
+            raise bad("max_source_length", "must be at least 1")
+        if config.max_target_length < 3:
+            raise bad("max_target_length", "must be at least 3 (<bos>, one token, <eos>)")
+        if not 0.0 <= config.eval_fraction < 1.0:
+            raise bad("eval_fraction", "must be in [0, 1)")
+        if not 0.0 <= config.max_rejected_fraction <= 1.0:
+            raise bad("max_rejected_fraction", "must be in [0, 1]")
+        if config.min_frequency < 1:
+            raise bad("min_frequency", "must be at least 1")
+        if config.max_vocab_size is not None and config.max_vocab_size < 5:
+            raise bad("max_vocab_size", "must be at least 5 (4 special tokens and one word)")
+        if config.num_shards < 0:
+            raise bad("num_shards", "must be 0 (auto) or positive")
+        if config.tokenize_batch_size < 1:
+            raise bad("tokenize_batch_size", "must be positive")
+    elif isinstance(config, ModelConfig):
+        for name in ("embedding_dim", "units"):
+            if getattr(config, name) < 1:
+                raise bad(name, "must be positive")
+    elif isinstance(config, TrainerConfig):
+        for name in ("epochs", "batch_size", "keep_checkpoints", "log_every_steps"):
+            if getattr(config, name) < 1:
+                raise bad(name, "must be positive")
+        if config.learning_rate <= 0:
+            raise bad("learning_rate", "must be positive")
+        if config.sub_batches < 0:
+            raise bad("sub_batches", "must be 0 (auto) or positive")
+    elif isinstance(config, PusherConfig) and config.keep < 1:
+        raise bad("keep", "must be at least 1")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (['section', 'key'], value parsed as a YAML scalar)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) != 2 or not all(path):
+        raise ConfigError(f"--set {text!r}: key must look like section.key, e.g. trainer.epochs")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def _merge_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    merged = {section: dict(values or {}) for section, values in data.items()}
+    sections = {f.name for f in dataclasses.fields(PipelineConfig)}
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        if section not in sections:
+            raise ConfigError(
+                f"unknown config key {section}.{key}: no section {section!r} "
+                f"(sections: {', '.join(sorted(sections))})"
+            )
+        # A YAML scalar like `1e-3` stays a string in YAML 1.1; the typed coercion handles it.
+        merged.setdefault(section, {})[key] = value
+    return merged
+
+
+def _open(path: str, mode: str):
+    """Local files with open(); URLs (gs://, s3://, ...) through tf.io.gfile, imported only then."""
+    if "://" in path:
+        import tensorflow as tf
+
+        return tf.io.gfile.GFile(path, mode)
+    return open(path, mode, encoding="utf-8")
+
+
+def _exists(path: str) -> bool:
+    if "://" in path:
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path)
+    return os.path.exists(path)
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    if not _exists(path):
+        raise ConfigError(f"config file {path} does not exist")
+    with _open(path, "r") as f:
+        try:
+            data = yaml.safe_load(f.read()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping of sections")
+    return data
+
+
+def load_config(defaults: Mapping[str, Any], path: Optional[str] = None,
+                overrides: Sequence[str] = ()) -> PipelineConfig:
+    """DEFAULTS <- FILE (if given) <- --set overrides, strictly typed."""
+    data = {section: values for section, values in defaults.items()}
+    if path:
+        for section, values in read_yaml(path).items():
+            if isinstance(values, Mapping) and isinstance(data.get(section), Mapping):
+                data[section] = {**data[section], **values}
+            else:
+                data[section] = values
+    data = _merge_overrides(data, overrides)
+    return _build(PipelineConfig, data, "")
+
+
+def apply_overrides(config: PipelineConfig, overrides: Sequence[str]) -> PipelineConfig:
+    """CONFIG with `--set section.key=value` OVERRIDES applied, strictly typed."""
+    return _build(PipelineConfig, _merge_overrides(config.to_dict(), overrides), "")
+
+
+def config_from_dict(data: Mapping[str, Any]) -> PipelineConfig:
+    """Rebuild a config snapshot (e.g. one written next to an artifact)."""
+    return _build(PipelineConfig, dict(data), "")
+
+
+def write_config(config: PipelineConfig, directory: str, name: str = "config.yaml") -> str:
+    """Snapshot the resolved config into an output folder."""
+    path = directory.rstrip("/") + "/" + name
+    with _open(path, "w") as f:
+        f.write(config.to_yaml())
+    return path
+
+
+def read_config(directory: str, name: str = "config.yaml") -> PipelineConfig:
+    return config_from_dict(read_yaml(directory.rstrip("/") + "/" + name))

@@ -179,6 +179,7 @@ def fingerprint(state: RunState, spec: ComponentSpec, inputs: Mapping[str, Artif
     """The cache key: the inputs (as each declares), the config sections, the component's code and
     the versions of the libraries it runs on (docs/pipeline.md, "Caching")."""
     keys = {name: spec.inputs[name].key(artifact) for name, artifact in sorted(inputs.items())}
+    keys = {name: key for name, key in keys.items() if key is not None}  # None: not part of the key
     sections = {s: dataclasses.asdict(getattr(state.config, s)) for s in spec.config_sections}
     return digest(spec.name, keys, sections, code_digest(spec.executor.__module__), library_versions())
 

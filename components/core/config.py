@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any, ClassVar, Literal, Mapping, Optional, Sequence
 
 import yaml
 
+from components.core import io
 from components.core.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -257,31 +257,15 @@ def _merge_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str
     return merged
 
 
-def _open(path: str, mode: str):
-    """Local files with open(); URLs (gs://, s3://, ...) through tf.io.gfile, imported only then."""
-    if "://" in path:
-        import tensorflow as tf
-
-        return tf.io.gfile.GFile(path, mode)
-    return open(path, mode, encoding="utf-8")
-
-
-def _exists(path: str) -> bool:
-    if "://" in path:
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
-
-
 def read_yaml(path: str) -> dict[str, Any]:
-    if not _exists(path):
+    if not io.exists(path):
         raise ConfigError(f"config file {path} does not exist")
-    with _open(path, "r") as f:
-        try:
-            data = yaml.safe_load(f.read()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    try:
+        data = yaml.safe_load(io.read_text(path)) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: top level must be a mapping of sections")
     return data
@@ -314,8 +298,7 @@ def config_from_dict(data: Mapping[str, Any]) -> PipelineConfig:
 def write_config(config: PipelineConfig, directory: str, name: str = "config.yaml") -> str:
     """Snapshot the resolved config into an output folder."""
     path = directory.rstrip("/") + "/" + name
-    with _open(path, "w") as f:
-        f.write(config.to_yaml())
+    io.write_text_atomic(path, config.to_yaml())
     return path
 
 

@@ -58,8 +58,8 @@ def translate_batches(translator: Any, sources: list[str], batch_size: int = TRA
     per core), results in the order of `sources`.
 
     A greedy decode is a chain of small ops that keeps about one core busy, and `seq2seq run` pins
-    TensorFlow to one thread per op when the trainer's batch splits into sub-batches: two batches
-    at once decode 1.9-2.3x faster on 2 cores then, 1.5x with TensorFlow's default thread pools.
+    TensorFlow to one thread per op when the trainer's batch splits into sub-batches, so batches
+    decode side by side (docs/export.md has the measurement).
     """
     batches = [sources[start:start + batch_size] for start in range(0, len(sources), batch_size)]
     workers = max(1, min(workers or cpu_cores(), len(batches)))

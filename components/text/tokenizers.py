@@ -26,8 +26,8 @@ WORDPIECE_SUFFIX = "##"
 # Whitespace: RE2's \s (ASCII tab, LF, FF, CR, space), Unicode separators \p{Z} (NBSP, ideographic
 # space, line/paragraph separators, ...) and the BOM. Every maximal run becomes one space. The pattern
 # only matches runs of two or more, or a single separator that is not a plain space, so ordinary text
-# (single spaces) has no matches at all; this is 4x faster than matching every space and gives the
-# same result as replacing `[\s\p{Z}\x{FEFF}]+` (tests/test_preprocess_tokenizers.py checks every
+# (single spaces) has no matches at all, which is much faster than matching every space
+# (docs/preprocess.md), and gives the same result as replacing `[\s\p{Z}\x{FEFF}]+` (tests/test_preprocess_tokenizers.py checks every
 # BMP character).
 WHITESPACE_RUN = r"[\s\p{Z}\x{FEFF}]{2,}|[^ \PZ]|[\t\n\f\r\x{FEFF}]"
 

@@ -69,9 +69,9 @@ def build_export(work: Path, corpus: Path, steps: int, train_epochs: int) -> str
 
         run_training(preprocessed, str(work / "train"), config)
         return run_export(str(work / "train"), out)
+    from components.core.artifacts import PreprocessArtifact
     from components.exporter.export import export_model
     from components.model.seq2seq import Seq2Seq
-    from components.core.artifacts import PreprocessArtifact
 
     artifact = PreprocessArtifact.load(preprocessed)
     model = Seq2Seq.from_config(config.model, len(artifact.vocabulary("source")),

@@ -175,9 +175,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("components.trainer.training").setLevel(logging.INFO)
 
+    from components.core.threads import configure_cpu_threads
     from components.preprocess import run_preprocess
     from components.trainer import run_training
-    from components.core.threads import configure_cpu_threads
     from pipeline.config import load_config
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-train-"))

@@ -11,8 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from components.core import io
-from components.core.artifacts import (Artifact, Corpus, Evaluation, ExportedModel, PreprocessArtifact,
-                                       PushedModel, TrainedModel)
+from components.core.artifacts import (
+    Artifact,
+    Corpus,
+    Evaluation,
+    ExportedModel,
+    PreprocessArtifact,
+    PushedModel,
+    TrainedModel,
+)
 from components.core.component import Executor
 from components.core.config import PipelineConfig
 from components.evaluator import executor as evaluator

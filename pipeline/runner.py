@@ -288,7 +288,8 @@ class Progress:
 
     def __init__(self, names: list[str]):
         from rich.console import Console
-        from rich.progress import Progress as RichProgress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+        from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.console = Console(stderr=True)
         self._progress = RichProgress(SpinnerColumn(), TextColumn("{task.description:<11}"),

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-
 from pipeline.config import PipelineConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]

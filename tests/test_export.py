@@ -14,9 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from export_fixtures import (  # noqa: F401  (fixtures)
-    BEAM_ARGS, REPO, seed_pairs, seed_run, synthetic_corpus, synthetic_run, write_tsv,
+    BEAM_ARGS,
+    REPO,
+    seed_pairs,
+    seed_run,
+    synthetic_corpus,
+    synthetic_run,
+    write_tsv,
 )
 
 pytestmark = pytest.mark.slow
@@ -169,8 +174,8 @@ def test_encode_signature_reproduces_the_tfrecords(synthetic_run, synthetic_corp
 
 
 def test_savedmodel_equals_the_trainer_greedy_decoder(synthetic_run, synthetic_corpus):
-    from components.model.decoding import greedy_decode
     from components.model.checkpoints import restore_model
+    from components.model.decoding import greedy_decode
 
     model, config, artifact = restore_model(synthetic_run["train"])
     records = {k: np.concatenate([_records(synthetic_run["examples"], s)[k] for s in ("train", "eval")])
@@ -266,9 +271,9 @@ def test_max_decode_length_is_set_at_export_and_per_call(seed_run, tmp_path, cap
 
 
 def test_attention_none_gives_zeros_of_the_right_shape(seed_run, tmp_path):
+    from components.core.artifacts import PreprocessArtifact
     from components.exporter.export import export_model
     from components.model.seq2seq import Seq2Seq
-    from components.core.artifacts import PreprocessArtifact
     from pipeline.config import load_config
 
     artifact = PreprocessArtifact.load(seed_run["examples"])
@@ -287,10 +292,10 @@ def test_attention_none_gives_zeros_of_the_right_shape(seed_run, tmp_path):
 
 def test_tensorflow_text_tokenizer_model_loads_in_a_fresh_process(tmp_path):
     """WordPiece: tensorflow-text ops plus two more vocabulary assets (unicode_script needs only the ops)."""
+    from components.core.artifacts import PreprocessArtifact
     from components.exporter.export import export_model
     from components.model.seq2seq import Seq2Seq
     from components.preprocess import run_preprocess
-    from components.core.artifacts import PreprocessArtifact
     from pipeline.config import load_config
 
     tokenizer = "wordpiece"
@@ -339,11 +344,11 @@ def test_tensorflow_text_tokenizer_model_loads_in_a_fresh_process(tmp_path):
 
 
 def test_export_is_written_to_a_temp_dir_and_renamed(seed_run, tmp_path):
+    from components.core.errors import ArtifactError
     from components.exporter import run_export
     from components.exporter.card import build_card
     from components.exporter.export import build_module, save_module, vocabulary_sizes
     from components.model.checkpoints import restore_model
-    from components.core.errors import ArtifactError
 
     model, _, artifact = restore_model(seed_run["train"])
     out = tmp_path / "model"

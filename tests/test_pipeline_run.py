@@ -163,8 +163,8 @@ def test_warm_start_loads_the_served_weights_and_refuses_another_layout(artifact
     import numpy as np
     import tensorflow as tf
 
-    from components.model import Seq2Seq
     from components.core.artifacts import PreprocessArtifact
+    from components.model import Seq2Seq
     from components.model.checkpoints import vocabulary_sizes
     from components.trainer.warm_start import warm_start
     from pipeline.config import load_config

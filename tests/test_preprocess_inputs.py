@@ -5,8 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.preprocess import inputs
 from components.core.errors import InputError
+from components.preprocess import inputs
 from tests.preprocess_helpers import config, quarantine, read_examples, run, vocab, write_lines
 
 LONG = " ".join(f"w{i}" for i in range(12))  # 12 tokens

@@ -6,8 +6,7 @@ import pytest
 
 from components.preprocess import inputs
 from pipeline.cli import main
-from tests.preprocess_helpers import (config, quarantine, read_examples, run, serialized_examples, vocab,
-                                      write_lines)
+from tests.preprocess_helpers import config, quarantine, read_examples, run, serialized_examples, vocab, write_lines
 
 STEMS = ["사랑", "학교", "친구", "공부", "음식", "여행", "하늘", "바다", "도시", "노래", "시간", "마음"]
 ENDINGS = ["는", "를", "에서", "하고", "입니다", "였다", "으로", "의", "도", "만"]

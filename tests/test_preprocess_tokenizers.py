@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from components.preprocess.examples import serialize_examples
 from components.core.artifacts import PreprocessArtifact
+from components.preprocess.examples import serialize_examples
 from components.text.artifacts import encoder_for, tokenizer_for
 from tests.preprocess_helpers import SEED_TSV, config, read_examples, run, vocab, write_lines
 from tests.test_preprocess_runner import synthetic_pairs

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from components.core.artifacts import ExportedModel
-from components.pusher import PARTIAL_PREFIX, latest_version, run_push, versions
 from components.core.errors import ArtifactError
+from components.pusher import PARTIAL_PREFIX, latest_version, run_push, versions
 
 BLESSED = {"blessed": True, "reason": "test"}
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from components.evaluator.metrics import decide, score
 from components.core.io import digest
+from components.evaluator.metrics import decide, score
 from pipeline.fingerprint import corpus_fingerprint, resolve_corpus
 from pipeline.lock import LockedError, RunLock
 

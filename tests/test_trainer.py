@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.model import greedy_decode
 from components.core.artifacts import PreprocessArtifact
 from components.core.vocabulary import EOS_ID
-from components.trainer import run_training
+from components.model import greedy_decode
 from components.model.checkpoints import restore_model
+from components.trainer import run_training
 from components.trainer.data import bucket_boundaries, make_dataset
 from components.trainer.optimizer import Adam, clip_by_global_norm, learning_rate
 from pipeline.config import TrainerConfig

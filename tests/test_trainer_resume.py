@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from components.trainer import run_training
-from components.model.checkpoints import restore_model
 from components.core.errors import ArtifactError
+from components.model.checkpoints import restore_model
+from components.trainer import run_training
 from tests.trainer_helpers import REPO, SEED_TSV, config, preprocess, synthetic_corpus
 
 TOY = ("preprocess.eval_fraction=0.2", "preprocess.max_source_length=8", "preprocess.max_target_length=10")

@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from export_fixtures import seed_pairs, seed_run  # noqa: F401  (fixture)
+
 from pipeline.cli import main
 
 SEED = seed_pairs()
@@ -113,8 +113,8 @@ def test_stream_batches_by_size_and_by_what_is_waiting():
 
 
 def test_stream_batches_names_the_line_with_bad_utf8():
-    from components.serving.translate import stream_batches
     from components.core.errors import InputError
+    from components.serving.translate import stream_batches
 
     read, write = os.pipe()
     os.write(write, b"ok\nbad \xff\n")

@@ -13,11 +13,11 @@ from typing import Any, Optional
 
 from components.core import io
 from components.core.artifacts import Evaluation, PreprocessArtifact, TrainedModel
-from components.evaluator.metrics import Blessing, Scores, decide, score
-from components.evaluator.report import write_report
 from components.core.config import EvaluatorConfig
 from components.core.cpu import cpu_cores
 from components.core.errors import ArtifactError
+from components.evaluator.metrics import Blessing, Scores, decide, score
+from components.evaluator.report import write_report
 from components.serving import load_translator
 
 logger = logging.getLogger(__name__)

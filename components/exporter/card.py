@@ -99,8 +99,8 @@ def build_card(
     checkpoint: Optional[str],
     metrics: Optional[dict[str, Any]],
 ) -> dict[str, Any]:
-    from components.text.tokenizers import needs_tensorflow_text
     from components.core.vocabulary import SPECIAL_TOKENS
+    from components.text.tokenizers import needs_tensorflow_text
 
     p = config.preprocess
     needs_text = needs_tensorflow_text(p.tokenizer)

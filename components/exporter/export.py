@@ -8,9 +8,9 @@ from typing import Any, Optional, Sequence
 
 from components.core import io
 from components.core.artifacts import ExportedModel, TrainedModel
-from components.text.artifacts import encoder_for, tokenizer_for
 from components.core.config import ConfigError, ExportConfig, PipelineConfig, apply_overrides
 from components.core.errors import ArtifactError
+from components.text.artifacts import encoder_for, tokenizer_for
 
 logger = logging.getLogger(__name__)
 

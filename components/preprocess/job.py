@@ -19,10 +19,10 @@ import uuid
 from typing import Any, Mapping, Optional, Sequence
 
 import schemas
-from components.preprocess import fs, inputs, transforms
-from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SIDES, SPLITS
 from components.core.config import PipelineConfig, PreprocessConfig
 from components.core.errors import ArtifactError, InputError, UserError
+from components.preprocess import fs, inputs, transforms
+from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SIDES, SPLITS
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from components.preprocess import inputs
-from components.preprocess.inputs import Blank, Reject, ReadUnit
 from components.core.config import PreprocessConfig
+from components.preprocess import inputs
+from components.preprocess.inputs import Blank, ReadUnit, Reject
 
 logger = logging.getLogger(__name__)
 

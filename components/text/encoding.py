@@ -9,8 +9,8 @@ from typing import Sequence, Union
 
 import tensorflow as tf
 
-from components.text.tokenizers import Tokenizer
 from components.core.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from components.text.tokenizers import Tokenizer
 
 VocabSource = Union[str, Sequence[str]]
 

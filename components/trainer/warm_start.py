@@ -13,10 +13,10 @@ from typing import Optional
 
 import tensorflow as tf
 
-from components.model import Seq2Seq
 from components.core import io
 from components.core.artifacts import SIDES, ExportedModel, PreprocessArtifact
 from components.core.config import ModelConfig
+from components.model import Seq2Seq
 
 logger = logging.getLogger(__name__)
 

@@ -55,3 +55,48 @@ def test_snapshot_round_trips(tmp_path):
     config = load_config(overrides=["model.units=17", "preprocess.max_vocab_size=null"])
     write_config(config, str(tmp_path))
     assert read_config(str(tmp_path)) == config
+
+
+@pytest.mark.parametrize("text, named", [
+    ("trainer: 5\n", "trainer: expected a mapping"),
+    ("trainer: [[epochs, 3]]\n", "trainer: expected a mapping"),
+    ("trainer: fast\n", "trainer: expected a mapping"),
+    ("trainer:\n  1: 3\n", "key 1 is not a name"),
+    ("- trainer\n", "top level must be a mapping"),
+    ("7: {}\n", "key 7 is not a name"),
+])
+def test_malformed_config_files_are_config_errors_with_exit_2(tmp_path, text, named):
+    from pipeline.cli import main
+
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=named):
+        load_config(str(path))
+    assert main(["train", "--examples", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(path)]) == 2
+
+
+def test_a_binary_file_or_a_directory_as_config_is_a_config_error(tmp_path):
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="model.bin"):
+        load_config(str(binary))
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(str(tmp_path))
+
+
+@pytest.mark.parametrize("override, named", [
+    ("trainer.learning_rate=nan", "finite"),
+    ("trainer.learning_rate=.inf", "finite"),
+    ("evaluator.tolerance=nan", "finite"),
+    ("evaluator.tolerance=-1", "must not be negative"),
+    ("evaluator.min_bleu=-0.5", r"\[0, 100\]"),
+    ("trainer.clip_norm=-1", "must not be negative"),
+    ("trainer.shuffle_buffer=-5", "must not be negative"),
+    ("trainer.warmup_steps=-1", "must not be negative"),
+    ("trainer.early_stopping_patience=-2", "must not be negative"),
+    ("preprocess.source_field=", "must not be empty"),
+    ("preprocess.target_field=source", "must differ"),
+])
+def test_non_finite_and_negative_values_are_refused(override, named):
+    with pytest.raises(ConfigError, match=named):
+        load_config(overrides=[override])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -154,9 +155,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        return number
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -166,7 +170,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {_short(data)}")
+    for name in data:
+        if not isinstance(name, str):
+            raise ConfigError(f"{prefix or 'config'}: key {name!r} is not a name (keys are strings)")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -181,12 +188,23 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         key = f"{prefix}.{name}" if prefix else name
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, key)
+            kwargs[name] = _build(hint, {} if value is None else value, key)
         else:
             kwargs[name] = _coerce(key, value, hint)
     config = cls(**kwargs)
     _validate(config, prefix)
     return config
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def _check_not_negative(config: Any, names: Sequence[str], bad) -> None:
+    for name in names:
+        if getattr(config, name) < 0:
+            raise bad(name, "must not be negative")
 
 
 def _validate(config: Any, prefix: str) -> None:
@@ -211,6 +229,13 @@ def _validate(config: Any, prefix: str) -> None:
             raise bad("num_shards", "must be 0 (auto) or positive")
         if config.tokenize_batch_size < 1:
             raise bad("tokenize_batch_size", "must be positive")
+        for name in ("source_field", "target_field", "source_suffix", "target_suffix"):
+            if not getattr(config, name).strip():
+                raise bad(name, "must not be empty")
+        if config.source_field == config.target_field:
+            raise bad("target_field", "must differ from preprocess.source_field")
+        if config.source_suffix == config.target_suffix:
+            raise bad("target_suffix", "must differ from preprocess.source_suffix")
     elif isinstance(config, ModelConfig):
         for name in ("embedding_dim", "units"):
             if getattr(config, name) < 1:
@@ -223,6 +248,12 @@ def _validate(config: Any, prefix: str) -> None:
             raise bad("learning_rate", "must be positive")
         if config.sub_batches < 0:
             raise bad("sub_batches", "must be 0 (auto) or positive")
+        _check_not_negative(config, ("warmup_steps", "clip_norm", "shuffle_buffer", "early_stopping_patience",
+                                     "checkpoint_every_steps"), bad)
+    elif isinstance(config, EvaluatorConfig):
+        _check_not_negative(config, ("tolerance", "num_samples"), bad)
+        if not 0.0 <= config.min_bleu <= 100.0:
+            raise bad("min_bleu", "must be in [0, 100]")
     elif isinstance(config, PusherConfig) and config.keep < 1:
         raise bad("keep", "must be at least 1")
 
@@ -243,8 +274,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def _merge_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    merged = {section: dict(values or {}) for section, values in data.items()}
     sections = {f.name for f in dataclasses.fields(PipelineConfig)}
+    for section, values in data.items():
+        if section in sections and values is not None and not isinstance(values, Mapping):
+            raise ConfigError(f"{section}: expected a mapping of keys, got {_short(values)}")
+    merged = {section: (dict(values) if isinstance(values, Mapping) else values) for section, values in data.items()}
     for text in overrides:
         (section, key), value = parse_override(text)
         if section not in sections:
@@ -260,6 +294,8 @@ def _merge_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str
 def read_yaml(path: str) -> dict[str, Any]:
     if not io.exists(path):
         raise ConfigError(f"config file {path} does not exist")
+    if io.isdir(path):
+        raise ConfigError(f"config file {path} is a directory")
     try:
         data = yaml.safe_load(io.read_text(path)) or {}
     except UnicodeDecodeError as e:

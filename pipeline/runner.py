@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import errno
 import logging
 import os
 import secrets
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 EXIT_PUSHED, EXIT_FAILED, EXIT_NOT_BLESSED = 0, 1, 3
 SUCCEEDED, CACHED, FAILED, RUNNING, SKIPPED = "succeeded", "cached", "failed", "running", "skipped"
+INTERRUPTED = "interrupted"
 MANIFEST_METRICS = ("bleu", "chrf", "exact_match", "eval_loss", "split", "blessed")
 
 
@@ -68,6 +69,7 @@ class RunState:
     serving_model: Optional[str] = None
     baseline: Optional[ExportedModel] = None
     samples: list[dict[str, str]] = field(default_factory=list)
+    manifest_written: bool = False
 
     @property
     def run_dir(self) -> str:
@@ -102,7 +104,8 @@ class RunState:
         }
 
     def save(self) -> None:
-        write_json_atomic(f"{self.run_dir}/run.json", self.manifest())
+        write_json_atomic(f"{self.run_dir}/run.json", io.without_non_finite(self.manifest()))
+        self.manifest_written = True
 
 
 # ---------------------------------------------------------------- cache
@@ -356,34 +359,45 @@ def _sample_translations(state: RunState, limit: int = 10) -> None:
 
 
 def run_pipeline(args: argparse.Namespace, config: PipelineConfig) -> int:
-    """Entry point of `seq2seq run`."""
+    """Entry point of `seq2seq run`. Whatever happens, with --json the last stdout line is the summary."""
     from components.core.threads import configure_cpu_threads
 
     configure_cpu_threads(config.trainer)  # before any component starts TensorFlow
     artifacts = os.path.abspath(args.artifacts) if "://" not in args.artifacts else args.artifacts.rstrip("/")
     state = RunState(new_run_id(), artifacts, args.data, config, list(args.beam_args), use_cache=not args.no_cache)
+    code = EXIT_FAILED
     try:
         lock = RunLock(artifacts, state.run_id).acquire()
     except LockedError as e:  # another run owns the folder: touch nothing, not even a manifest
         logger.error("%s", e)
-        if args.json:
-            print(json.dumps({**json_summary(state), "status": FAILED, "reason": str(e), "manifest": None}))
-        return e.exit_code
+        state.status, state.reason, code = FAILED, str(e), e.exit_code
+    except OSError as e:  # the artifacts folder cannot be written (read-only, disk full, ...)
+        logger.error("cannot use the artifacts folder %s: %s", artifacts, e)
+        state.status, state.reason = FAILED, f"cannot use the artifacts folder {artifacts}: {e}"
+    else:
+        try:
+            code = _run_locked(state, args.data)
+        finally:
+            lock.release()
+    _print_summary(state, args.json)
+    # A lock refusal keeps its own exit code; any other failure is 1, even after a push.
+    return EXIT_FAILED if state.status == FAILED and code in (EXIT_PUSHED, EXIT_NOT_BLESSED) else code
+
+
+def _print_summary(state: RunState, as_json: bool) -> None:
     try:
-        code = _run_locked(state, args.data)
+        sys.stdout.write(_summary(state))
     finally:
-        lock.release()
-    sys.stdout.write(_summary(state))
-    if args.json:
-        sys.stdout.write(json.dumps(json_summary(state), ensure_ascii=False) + "\n")
-    sys.stdout.flush()
-    return code if state.status != FAILED else EXIT_FAILED
+        if as_json:
+            sys.stdout.write(io.json_line(io.without_non_finite(json_summary(state))))
+        sys.stdout.flush()
 
 
 def _run_locked(state: RunState, data: str) -> int:
     """Run the pipeline; every failure ends up in the state (and run.json), never as an exception."""
     code = EXIT_FAILED
     try:
+        tidy_earlier_runs(state.artifacts, state.run_id)
         files = resolve_corpus(data)
         if not files:
             raise InputError(f"--data {data}: no such file, or the glob matches nothing")
@@ -395,14 +409,60 @@ def _run_locked(state: RunState, data: str) -> int:
     except UserError as e:
         state.status, state.reason = FAILED, str(e)
         logger.error("%s", e)
-    except Exception as e:  # a bug, not bad input: keep the traceback in the log
-        state.status, state.reason = FAILED, f"{type(e).__name__}: {e}"
+    except Exception as e:  # a bug or a failing machine, not bad input: keep the traceback in the log
+        state.status, state.reason = FAILED, _describe(e)
         logger.exception("run %s failed", state.run_id)
     finally:
         if state.status == RUNNING:
             state.status, state.reason = FAILED, "interrupted"
-        state.save()
+        _save_final(state)
     return code
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return f"the disk is full: {error}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _save_final(state: RunState) -> None:
+    """Write the final run.json; when even that fails, say so in the result instead of raising."""
+    try:
+        state.save()
+    except Exception as e:  # noqa: BLE001 - the summary must still be printed
+        logger.error("could not write %s/run.json: %s", state.run_dir, e)
+        state.manifest_written = False  # an earlier copy may exist, but it does not say how the run ended
+        if state.status != FAILED:
+            state.status, state.reason = FAILED, f"could not write the run manifest: {_describe(e)}"
+
+
+# Temporaries and failed outputs are removed once they are this old (the lock guarantees no live
+# run of this folder is writing them).
+STALE_AFTER_S = 24 * 3600
+STALE_PATTERNS = ("runs/*/*.tmp-*", "runs/*/run.json.tmp*", "runs/*/*.failed", "runs/*/*/*.tmp-*")
+
+
+def tidy_earlier_runs(artifacts: str, current: str, now: Optional[float] = None) -> None:
+    """Mark runs whose manifest still says `running` as `interrupted` (we hold the lock, so none is),
+    and remove temporaries older than STALE_AFTER_S."""
+    now = time.time() if now is None else now
+    for path in io.glob(f"{artifacts}/runs/*/run.json"):
+        if f"/runs/{current}/" in path:
+            continue
+        try:
+            manifest = io.read_json_object(path)
+        except (ValueError, OSError):
+            continue
+        if manifest.get("status") == RUNNING:
+            manifest.update(status=INTERRUPTED, reason="the run ended without finishing (killed, or its machine stopped)")
+            io.write_json_atomic(path, io.without_non_finite(manifest))
+            logger.info("marked the abandoned run %s as interrupted", manifest.get("run_id"))
+    for pattern in STALE_PATTERNS:
+        for path in io.glob(f"{artifacts}/{pattern}"):
+            if now - io.gfile().stat(path).mtime_nsec / 1e9 > STALE_AFTER_S:
+                logger.info("removing %s, left by an earlier run more than a day ago", path)
+                remove = io.gfile().rmtree if io.isdir(path) else io.gfile().remove
+                remove(path)
 
 
 def json_summary(state: RunState) -> dict[str, Any]:
@@ -410,5 +470,5 @@ def json_summary(state: RunState) -> dict[str, Any]:
         "run_id": state.run_id, "status": state.status, "reason": state.reason,
         "serving_model": state.serving_model,
         "metrics": {k: state.metrics.get(k) for k in ("bleu", "chrf", "exact_match", "eval_loss")},
-        "cached": state.cached, "manifest": f"{state.run_dir}/run.json",
+        "cached": state.cached, "manifest": f"{state.run_dir}/run.json" if state.manifest_written else None,
     }

@@ -140,3 +140,59 @@ def test_editing_a_component_changes_its_cache_key_and_every_key_downstream(tmp_
     after = keys()
     assert after[0] != before[0] and after[1] != before[1]
     fingerprint_module.code_digest.cache_clear()
+
+
+def _run_json(capsys, artifacts, data):
+    from pipeline.cli import main
+
+    code = main(["run", "--data", str(data), "--artifacts", str(artifacts), "--json"])
+    return code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_an_unwritable_artifacts_folder_still_ends_with_the_json_summary(capsys, tmp_path):
+    corpus = tmp_path / "c.tsv"
+    corpus.write_text("hello\tworld\n")
+    not_a_folder = tmp_path / "artifacts"
+    not_a_folder.write_text("a file where the artifacts folder should be")
+    code, result = _run_json(capsys, not_a_folder, corpus)
+    assert code == 1 and result["status"] == "failed" and result["manifest"] is None
+    assert "cannot use the artifacts folder" in result["reason"]
+
+    artifacts = tmp_path / "ok"
+    artifacts.mkdir()
+    (artifacts / "runs").write_text("a file where runs/ should be")  # every manifest write fails
+    code, result = _run_json(capsys, artifacts, corpus)
+    assert code == 1 and result["status"] == "failed" and result["manifest"] is None
+    assert result["reason"]
+
+
+def test_a_full_disk_is_named_as_such():
+    import errno
+
+    from pipeline.runner import _describe
+
+    assert _describe(OSError(errno.ENOSPC, "No space left on device")).startswith("the disk is full")
+
+
+def test_abandoned_runs_are_marked_interrupted_and_old_temporaries_removed(capsys, tmp_path):
+    import time
+
+    artifacts = tmp_path / "artifacts"
+    old_run = artifacts / "runs" / "20260101T000000.000Z-aaaaaa"
+    (old_run / "train").mkdir(parents=True)
+    (old_run / "run.json").write_text(json.dumps({"run_id": old_run.name, "status": "running", "components": {}}))
+    stale = [old_run / "run.json.tmp", old_run / "export.tmp-0123abcd", old_run / "preprocess.failed",
+             old_run / "train" / "config.yaml.tmp-99"]
+    for path in stale:
+        path.mkdir() if path.suffix == ".failed" or "export" in path.name else path.write_text("x")
+    fresh = old_run / "evaluate.tmp-fresh"
+    fresh.write_text("still being written?")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    for path in stale:
+        os.utime(path, (two_days_ago, two_days_ago))
+    code, result = _run_json(capsys, artifacts, tmp_path / "missing.tsv")
+    assert code == 1 and "no such file" in result["reason"]
+    manifest = json.loads((old_run / "run.json").read_text())
+    assert manifest["status"] == "interrupted" and "without finishing" in manifest["reason"]
+    assert [p for p in stale if p.exists()] == []
+    assert fresh.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import posixpath
 import uuid
 from typing import Any, Iterable, Iterator
@@ -91,8 +92,25 @@ def write_text_atomic(path: str, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def without_non_finite(value: Any) -> Any:
+    """VALUE with NaN and infinite floats, at any depth, replaced by None (JSON has neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: without_non_finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_non_finite(v) for v in value]
+    return value
+
+
 def dumps_json(data: Any) -> str:
-    return json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    """Strict JSON (a NaN or infinity raises instead of writing `NaN`), indented, UTF-8 as is."""
+    return json.dumps(data, indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n"
+
+
+def json_line(data: Any) -> str:
+    """One line of strict JSON, for stdout contracts (`--json`)."""
+    return json.dumps(data, ensure_ascii=False, default=str, allow_nan=False) + "\n"
 
 
 def write_json_atomic(path: str, data: Any) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import select
@@ -10,6 +9,7 @@ import sys
 from typing import Iterable, Iterator, Optional, TextIO
 
 from components.core.errors import InputError, UserError
+from components.core.io import json_line, without_non_finite
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _chunks(texts: list[str], size: int) -> Iterator[list[str]]:
 def _write(results: Iterable, as_json: bool, out: TextIO) -> None:
     for result in results:
         if as_json:
-            out.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+            out.write(json_line(without_non_finite(result.to_json())))
         else:
             out.write(result.translation + "\n")
     out.flush()

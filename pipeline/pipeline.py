@@ -30,6 +30,13 @@ from components.trainer import executor as trainer
 
 CORPUS = "corpus"          # the run's --data
 LATEST_SERVED = "served"   # the resolver: the newest model in ARTIFACTS/serving
+# The resolver for warm starts: the newest served model that was NOT trained by this component on the
+# same inputs and config (its push record's lineage says so). A model trained on this very data is
+# this training's own result, not a starting point, so re-running an unchanged corpus reuses the
+# cache instead of training on from it; a new corpus starts from the served weights, and the key
+# says which model they came from.
+SERVED_FROM_OTHER_DATA = "served_from_other_data"
+RESOLVERS = (LATEST_SERVED, SERVED_FROM_OTHER_DATA)
 
 
 def _identity(artifact: Artifact) -> Any:
@@ -72,7 +79,7 @@ class ComponentSpec:
 
     @property
     def upstream(self) -> tuple[str, ...]:
-        return tuple(spec.source for spec in self.inputs.values() if spec.source not in (CORPUS, LATEST_SERVED))
+        return tuple(spec.source for spec in self.inputs.values() if spec.source not in (CORPUS, *RESOLVERS))
 
 
 def _reuse_served_vocabulary(config: PipelineConfig) -> bool:
@@ -93,9 +100,7 @@ PIPELINE: tuple[ComponentSpec, ...] = (
     ComponentSpec(
         "train", trainer.run, TrainedModel,
         inputs={"examples": InputSpec(PreprocessArtifact, "preprocess"),
-                # Warm start only seeds the weights; which served model did so is not in the key.
-                "served": InputSpec(ExportedModel, LATEST_SERVED, optional=True, when=_warm_start,
-                                    key=lambda artifact: None)},
+                "served": InputSpec(ExportedModel, SERVED_FROM_OTHER_DATA, optional=True, when=_warm_start)},
         config_sections=("model", "trainer"), resumable=True),
     ComponentSpec(
         "export", exporter.run, ExportedModel,

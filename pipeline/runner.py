@@ -28,7 +28,7 @@ from components.core.errors import ArtifactError, InputError, UserError
 from components.core.io import digest, write_json_atomic
 from pipeline.fingerprint import code_digest, corpus_fingerprint, library_versions, package_versions, resolve_corpus
 from pipeline.lock import LockedError, RunLock
-from pipeline.pipeline import CORPUS, LATEST_SERVED, PIPELINE, ComponentSpec
+from pipeline.pipeline import CORPUS, LATEST_SERVED, PIPELINE, SERVED_FROM_OTHER_DATA, ComponentSpec
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class RunState:
     components: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: dict[str, Artifact] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
+    base_fingerprints: dict[str, str] = field(default_factory=dict)  # keys without lineage-dependent inputs
     metrics: dict[str, Any] = field(default_factory=dict)
     status: str = RUNNING
     reason: Optional[str] = None
@@ -86,7 +87,7 @@ class RunState:
 
     @property
     def context(self) -> RunContext:
-        return RunContext(self.run_id, tuple(self.beam_args), self.serving_root)
+        return RunContext(self.run_id, tuple(self.beam_args), self.serving_root, dict(self.base_fingerprints))
 
     @property
     def cached(self) -> list[str]:
@@ -155,8 +156,22 @@ def resolve_latest_served(serving_root: ServingRoot) -> Optional[ExportedModel]:
     return latest.with_fingerprint(latest.export_fingerprint() or latest.uri)
 
 
-def resolve_inputs(state: RunState, spec: ComponentSpec) -> dict[str, Artifact]:
-    """The declared inputs of SPEC, by name: upstream outputs, the corpus and the served baseline."""
+def resolve_served_from_other_data(serving_root: ServingRoot, component: str, base_key: str
+                                   ) -> Optional[ExportedModel]:
+    """The newest served model whose lineage does not show COMPONENT run with BASE_KEY (the key of
+    its other inputs, config and code): a model trained on other data, or by another recipe."""
+    for number in reversed(serving_root.versions()):
+        version = serving_root.version(number)
+        if version.push_record().get("lineage", {}).get(component) != base_key:
+            return version.with_fingerprint(version.export_fingerprint() or version.uri)
+    return None
+
+
+def resolve_inputs(state: RunState, spec: ComponentSpec, base_key: Optional[str] = None) -> dict[str, Artifact]:
+    """The declared inputs of SPEC, by name: upstream outputs, the corpus and the served baseline.
+
+    Without BASE_KEY the lineage-dependent input (SERVED_FROM_OTHER_DATA) is left out: its
+    resolution needs the key of all the others first."""
     resolved: dict[str, Artifact] = {}
     for name, input_spec in spec.inputs.items():
         if input_spec.when is not None and not input_spec.when(state.config):
@@ -165,6 +180,10 @@ def resolve_inputs(state: RunState, spec: ComponentSpec) -> dict[str, Artifact]:
             artifact: Optional[Artifact] = state.corpus_artifact
         elif input_spec.source == LATEST_SERVED:
             artifact = state.baseline
+        elif input_spec.source == SERVED_FROM_OTHER_DATA:
+            if base_key is None:
+                continue
+            artifact = resolve_served_from_other_data(state.serving_root, spec.name, base_key)
         else:
             artifact = state.outputs[input_spec.source]
         if artifact is None:
@@ -188,9 +207,10 @@ def fingerprint(state: RunState, spec: ComponentSpec, inputs: Mapping[str, Artif
 
 
 def _run_component(state: RunState, spec: ComponentSpec, progress: "Progress") -> None:
-    inputs = resolve_inputs(state, spec)
+    base_key = fingerprint(state, spec, resolve_inputs(state, spec))
+    inputs = resolve_inputs(state, spec, base_key)
     key = fingerprint(state, spec, inputs)
-    state.fingerprints[spec.name] = key
+    state.fingerprints[spec.name], state.base_fingerprints[spec.name] = key, base_key
     entry: dict[str, Any] = {"fingerprint": key, "started_at": _now(),
                              "inputs": {name: artifact.uri for name, artifact in inputs.items()}}
     state.components[spec.name] = entry

@@ -89,6 +89,25 @@ def test_an_export_section_in_the_config_file_reaches_the_export(capsys, corpus,
     assert card["decoding"]["max_decode_length"] == 7
 
 
+def test_lost_manifests_do_not_turn_a_warm_start_into_the_served_model(capsys, caplog, corpus, artifacts, tmp_path):
+    """With every run.json gone the cache is empty. The served model was trained on this very corpus
+    and config, so it is this training's own result, not a starting point: training starts from
+    scratch under the same key, instead of from the served weights under the key of a from-scratch
+    run (which then claimed to be the served model)."""
+    copy = tmp_path / "artifacts"
+    shutil.copytree(artifacts, copy)
+    first = json.loads(next(copy.glob("runs/*/run.json")).read_text())
+    for manifest in copy.glob("runs/*/run.json"):
+        manifest.unlink()
+    caplog.set_level("INFO")
+    code, result, out = run(capsys, corpus, copy)
+    assert code == 0, out
+    assert "warm start" not in caplog.text
+    train = json.loads(Path(result["manifest"]).read_text())["components"]["train"]
+    assert "served" not in train["inputs"] and train["status"] == "succeeded"
+    assert train["fingerprint"] == first["components"]["train"]["fingerprint"]
+
+
 def test_changing_a_trainer_setting_reuses_preprocessing_only(capsys, corpus, artifacts):
     # Two epochs cannot learn the seed: the candidate is worse than the served model, so it is not pushed.
     code, result, _ = run(capsys, corpus, artifacts, "--set", "trainer.epochs=2", "--set", "trainer.warm_start=never")
@@ -126,6 +145,7 @@ def test_reuse_served_vocabulary_makes_a_warm_start_possible(capsys, caplog, cor
                           "--set", "trainer.epochs=3", "--set", "evaluator.tolerance=100")
     assert "warm start: starting from the weights of the served model" in caplog.text
     manifest = json.loads(Path(result["manifest"]).read_text())
+    assert manifest["components"]["train"]["inputs"]["served"] == f"{artifacts}/serving/1"  # in the key too
     prep = Path(manifest["components"]["preprocess"]["output"])
     for side in ("source", "target"):
         assert (prep / f"{side}.vocab").read_bytes() == (artifacts / "serving" / "1" / "assets" / f"{side}.vocab").read_bytes()

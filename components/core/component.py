@@ -8,7 +8,7 @@ absent); `output` is the handle of the folder to write, whose layout the handle'
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Protocol
 
 from components.core.artifacts import Artifact, ServingRoot
@@ -22,6 +22,9 @@ class RunContext:
     run_id: str
     beam_args: tuple[str, ...] = ()
     serving_root: Optional[ServingRoot] = None  # where the pusher publishes
+    # Each component's key so far, without lineage-dependent inputs: the pusher records it with the
+    # model, so a later run can tell a model trained on its own data from one trained on other data.
+    lineage: Mapping[str, str] = field(default_factory=dict)
 
 
 class Executor(Protocol):

@@ -20,7 +20,7 @@ def run(inputs: Mapping[str, Artifact], output: Artifact, config: PipelineConfig
     assert isinstance(evaluation, Evaluation) and isinstance(output, PushedModel)
     summary = evaluation.summary()
     record = {"run_id": context.run_id, "export_fingerprint": model.fingerprint,
-              "metrics": {key: summary.get(key) for key in RECORDED_METRICS}}
+              "metrics": {key: summary.get(key) for key in RECORDED_METRICS}, "lineage": dict(context.lineage)}
     serving_model = run_push(model.uri, context.serving_root.uri, evaluation.blessing(), config.pusher.keep,
                              record=record)
     output.write(serving_model)

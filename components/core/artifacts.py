@@ -69,7 +69,7 @@ class PreprocessArtifact(Artifact):
         config.yaml                         resolved pipeline config (widths, tokenizer, ...)
         source.vocab, target.vocab          one token per line, id = line number, specials first
         source.vocab.counts.tsv, target...  token<TAB>count
-        source.wordpiece.vocab, target...   learned WordPiece vocabularies (tokenizer: wordpiece only)
+        source.wordpiece.vocab, target...   learned WordPiece vocabularies (tokenizer: wordpiece or subword)
         train-NNNNN-of-MMMMM.tfrecord.gz    gzip TFRecords of tf.train.Example (schemas/examples.schema.json)
         eval-NNNNN-of-MMMMM.tfrecord.gz     (absent when no pair is in eval, e.g. eval_fraction 0)
         quarantine/rejected-*.jsonl         rejected records: file, line, reason, raw text
@@ -99,7 +99,7 @@ class PreprocessArtifact(Artifact):
         return self.path(f"{side}.vocab")
 
     def wordpiece_vocab_path(self, side: str) -> Optional[str]:
-        if self.preprocess.tokenizer != "wordpiece":
+        if self.preprocess.tokenizer not in ("wordpiece", "subword"):  # the tokenizers with a learned vocabulary
             return None
         return self.path(f"{side}.wordpiece.vocab")
 

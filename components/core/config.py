@@ -36,13 +36,16 @@ class PreprocessConfig:
     # Aligned plain-text files are paired by stem: STEM<source_suffix> with STEM<target_suffix>.
     source_suffix: str = ".src"
     target_suffix: str = ".tgt"
-    tokenizer: Literal["whitespace", "unicode_script", "wordpiece"] = "whitespace"
+    tokenizer: Literal["whitespace", "unicode_script", "wordpiece", "subword"] = "whitespace"
     lowercase: bool = False
     # Widths of the padded TFRecord features. target_input is <bos> + target + <eos>, so a target
     # keeps at most max_target_length - 2 tokens.
     max_source_length: int = 32
     max_target_length: int = 34
     length_policy: Literal["truncate", "reject"] = "truncate"
+    # Under length_policy truncate, a side with more than max_length_factor times its limit in tokens
+    # is rejected (source_too_long / target_too_long) instead of cut: it is not a sentence. 0 = never.
+    max_length_factor: int = 4
     eval_fraction: float = 0.1
     min_frequency: int = 1
     max_vocab_size: Optional[int] = None  # counts the 4 special tokens; None = unlimited
@@ -229,6 +232,8 @@ def _validate(config: Any, prefix: str) -> None:
             raise bad("num_shards", "must be 0 (auto) or positive")
         if config.tokenize_batch_size < 1:
             raise bad("tokenize_batch_size", "must be positive")
+        if config.max_length_factor < 0:
+            raise bad("max_length_factor", "must be 0 (off) or positive")
         for name in ("source_field", "target_field", "source_suffix", "target_suffix"):
             if not getattr(config, name).strip():
                 raise bad(name, "must not be empty")

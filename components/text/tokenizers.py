@@ -9,6 +9,8 @@ exported SavedModel calls the very same function, so training and serving cannot
 - `wordpiece`: whitespace words split into WordPiece subwords (tensorflow-text), with a vocabulary
   learned in the Beam job. Loading a model with either tensorflow-text tokenizer needs
   `import tensorflow_text` first.
+- `subword`: the same WordPiece segmentation and learned vocabulary as `wordpiece`, in core TF ops
+  (`components/text/subword.py`): the exported model loads with a plain `import tensorflow`.
 """
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ import tensorflow as tf
 
 from components.core.tftext import register_tensorflow_text_ops
 from components.core.vocabulary import UNK
+from components.text.subword import CoreWordpiece, read_pieces
 
-TOKENIZERS = ("whitespace", "unicode_script", "wordpiece")
+TOKENIZERS = ("whitespace", "unicode_script", "wordpiece", "subword")
+LEARNED = ("wordpiece", "subword")  # tokenizers whose piece vocabulary the Beam job learns
 WORDPIECE_SUFFIX = "##"
 
 
@@ -118,6 +122,27 @@ class WordpieceTokenizer(Tokenizer):
         return tf.strings.regex_replace(joined, " " + WORDPIECE_SUFFIX, "")
 
 
+class SubwordTokenizer(Tokenizer):
+    """WordPiece in core TensorFlow ops (`components/text/subword.py`): the same pieces as
+    `wordpiece` from the same learned vocabulary, and a SavedModel that needs no tensorflow-text."""
+
+    name = "subword"
+
+    def __init__(self, vocab: Union[str, Sequence[str]], lowercase: bool = False):
+        super().__init__(lowercase)
+        self.vocab_path = vocab if isinstance(vocab, str) else None
+        self._impl = CoreWordpiece(read_pieces(vocab), unknown_token=UNK)
+
+    def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        words = tf.strings.split(texts)
+        pieces = self._impl.tokenize(words.flat_values)
+        return tf.RaggedTensor.from_row_splits(pieces, words.row_splits, validate=False).merge_dims(-2, -1)
+
+    def detokenize(self, tokens: tf.RaggedTensor) -> tf.Tensor:
+        joined = super().detokenize(tokens)
+        return tf.strings.regex_replace(joined, " " + WORDPIECE_SUFFIX, "")
+
+
 def make_tokenizer(name: str, lowercase: bool = False,
                    wordpiece_vocab: Optional[Union[str, Sequence[str]]] = None) -> Tokenizer:
     """Build the tokenizer `preprocess.tokenizer` names.
@@ -128,10 +153,10 @@ def make_tokenizer(name: str, lowercase: bool = False,
         return WhitespaceTokenizer(lowercase)
     if name == "unicode_script":
         return UnicodeScriptTokenizer(lowercase)
-    if name == "wordpiece":
+    if name in LEARNED:
         if not wordpiece_vocab:
-            raise ValueError("the wordpiece tokenizer needs the vocabulary learned by preprocessing")
-        return WordpieceTokenizer(wordpiece_vocab, lowercase)
+            raise ValueError(f"the {name} tokenizer needs the vocabulary learned by preprocessing")
+        return (WordpieceTokenizer if name == "wordpiece" else SubwordTokenizer)(wordpiece_vocab, lowercase)
     raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)}")
 
 

@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Iterable
 
-from components.core.io import digest, file_digest, gfile
+from components.core.io import digest, file_digest
 
 # Top-level packages of this project: a component's code is its module and every module of these
 # that it imports, directly or not (lazy imports inside functions included).
@@ -18,21 +18,37 @@ KEYED_LIBRARIES = ("tensorflow", "tensorflow-text", "apache-beam", "keras", "pya
 
 
 def resolve_corpus(data: str) -> list[str]:
-    """The files a corpus argument names: a file, every file under a folder, or a glob."""
-    fs = gfile()
-    if fs.isdir(data):
-        files = [f"{d.rstrip('/')}/{name}" for d, _, names in fs.walk(data)
-                 for name in names if not name.startswith(".")]
-    elif any(ch in data for ch in "*?["):
-        files = [f for f in fs.glob(data) if not fs.isdir(f)]
-    else:
-        files = [data] if fs.exists(data) else []
-    return sorted(files)
+    """The files a corpus argument names: exactly the files `seq2seq preprocess` reads for it (a
+    file, the files directly inside a folder, or a glob; names starting with "." or "_" left out;
+    regular files only: a FIFO, socket, device, broken symlink or symlink loop is skipped with a
+    warning, and a path naming only such entries is an InputError). [] when nothing matches."""
+    from components.preprocess.inputs import corpus_files
+
+    return corpus_files(data)
 
 
 def corpus_fingerprint(files: Iterable[str]) -> dict[str, str]:
-    """file -> sha256 of its bytes (the names matter too: they pick the reader)."""
-    return {path: file_digest(path) for path in files}
+    """file -> sha256 of its bytes (the names matter too: they pick the reader).
+
+    A local path that is not a regular file is an InputError naming it, never opened: reading a
+    FIFO would block forever."""
+    import os
+    import stat
+
+    from components.core.errors import InputError
+    from components.core.io import is_remote
+
+    fingerprint = {}
+    for path in files:
+        if not is_remote(path):
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as e:
+                raise InputError(f"corpus file {path}: cannot read it ({e.strerror})") from None
+            if not stat.S_ISREG(mode):
+                raise InputError(f"corpus file {path}: not a regular file; only regular files are read")
+        fingerprint[path] = file_digest(path)
+    return fingerprint
 
 
 def package_versions() -> dict[str, str]:

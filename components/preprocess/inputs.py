@@ -7,6 +7,7 @@ one unit per file (or per aligned pair).
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import io
@@ -15,6 +16,8 @@ import logging
 import os
 import posixpath
 import re
+import stat
+import zlib
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
 
@@ -32,6 +35,11 @@ _EXTENSIONS = {
     ".parquet": "parquet", ".pq": "parquet",
 }
 GZIP_SUFFIX = ".gz"
+GZIP_MAGIC = b"\x1f\x8b"
+# Compressions Beam would decode by suffix but this reader does not: refused by name, never read as
+# raw bytes (a byte range of compressed data is garbage, and a short stream would go unnoticed).
+OTHER_COMPRESSIONS = {".bz2": "bzip2", ".deflate": "deflate", ".zst": "zstd", ".zstd": "zstd",
+                      ".xz": "xz", ".lzma": "lzma", ".zip": "zip"}
 BOM = b"\xef\xbb\xbf"
 # Byte ranges of one line-based file: small enough to give every worker several, large enough
 # that the per-unit overhead does not show.
@@ -72,11 +80,25 @@ class Reject(NamedTuple):
     line: int
     reason: str
     raw: str
+    # The record's original bytes, kept where `raw` cannot reproduce them (bad UTF-8 shown as
+    # U+FFFD, NUL shown as \x00); written whole, base64-encoded, as `raw_base64`.
+    raw_bytes: Optional[bytes] = None
 
     def to_json(self) -> str:
         limit = schemas.quarantine_raw_chars()
-        return json.dumps({"file": self.file, "line": self.line, "reason": self.reason,
-                           "raw": self.raw[:limit]}, ensure_ascii=False)
+        row: dict[str, Any] = {"file": self.file, "line": self.line, "reason": self.reason,
+                               "raw": _printable(self.raw[:limit])}
+        if self.raw_bytes is not None:
+            row["raw_base64"] = base64.b64encode(self.raw_bytes).decode("ascii")
+        return json.dumps(row, ensure_ascii=False)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _printable(text: str) -> str:
+    """Text that UTF-8 can hold: lone surrogates (from JSON escapes) become U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 class Blank(NamedTuple):
@@ -99,7 +121,17 @@ def _filesystems():
 
 
 def _match(pattern: str) -> list[tuple[str, int]]:
-    """(path, size) of every file a path, directory or glob names; [] when nothing matches."""
+    """(path, size) of every regular file a path, directory or glob names; [] when nothing matches.
+
+    A directory gives the files directly inside it. Names starting with "." or "_" and
+    sub-directories are left out. On the local filesystem anything that is not a regular file (a
+    FIFO, socket or device, a broken symlink, a symlink loop) is skipped with a warning, since
+    opening a FIFO blocks forever; a pattern that names only such entries is an InputError.
+    """
+    from components.preprocess.fs import is_local
+
+    if is_local(pattern):
+        return _match_local(pattern)
     fs = _filesystems()
     try:
         if fs.exists(pattern) and not _has_glob(pattern):
@@ -113,13 +145,95 @@ def _match(pattern: str) -> list[tuple[str, int]]:
         if "No files found" in str(e) or "not found" in str(e).lower():
             return []
         raise InputError(f"cannot read input {pattern}: {e}") from None
-    from components.preprocess.fs import is_local
-
     # Sub-directories are not inputs (object stores list them as names ending in "/").
-    files = [(m.path, m.size_in_bytes) for m in result
-             if not (m.path.endswith("/") or (is_local(m.path) and os.path.isdir(m.path)))]
-    hidden = lambda p: posixpath.basename(p.rstrip("/")).startswith((".", "_"))  # noqa: E731
-    return sorted((p, s) for p, s in files if not hidden(p))
+    files = [(m.path, m.size_in_bytes) for m in result if not m.path.endswith("/")]
+    return sorted((p, s) for p, s in files if not _hidden(p))
+
+
+def _hidden(path: str) -> bool:
+    return posixpath.basename(path.rstrip("/")).startswith((".", "_"))
+
+
+def _match_local(pattern: str) -> list[tuple[str, int]]:
+    """`_match` on the local filesystem: the same names Beam's LocalFileSystem matches, each
+    checked with os.stat (following symlinks) before anything opens it."""
+    path = pattern[len("file://"):] if pattern.startswith("file://") else pattern
+    if not _has_glob(path):
+        if os.path.isdir(path):
+            with os.scandir(path) as entries:
+                candidates = [os.path.join(path, e.name) for e in entries]
+        elif os.path.lexists(path):
+            candidates = [path]
+        else:
+            return []
+    else:
+        candidates = _local_glob(path)
+    files, skipped = [], []
+    for candidate in candidates:
+        if _hidden(candidate):
+            continue
+        try:
+            mode = os.stat(candidate)
+        except OSError as e:
+            skipped.append(f"{candidate} ({_stat_error(e)})")
+            continue
+        if stat.S_ISDIR(mode.st_mode):
+            continue
+        if not stat.S_ISREG(mode.st_mode):
+            skipped.append(f"{candidate} ({_file_kind(mode.st_mode)})")
+            continue
+        files.append((candidate, mode.st_size))
+    for what in skipped:
+        logger.warning("input %s: skipped, not a regular file", what)
+    if skipped and not files:
+        raise InputError(f"input {pattern}: no regular file to read; skipped {', '.join(skipped)}")
+    return sorted(files)
+
+
+def _local_glob(pattern: str) -> list[str]:
+    """Local paths that Beam's glob (`*` within a name, `**` across folders) matches, special files
+    and dangling links included (Beam's own listing silently drops the entries it cannot stat)."""
+    from apache_beam.io.filesystem import FileSystem
+
+    prefix = re.match(r"^[^[*?]*", pattern).group(0)
+    directory = os.path.dirname(prefix)
+    regex = re.compile(FileSystem.translate_pattern(pattern))
+    rest = pattern[len(directory) + 1:] if directory else pattern
+    if "/" in rest or "**" in rest:
+        names = [os.path.join(d, n) for d, _, ns in os.walk(directory or ".") for n in ns]
+        if not directory:
+            names = [n[2:] if n.startswith("./") else n for n in names]
+    else:
+        with os.scandir(directory or ".") as entries:
+            names = [os.path.join(directory, e.name) for e in entries]
+    return [name for name in names if regex.match(name)]
+
+
+def _stat_error(error: OSError) -> str:
+    import errno
+
+    if error.errno == errno.ELOOP:
+        return "a symlink loop"
+    if error.errno == errno.ENOENT:
+        return "a broken symlink"
+    return error.strerror or type(error).__name__
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def corpus_files(data: Union[str, Sequence[str]]) -> list[str]:
+    """The files the job reads for DATA (a file, folder or glob, or several), sorted: the regular,
+    non-hidden files directly named, directly inside a named folder, or matched by a glob. The
+    runner hashes exactly these for its cache key (pipeline/fingerprint.py). [] when nothing matches;
+    InputError when a pattern names only special files."""
+    patterns = [data] if isinstance(data, str) else list(data)
+    return sorted({path for pattern in patterns for path, _ in _match(pattern)})
 
 
 def _has_glob(path: str) -> bool:
@@ -132,9 +246,33 @@ def _is_dir(path: str) -> bool:
     return fs.is_dir(path)
 
 
+def is_gzip(path: str) -> bool:
+    return path.lower().endswith(GZIP_SUFFIX)
+
+
+def strip_gzip(path: str) -> str:
+    return path[: -len(GZIP_SUFFIX)] if is_gzip(path) else path
+
+
+def check_compression(path: str, size: int) -> None:
+    """Refuse compressions this reader does not decode, and a .gz file that is not gzip
+    (raises InputError naming the file). Reads 2 bytes of a .gz file, nothing of others."""
+    lowered = path.lower()
+    for suffix, name in OTHER_COMPRESSIONS.items():
+        if lowered.endswith(suffix):
+            raise InputError(f"{path}: {name}-compressed input is not supported; decompress it, "
+                             f"or recompress it with gzip (.gz)")
+    if is_gzip(path) and size > 0:
+        with _open(path, raw=True) as f:
+            head = f.read(2)
+        if head != GZIP_MAGIC:
+            raise InputError(f"{path}: not a gzip file (it does not start with the gzip magic bytes "
+                             f"1f 8b); rename it without .gz or compress it with gzip")
+
+
 def detect_format(path: str, config: PreprocessConfig) -> str:
     """The format of one file: preprocess.format, or (auto) its extension, .gz ignored."""
-    name = path[: -len(GZIP_SUFFIX)] if path.endswith(GZIP_SUFFIX) else path
+    name = strip_gzip(path)
     if config.format != "auto":
         return config.format
     if name.endswith(config.source_suffix) or name.endswith(config.target_suffix):
@@ -163,6 +301,7 @@ def resolve_inputs(data: Union[str, Sequence[str]], config: PreprocessConfig) ->
         files.update(matched)
     by_format: dict[str, list[tuple[str, int]]] = {}
     for path, size in sorted(files.items()):
+        check_compression(path, size)  # now, not later in a worker
         by_format.setdefault(detect_format(path, config), []).append((path, size))
     units: list[ReadUnit] = []
     for path, _ in by_format.get("csv", []):
@@ -181,7 +320,8 @@ def resolve_inputs(data: Union[str, Sequence[str]], config: PreprocessConfig) ->
 
 
 def _file_units(path: str, fmt: str, size: int) -> list[ReadUnit]:
-    if fmt not in ("tsv", "jsonl") or path.endswith(GZIP_SUFFIX) or size <= MIN_RANGE_BYTES:
+    # A compressed file is read whole: a byte range of compressed data is not lines.
+    if fmt not in ("tsv", "jsonl") or is_gzip(path) or size <= MIN_RANGE_BYTES:
         return [ReadUnit(path, fmt)]
     step = _range_bytes(size)
     return [ReadUnit(path, fmt, start, min(start + step, size)) for start in range(0, size, step)]
@@ -231,7 +371,7 @@ def _aligned_units(paths: list[str], config: PreprocessConfig) -> list[ReadUnit]
     sources: dict[str, str] = {}
     targets: dict[str, str] = {}
     for path in paths:
-        name = path[: -len(GZIP_SUFFIX)] if path.endswith(GZIP_SUFFIX) else path
+        name = strip_gzip(path)
         if name.endswith(config.source_suffix):
             sources[name[: -len(config.source_suffix)]] = path
         elif name.endswith(config.target_suffix):
@@ -251,10 +391,100 @@ def _aligned_units(paths: list[str], config: PreprocessConfig) -> list[ReadUnit]
 # --------------------------------------------------------------------------------------------
 
 def _open(path: str, raw: bool = False):
+    """A binary stream of a file: decompressed and verified if it is .gz (and not `raw`), else
+    its bytes as they are (Beam's suffix-based decompression is never used)."""
     from apache_beam.io.filesystem import CompressionTypes
 
-    compression = CompressionTypes.UNCOMPRESSED if raw else CompressionTypes.AUTO
-    return _filesystems().open(path, compression_type=compression)
+    from components.preprocess.fs import is_local
+
+    if is_local(path):  # replaced since the inputs were resolved: never block on a FIFO
+        try:
+            mode = os.stat(path[len("file://"):] if path.startswith("file://") else path).st_mode
+        except OSError as e:
+            raise InputError(f"{path}: cannot read it ({_stat_error(e)})") from None
+        if not stat.S_ISREG(mode):
+            raise InputError(f"{path}: not a regular file ({_file_kind(mode)}); only regular files are read")
+    stream = _filesystems().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    if raw or not is_gzip(path):
+        return stream
+    return io.BufferedReader(VerifiedGzipReader(stream, path), buffer_size=1 << 16)
+
+
+class VerifiedGzipReader(io.RawIOBase):
+    """The decompressed bytes of a gzip file (one member or several, concatenated), or InputError
+    naming the file: when the data is not gzip, is corrupt (the CRC of each member is checked), or
+    ends before its last member does. Beam's gzip reader returns whatever a truncated file holds
+    without complaint, and the last line it returns is cut in the middle."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, stream, path: str):
+        super().__init__()
+        self._stream = stream
+        self._path = path
+        self._decompressor: Any = None  # None between members
+        self._input = b""  # compressed bytes not yet decompressed
+        self._output = memoryview(b"")  # decompressed bytes not yet returned
+        self._at_end = False  # the compressed stream is exhausted
+        self._padding = False  # zero bytes after the last member (allowed, as gzip allows them)
+        self._done = 0  # decompressed bytes returned so far
+        self._members = 0  # gzip members started
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._output:
+            if not self._fill():
+                return 0
+        n = min(len(buffer), len(self._output))
+        buffer[:n] = self._output[:n]
+        self._output = self._output[n:]
+        self._done += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stream.close()
+        super().close()
+
+    def _fail(self, why: str) -> InputError:
+        return InputError(f"{self._path}: {why}; nothing of this file is used "
+                          f"({self._done} bytes were decompressed before the error)")
+
+    def _fill(self) -> bool:
+        """Decompress the next piece into self._output; False at the clean end of the stream."""
+        while True:
+            if not self._input:
+                if not self._at_end:
+                    self._input = self._stream.read(self.CHUNK)
+                    self._at_end = not self._input
+                    continue
+                if self._decompressor is not None:
+                    raise self._fail("the gzip data ends early (a truncated or partly copied file)")
+                return False
+            if self._decompressor is None:  # a new member, or zero padding after the last one
+                stripped = self._input.lstrip(b"\x00")
+                if self._members and (self._padding or stripped != self._input):
+                    self._padding = True
+                    if stripped:
+                        raise self._fail("unexpected data after the end of the gzip data")
+                    self._input = b""
+                    continue
+                self._decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._members += 1
+            try:
+                out = self._decompressor.decompress(self._input, self.CHUNK)
+            except zlib.error as e:
+                raise self._fail(f"not valid gzip data ({e})") from None
+            if self._decompressor.eof:
+                self._input = self._decompressor.unused_data
+                self._decompressor = None
+            else:
+                self._input = self._decompressor.unconsumed_tail
+            if out:
+                self._output = memoryview(out)
+                return True
 
 
 def read_range(unit: ReadUnit) -> tuple[int, bool, list[bytes]]:
@@ -329,14 +559,47 @@ def _decode(line: bytes, path: str, number: int) -> Union[str, Reject]:
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError as e:
-        return Reject(path, number, "invalid_utf8", f"{line.decode('utf-8', 'replace')} ({e.reason} at byte {e.start})")
+        return Reject(path, number, "invalid_utf8", f"{line.decode('utf-8', 'replace')} ({e.reason} at byte {e.start})",
+                      raw_bytes=line)
+
+
+# Characters that show nothing: controls (Cc), format characters (Cf: U+200B zero width space,
+# U+200D zero width joiner, U+FEFF BOM, U+2060 word joiner, bidi marks, ...), separators (Z*),
+# whitespace, and the rest of Unicode's Default_Ignorable_Code_Point (soft hyphen, variation
+# selectors, Hangul fillers, tags). A side made of nothing else is empty. Written out (Unicode 14,
+# Python 3.11) rather than computed per process; tests/test_preprocess_faults.py checks it
+# against unicodedata.
+INVISIBLE_RANGES = ((0x0000, 0x0020), (0x007F, 0x00A0), (0x00AD, 0x00AD), (0x034F, 0x034F),
+                    (0x0600, 0x0605), (0x061C, 0x061C), (0x06DD, 0x06DD), (0x070F, 0x070F),
+                    (0x0890, 0x0891), (0x08E2, 0x08E2), (0x115F, 0x1160), (0x1680, 0x1680),
+                    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x2000, 0x200F), (0x2028, 0x202F),
+                    (0x205F, 0x206F), (0x3000, 0x3000), (0x3164, 0x3164), (0xFE00, 0xFE0F),
+                    (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFFB), (0x110BD, 0x110BD),
+                    (0x110CD, 0x110CD), (0x13430, 0x13438), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+                    (0xE0000, 0xE0FFF))
+INVISIBLE = "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in INVISIBLE_RANGES)  # a regex class
+_INVISIBLE_CHARS = frozenset(chr(c) for lo, hi in INVISIBLE_RANGES for c in range(lo, hi + 1))
+_INVISIBLE_ONLY = re.compile(f"[{INVISIBLE}]*")
+
+
+def is_invisible(text: str) -> bool:
+    """True when TEXT is empty or holds only invisible characters (see INVISIBLE_RANGES)."""
+    # The first character decides for almost every real side, at the cost of a set lookup.
+    return not text or (text[0] in _INVISIBLE_CHARS and _INVISIBLE_ONLY.fullmatch(text) is not None)
+
+
+def is_blank(text: str) -> bool:
+    """A blank line (or CSV row, or pair of aligned lines): nothing but whitespace. Not a record,
+    in every format; counted as `blank_lines`."""
+    return not text.strip()
 
 
 def check_sides(path: str, number: int, source: str, target: str, raw: str) -> Union[Record, Reject]:
     """The record rules that need no tokenizer (the length rules run after tokenization)."""
     if "\x00" in source or "\x00" in target:
-        return Reject(path, number, "nul_byte", raw.replace("\x00", "\\x00"))
-    if not source.strip() or not target.strip():
+        return Reject(path, number, "nul_byte", raw.replace("\x00", "\\x00"),
+                      raw_bytes=raw.encode("utf-8") if "\x00" in raw else None)
+    if is_invisible(source) or is_invisible(target):
         return Reject(path, number, "empty_side", raw)
     return Record(number, source, target)
 
@@ -345,7 +608,7 @@ def parse_tsv_line(line: bytes, path: str, number: int) -> Parsed:
     text = _decode(line, path, number)
     if isinstance(text, Reject):
         return text
-    if not text:
+    if is_blank(text):
         return Blank(number)
     columns = text.split("\t")
     if len(columns) != 2:
@@ -378,7 +641,7 @@ def parse_tsv_chunk(path: str, lines: list[bytes], first_line: int, at_file_star
             columns = line.split("\t")
             if len(columns) == 2 and "\x00" not in line:
                 source, target = columns
-                if source.strip() and target.strip():
+                if not is_invisible(source) and not is_invisible(target):
                     numbers.append(first_line + offset)
                     sources.append(source)
                     targets.append(target)
@@ -397,12 +660,14 @@ def parse_jsonl_line(line: bytes, path: str, number: int, config: PreprocessConf
     text = _decode(line, path, number)
     if isinstance(text, Reject):
         return text
-    if not text.strip():
+    if is_blank(text):
         return Blank(number)
     try:
         obj = json.loads(text)
     except ValueError as e:
         return Reject(path, number, "malformed_record", f"{text} (invalid JSON: {e})")
+    except RecursionError:  # a hostile line: arrays or objects nested thousands deep
+        return Reject(path, number, "malformed_record", f"{text} (invalid JSON: nested too deeply)")
     if not isinstance(obj, dict):
         return Reject(path, number, "malformed_record", f"{text} (not a JSON object)")
     return _fields(path, number, obj.get(config.source_field), obj.get(config.target_field), text, config)
@@ -413,6 +678,12 @@ def _fields(path: str, number: int, source, target, raw: str, config: Preprocess
         if not isinstance(value, str):
             why = "missing" if value is None else f"not a string: {type(value).__name__}"
             return Reject(path, number, "missing_field", f"{raw} (field {name!r} {why})")
+    for name, value in ((config.source_field, source), (config.target_field, target)):
+        bad = _SURROGATE.search(value)
+        if bad:  # a JSON escape such as "\ud800" without its pair: no UTF-8 encoding exists
+            return Reject(path, number, "invalid_utf8",
+                          f"{raw} (field {name!r} holds a lone surrogate U+{ord(bad.group()):04X}, "
+                          f"which UTF-8 cannot encode)")
     return check_sides(path, number, source, target, raw)
 
 
@@ -472,9 +743,9 @@ def read_csv(unit: ReadUnit, config: PreprocessConfig) -> Iterator[Parsed]:
                 continue
             raw = ",".join(row)
             if _BAD_BYTE.search(raw):
-                shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-                yield Reject(path, number, "invalid_utf8", shown)
-            elif not row or all(not cell for cell in row):
+                original = raw.encode("utf-8", "surrogateescape")
+                yield Reject(path, number, "invalid_utf8", original.decode("utf-8", "replace"), raw_bytes=original)
+            elif not row or all(is_blank(cell) for cell in row):
                 yield Blank(number)
             elif len(row) != len(header):
                 yield Reject(path, number, "wrong_column_count", f"{raw} ({len(row)} columns, header has {len(header)})")
@@ -534,7 +805,7 @@ def read_aligned(unit: ReadUnit) -> Iterator[Parsed]:
                 yield side
                 break
         else:
-            if not source and not target:
+            if is_blank(source) and is_blank(target):
                 yield Blank(number)
             else:
                 yield check_sides(unit.path, number, source, target, f"{source}\t{target}")

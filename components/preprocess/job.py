@@ -184,7 +184,7 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
             wordpiece = beam.pvalue.AsSingleton(pipeline | "ReusedWordpiece" >> beam.Create([reused[1]]))
     elif p.tokenizer == "wordpiece":
         learned = (first.batches
-                   | "CountWords" >> beam.ParDo(transforms.CountTokensFn(p, "whitespace", False))
+                   | "CountWords" >> beam.ParDo(transforms.CountTokensFn(p, "whitespace", True))
                    | "SumWords" >> beam.CombineGlobally(transforms.SumCountsFn())
                    | "LearnWordpiece" >> beam.Map(learn_wordpiece_vocabularies, p, staging))
         wordpiece = beam.pvalue.AsSingleton(learned)
@@ -235,10 +235,32 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
     try:
         result = pipeline.run()
         state = result.wait_until_finish()
+    except Exception as e:
+        error = worker_input_error(e)
+        if error is None:
+            raise
+        raise error from None
     finally:
         relay.removeFilter(worker_filter)
     if state not in (PipelineState.DONE, None):
         raise RuntimeError(f"the Beam job ended in state {state}")
+
+
+_WHILE_RUNNING = re.compile(r"(?: \[while running '[^']*'\])+$")
+_INPUT_ERROR_LINE = re.compile(r"\b(?:components\.core\.errors\.)?InputError: (.+?)(?: \[while running '|\\n|\n|$)")
+
+
+def worker_input_error(error: BaseException) -> Optional[InputError]:
+    """The InputError a worker raised (a corpus file it cannot read: a truncated gzip, ...), as one
+    clear error naming the file, or None for any other failure.
+
+    In-process runners re-raise the worker's exception with " [while running 'STEP']" appended;
+    multi-process and remote runners report it as text, inside their own exception.
+    """
+    if isinstance(error, InputError):
+        return InputError(_WHILE_RUNNING.sub("", str(error)))
+    match = _INPUT_ERROR_LINE.search(str(error))
+    return InputError(match.group(1)) if match else None
 
 
 class _WorkerLogFilter(logging.Filter):

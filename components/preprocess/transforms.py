@@ -220,8 +220,26 @@ class _TokenizingFn(beam.DoFn):
         return is_eval(digests, self.config.eval_fraction)
 
 
+def length_limits(config: PreprocessConfig) -> tuple[int, int]:
+    """The tokens a written source and target keep: max_source_length and max_target_length - 2."""
+    return config.max_source_length, config.max_target_length - 2
+
+
+def reject_limits(config: PreprocessConfig) -> Optional[tuple[int, int]]:
+    """The most tokens a side may have without being rejected as source/target_too_long: the
+    limits themselves under length_policy reject; max_length_factor times them under truncate
+    (longer is not a sentence: a runaway line, a file glued into one field); None = no limit."""
+    limits = length_limits(config)
+    if config.length_policy == "reject":
+        return limits
+    if config.max_length_factor > 0:
+        return limits[0] * config.max_length_factor, limits[1] * config.max_length_factor
+    return None
+
+
 class CountTokensFn(_TokenizingFn):
-    """RecordBatch -> {side: Counter} per bundle, over the train records that will be written.
+    """RecordBatch -> {side: Counter} per bundle, over the tokens that will be written: of the
+    train records the encoder will not reject, and of a side it truncates, only the tokens kept.
 
     Counting into one Counter per bundle (in C, `Counter.update` on a token list) and emitting it
     when the bundle ends keeps both the Python work and the data sent to the combiner small.
@@ -253,14 +271,21 @@ class CountTokensFn(_TokenizingFn):
             yield GlobalWindows.windowed_value(self._counts)
 
     def _count_impl(self, sources, targets, train):
-        """Each side's tokens of the train records that the encoder will not reject."""
+        """Each side's kept tokens of the train records that the encoder will not reject.
+
+        For the WordPiece learner's word counts (whitespace words, `tokenizer` "whitespace" before
+        a wordpiece job) the same rules are applied to words: a side's first N pieces come from
+        its first N words at most, and a side with more words than a limit has more pieces too.
+        """
         tf = _tf()
         tokens = [self._tokenizers["source"].tokenize(sources), self._tokenizers["target"].tokenize(targets)]
         lengths = [t.row_lengths() for t in tokens]
         keep = train & (lengths[0] > 0) & (lengths[1] > 0)
-        if self.apply_length_policy and self.config.length_policy == "reject":
-            keep &= (lengths[0] <= self.config.max_source_length) & (lengths[1] <= self.config.max_target_length - 2)
-        return [tf.ragged.boolean_mask(side_tokens, keep).flat_values for side_tokens in tokens]
+        rejected_over = reject_limits(self.config) if self.apply_length_policy else None
+        if rejected_over is not None:
+            keep &= (lengths[0] <= rejected_over[0]) & (lengths[1] <= rejected_over[1])
+        return [tf.ragged.boolean_mask(side_tokens, keep)[:, :limit].flat_values
+                for side_tokens, limit in zip(tokens, length_limits(self.config))]
 
 
 class SumCountsFn(beam.CombineFn):
@@ -431,11 +456,11 @@ class EncodeAndWriteFn(_TokenizingFn):
             self._metrics["records_written"][split] += len(examples)
 
     def _reject_reasons(self, source_full: np.ndarray, target_full: np.ndarray) -> np.ndarray:
-        c = self.config
         reasons = np.full(source_full.shape, "", dtype=object)
-        if c.length_policy == "reject":
-            reasons[target_full > c.max_target_length - 2] = "target_too_long"
-            reasons[source_full > c.max_source_length] = "source_too_long"
+        limits = reject_limits(self.config)
+        if limits is not None:
+            reasons[target_full > limits[1]] = "target_too_long"
+            reasons[source_full > limits[0]] = "source_too_long"
         # The tokenizer decides what counts as text: a side with no tokens is empty.
         reasons[(source_full == 0) | (target_full == 0)] = "empty_side"
         return reasons

@@ -95,3 +95,22 @@ def test_lowercase_applies_to_vocabularies_and_texts(tmp_path):
     texts = {r["source_text"] for r in read_examples(out)}
     assert "i feel hungry" in texts
     _assert_parity(out)
+
+
+@pytest.mark.slow
+def test_subword_writes_the_same_pieces_and_examples_as_wordpiece(tmp_path):
+    """`subword` is WordPiece in core TF ops: from the same corpus, the same learned pieces,
+    vocabularies and TFRecords as the tensorflow-text tokenizer."""
+    data = write_lines(tmp_path / "c.tsv", synthetic_pairs(400))
+    outputs = {}
+    for name in ("wordpiece", "subword"):
+        outputs[name] = tmp_path / name
+        run(data, outputs[name], config(f"preprocess.tokenizer={name}", "preprocess.wordpiece_vocab_size=120",
+                                        "preprocess.eval_fraction=0", "preprocess.max_target_length=40"))
+    for side in ("source", "target"):
+        assert (outputs["subword"] / f"{side}.wordpiece.vocab").read_text() == \
+            (outputs["wordpiece"] / f"{side}.wordpiece.vocab").read_text()
+        assert vocab(outputs["subword"], side) == vocab(outputs["wordpiece"], side)
+    assert read_examples(outputs["subword"], "train") == read_examples(outputs["wordpiece"], "train")
+    artifact, _ = _assert_parity(outputs["subword"])
+    assert not tokenizer_for(artifact, "target").needs_tensorflow_text

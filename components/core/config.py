@@ -26,6 +26,10 @@ class ConfigError(UserError, ValueError):
     exit_code = 2
 
 
+# Tokenizers whose piece vocabulary the Beam job learns from the train split (SIDE.wordpiece.vocab).
+LEARNED_TOKENIZERS = ("wordpiece", "subword")
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """The Beam preprocessing job: read, validate, tokenize, build vocabularies, write TFRecords."""
@@ -91,6 +95,9 @@ class TrainerConfig:
     distribution: Literal["none", "mirrored", "multi_worker"] = "none"
     sub_batches: int = 0  # 0 = auto: one per CPU core (see components/core/threads.py)
     warm_start: Literal["auto", "never"] = "auto"
+    # A step whose loss or gradient norm is NaN/inf: stop with an error naming it, or skip the batch
+    # (its update is not applied; counted in metrics.json). See docs/training.md, "Errors".
+    on_nonfinite: Literal["fail", "skip_batch"] = "fail"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import uuid
 from typing import Any, Mapping, Optional, Sequence
 
 import schemas
-from components.core.config import PipelineConfig, PreprocessConfig
+from components.core.config import LEARNED_TOKENIZERS, PipelineConfig, PreprocessConfig
 from components.core.errors import ArtifactError, InputError, UserError
 from components.preprocess import fs, inputs, transforms
 from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SIDES, SPLITS
@@ -142,7 +142,7 @@ def _copy_reused_vocabularies(directory: str, p: PreprocessConfig, staging: str
         text = fs.read_text(path)
         return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
 
-    vocabularies, wordpiece = {}, ({} if p.tokenizer == "wordpiece" else None)
+    vocabularies, wordpiece = {}, ({} if p.tokenizer in LEARNED_TOKENIZERS else None)
     for side in SIDES:
         path = f"{directory}/{side}.vocab"
         tokens = tokens_of(path)
@@ -182,7 +182,7 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
         vocabularies = pipeline | "ReusedVocabularies" >> beam.Create([reused[0]])
         if reused[1] is not None:
             wordpiece = beam.pvalue.AsSingleton(pipeline | "ReusedWordpiece" >> beam.Create([reused[1]]))
-    elif p.tokenizer == "wordpiece":
+    elif p.tokenizer in LEARNED_TOKENIZERS:
         learned = (first.batches
                    | "CountWords" >> beam.ParDo(transforms.CountTokensFn(p, "whitespace", True))
                    | "SumWords" >> beam.CombineGlobally(transforms.SumCountsFn())
@@ -191,7 +191,7 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
         second = units_pc | "ReadForTokenCounts" >> beam.ParDo(
             transforms.ReadFn(p, final=False)).with_outputs(NEWLINES, main="batches")
         counted = second.batches | "CountTokens" >> beam.ParDo(
-            transforms.CountTokensFn(p, "wordpiece", True), wordpiece=wordpiece)
+            transforms.CountTokensFn(p, p.tokenizer, True), wordpiece=wordpiece)
     else:
         counted = first.batches | "CountTokens" >> beam.ParDo(
             transforms.CountTokensFn(p, p.tokenizer, True))

@@ -18,12 +18,12 @@ from typing import Optional, Sequence, Union
 
 import tensorflow as tf
 
+from components.core.config import LEARNED_TOKENIZERS
 from components.core.tftext import register_tensorflow_text_ops
 from components.core.vocabulary import UNK
 from components.text.subword import CoreWordpiece, read_pieces
 
 TOKENIZERS = ("whitespace", "unicode_script", "wordpiece", "subword")
-LEARNED = ("wordpiece", "subword")  # tokenizers whose piece vocabulary the Beam job learns
 WORDPIECE_SUFFIX = "##"
 
 
@@ -153,7 +153,7 @@ def make_tokenizer(name: str, lowercase: bool = False,
         return WhitespaceTokenizer(lowercase)
     if name == "unicode_script":
         return UnicodeScriptTokenizer(lowercase)
-    if name in LEARNED:
+    if name in LEARNED_TOKENIZERS:
         if not wordpiece_vocab:
             raise ValueError(f"the {name} tokenizer needs the vocabulary learned by preprocessing")
         return (WordpieceTokenizer if name == "wordpiece" else SubwordTokenizer)(wordpiece_vocab, lowercase)

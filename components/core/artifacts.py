@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Optional
 
 import schemas
 from components.core import io
-from components.core.config import LEARNED_TOKENIZERS, PipelineConfig, PreprocessConfig, read_config
+from components.core.config import PipelineConfig, PreprocessConfig, read_config
 from components.core.errors import ArtifactError
 from components.core.vocabulary import Vocabulary
 
@@ -99,7 +99,7 @@ class PreprocessArtifact(Artifact):
         return self.path(f"{side}.vocab")
 
     def wordpiece_vocab_path(self, side: str) -> Optional[str]:
-        if self.preprocess.tokenizer not in LEARNED_TOKENIZERS:
+        if side not in self.preprocess.learned_sides:
             return None
         return self.path(f"{side}.wordpiece.vocab")
 

@@ -26,8 +26,10 @@ class ConfigError(UserError, ValueError):
     exit_code = 2
 
 
+TokenizerName = Literal["whitespace", "unicode_script", "wordpiece", "subword"]
 # Tokenizers whose piece vocabulary the Beam job learns from the train split (SIDE.wordpiece.vocab).
 LEARNED_TOKENIZERS = ("wordpiece", "subword")
+SIDES = ("source", "target")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,9 @@ class PreprocessConfig:
     # Aligned plain-text files are paired by stem: STEM<source_suffix> with STEM<target_suffix>.
     source_suffix: str = ".src"
     target_suffix: str = ".tgt"
-    tokenizer: Literal["whitespace", "unicode_script", "wordpiece", "subword"] = "whitespace"
+    tokenizer: TokenizerName = "whitespace"  # both sides, unless one is named below
+    source_tokenizer: Optional[TokenizerName] = None
+    target_tokenizer: Optional[TokenizerName] = None
     lowercase: bool = False
     # Widths of the padded TFRecord features. target_input is <bos> + target + <eos>, so a target
     # keeps at most max_target_length - 2 tokens.
@@ -58,6 +62,15 @@ class PreprocessConfig:
     num_shards: int = 0  # 0 = let the runner decide
     tokenize_batch_size: int = 2048
     vocabulary: Literal["rebuild", "reuse_served"] = "rebuild"
+
+    def tokenizer_of(self, side: str) -> str:
+        """The tokenizer of one side: its own key, else `tokenizer`."""
+        return getattr(self, f"{side}_tokenizer") or self.tokenizer
+
+    @property
+    def learned_sides(self) -> tuple[str, ...]:
+        """The sides whose tokenizer needs a piece vocabulary learned by the Beam job."""
+        return tuple(side for side in SIDES if self.tokenizer_of(side) in LEARNED_TOKENIZERS)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import uuid
 from typing import Any, Mapping, Optional, Sequence
 
 import schemas
-from components.core.config import LEARNED_TOKENIZERS, PipelineConfig, PreprocessConfig
+from components.core.config import PipelineConfig, PreprocessConfig
 from components.core.errors import ArtifactError, InputError, UserError
 from components.preprocess import fs, inputs, transforms
 from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SIDES, SPLITS
@@ -142,7 +142,7 @@ def _copy_reused_vocabularies(directory: str, p: PreprocessConfig, staging: str
         text = fs.read_text(path)
         return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
 
-    vocabularies, wordpiece = {}, ({} if p.tokenizer in LEARNED_TOKENIZERS else None)
+    vocabularies, wordpiece = {}, ({} if p.learned_sides else None)
     for side in SIDES:
         path = f"{directory}/{side}.vocab"
         tokens = tokens_of(path)
@@ -154,7 +154,7 @@ def _copy_reused_vocabularies(directory: str, p: PreprocessConfig, staging: str
         if fs.exists(path + COUNTS_SUFFIX):
             fs.write_text(f"{staging}/{side}.vocab{COUNTS_SUFFIX}", fs.read_text(path + COUNTS_SUFFIX))
         vocabularies[side] = tokens
-        if wordpiece is not None:
+        if wordpiece is not None and side in p.learned_sides:
             pieces = tokens_of(f"{directory}/{side}.wordpiece.vocab")
             fs.write_text(f"{staging}/{side}.wordpiece.vocab", "".join(t + "\n" for t in pieces))
             wordpiece[side] = pieces
@@ -182,7 +182,7 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
         vocabularies = pipeline | "ReusedVocabularies" >> beam.Create([reused[0]])
         if reused[1] is not None:
             wordpiece = beam.pvalue.AsSingleton(pipeline | "ReusedWordpiece" >> beam.Create([reused[1]]))
-    elif p.tokenizer in LEARNED_TOKENIZERS:
+    elif p.learned_sides:
         learned = (first.batches
                    | "CountWords" >> beam.ParDo(transforms.CountTokensFn(p, "whitespace", True))
                    | "SumWords" >> beam.CombineGlobally(transforms.SumCountsFn())
@@ -191,10 +191,10 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
         second = units_pc | "ReadForTokenCounts" >> beam.ParDo(
             transforms.ReadFn(p, final=False)).with_outputs(NEWLINES, main="batches")
         counted = second.batches | "CountTokens" >> beam.ParDo(
-            transforms.CountTokensFn(p, p.tokenizer, True), wordpiece=wordpiece)
+            transforms.CountTokensFn(p, None, True), wordpiece=wordpiece)
     else:
         counted = first.batches | "CountTokens" >> beam.ParDo(
-            transforms.CountTokensFn(p, p.tokenizer, True))
+            transforms.CountTokensFn(p, None, True))
     if reused is None:
         vocabularies = (counted
                         | "SumTokens" >> beam.CombineGlobally(transforms.SumCountsFn())
@@ -208,7 +208,7 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
     if wordpiece is not None:
         side_inputs["wordpiece"] = wordpiece
     encoded = final.batches | "EncodeAndWrite" >> beam.ParDo(
-        transforms.EncodeAndWriteFn(p, p.tokenizer, f"{staging}/{SHARD_DIR}"), **side_inputs
+        transforms.EncodeAndWriteFn(p, f"{staging}/{SHARD_DIR}"), **side_inputs
     ).with_outputs(REJECTED, METRICS, transforms.SHARD_PARTS, main="unused")
     quarantined = ((final[REJECTED], encoded[REJECTED])
                    | "AllRejects" >> beam.Flatten()
@@ -301,6 +301,11 @@ def build_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessC
     return tokens
 
 
+def _tokenizer_names(p: PreprocessConfig) -> str:
+    source, target = p.tokenizer_of("source"), p.tokenizer_of("target")
+    return source if source == target else f"source {source}, target {target}"
+
+
 def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str
                                  ) -> dict[str, list[str]]:
     """Learn each side's WordPiece vocabulary from its train word counts (tensorflow-text's learner).
@@ -312,7 +317,7 @@ def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: P
     from components.core.vocabulary import SPECIAL_TOKENS
 
     result = {}
-    for side in SIDES:
+    for side in p.learned_sides:
         # Sorted input: the learner's output must not depend on the order the counts arrived in.
         words = sorted(((w.decode("utf-8") if isinstance(w, bytes) else w), n)
                        for w, n in counts.get(side, {}).items())
@@ -367,7 +372,7 @@ def build_stats(metrics: Mapping[str, Any], p: PreprocessConfig, elapsed: float)
         "eval_unk_rate": {side: (round(eval_unk.get(side, 0) / eval_tokens[side], 6)
                                  if eval_tokens.get(side) else None) for side in SIDES},
         "shards": {split: int(metrics.get("shards", {}).get(split, 0)) for split in SPLITS},
-        "tokenizer": p.tokenizer,
+        "tokenizer": _tokenizer_names(p),
         "length_policy": p.length_policy,
         "elapsed_seconds": round(elapsed, 3),
         "pairs_per_second": round(read / elapsed, 1) if elapsed > 0 else None,

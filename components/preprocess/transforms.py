@@ -188,16 +188,19 @@ class ReadFn(beam.DoFn):
 class _TokenizingFn(beam.DoFn):
     """Shared setup: TF imported in the worker, tokenizers built once per DoFn instance."""
 
-    def __init__(self, config: PreprocessConfig, tokenizer: str):
+    def __init__(self, config: PreprocessConfig, tokenizer: Optional[str] = None):
+        """`tokenizer` overrides both sides' (the WordPiece learner counts whitespace words);
+        None uses each side's own from the config."""
         self.config = config
-        self.tokenizer = tokenizer
+        self.side_tokenizers = {side: tokenizer or config.tokenizer_of(side) for side in SIDES}
 
     def setup(self) -> None:
+        from components.core.tftext import register_tensorflow_text_ops
         from components.text.tokenizers import needs_tensorflow_text
 
         tf = _tf()
-        if needs_tensorflow_text(self.tokenizer):
-            import tensorflow_text  # noqa: F401  (registers the ops in this worker process)
+        if any(needs_tensorflow_text(name) for name in self.side_tokenizers.values()):
+            register_tensorflow_text_ops()  # in this worker process
         self._normalize = tf.function(self._normalize_impl, input_signature=[tf.TensorSpec([None], tf.string)])
         self._tokenizers: Optional[dict[str, Any]] = None
 
@@ -209,9 +212,9 @@ class _TokenizingFn(beam.DoFn):
     def _make_tokenizers(self, wordpiece: Optional[Mapping[str, Sequence[str]]]) -> dict[str, Any]:
         from components.text.tokenizers import make_tokenizer
 
-        return {side: make_tokenizer(self.tokenizer, self.config.lowercase,
-                                     list(wordpiece[side]) if wordpiece else None)
-                for side in SIDES}
+        return {side: make_tokenizer(name, self.config.lowercase,
+                                     list(wordpiece[side]) if wordpiece and side in wordpiece else None)
+                for side, name in self.side_tokenizers.items()}
 
     def _split_flags(self, batch: RecordBatch) -> np.ndarray:
         if self.config.eval_fraction <= 0:
@@ -245,7 +248,7 @@ class CountTokensFn(_TokenizingFn):
     when the bundle ends keeps both the Python work and the data sent to the combiner small.
     """
 
-    def __init__(self, config: PreprocessConfig, tokenizer: str, apply_length_policy: bool):
+    def __init__(self, config: PreprocessConfig, tokenizer: Optional[str], apply_length_policy: bool):
         super().__init__(config, tokenizer)
         self.apply_length_policy = apply_length_policy
 
@@ -378,8 +381,8 @@ class EncodeAndWriteFn(_TokenizingFn):
     records rejected by the length rules go to the quarantine output.
     """
 
-    def __init__(self, config: PreprocessConfig, tokenizer: str, shard_dir: str):
-        super().__init__(config, tokenizer)
+    def __init__(self, config: PreprocessConfig, shard_dir: str):
+        super().__init__(config)
         self.shard_dir = shard_dir
 
     def setup(self) -> None:

@@ -60,6 +60,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _decode_length(text: str) -> int:
+    """--max-length: an integer in [1, MAX_DECODE_LENGTH_LIMIT]; argparse exits 2 otherwise."""
+    from components.serving.client import DecodeLengthError, check_max_length
+
+    try:
+        return check_max_length(int(text), name="")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    except DecodeLengthError as e:
+        raise argparse.ArgumentTypeError(str(e).strip()) from None
+
+
 def cmd_translate(args: argparse.Namespace) -> int:
     from components.serving.translate import translate_main
 
@@ -114,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("translate", help="translate with an exported SavedModel")
     p.add_argument("--model", required=True, help="SavedModel folder")
     p.add_argument("text", nargs="*", help="sentences; with none, read lines from stdin")
-    p.add_argument("--max-length", type=int, default=None, help="maximum decoded tokens")
+    p.add_argument("--max-length", type=_decode_length, default=None, metavar="N",
+                   help="maximum decoded tokens, 1 to 1024 (MAX_DECODE_LENGTH_LIMIT); default: the model's")
     p.add_argument("--batch-size", type=int, default=64, help="lines per batch when reading stdin")
     p.add_argument("--json", action="store_true", help="one JSON object per line: translation, tokens, score")
     p.add_argument("--attention-plot", metavar="FILE.png", help="draw the attention of the first sentence")

@@ -1,4 +1,5 @@
-"""The training loss (own cross-entropy gradient, parallel sub-batches) and the CPU thread layout."""
+"""The training loss over parallel sub-batches and the CPU thread layout (the cross-entropy kernels
+themselves are tested in tests/test_model.py)."""
 import dataclasses
 import subprocess
 import sys
@@ -9,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.model import Seq2Seq
-from components.trainer.loss import projected_cross_entropy, split_batch, token_loss
+from components.core.config import TrainerConfig
 from components.core.threads import MIN_ROWS_PER_SUB_BATCH, cpu_cores, resolve_sub_batches
-from pipeline.config import TrainerConfig
+from components.model import Seq2Seq
+from components.trainer.loss import split_batch, token_loss
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,37 +27,6 @@ BATCH = {
                                   [2, 0, 0, 0, 0]], tf.int64),
     "target_length": tf.constant([3, 5, 2, 4, 1], tf.int64),
 }
-
-
-def test_fused_cross_entropy_is_stable_for_large_logits():
-    model = Seq2Seq(5, 3, embedding_dim=2, units=2, attention="none", seed=0)
-    model.output_kernel.assign([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
-    losses, correct = projected_cross_entropy(model, tf.constant([[1000.0, 0.0], [0.0, -1000.0]]),
-                                              tf.constant([1, 1], tf.int64))
-    # logits (1000, 0, 0) and (0, -1000, 0): -log softmax at index 1 = 1000 and 1000 + log 2
-    np.testing.assert_allclose(losses.numpy(), [1000.0, 1000.0 + np.log(2.0)], rtol=1e-6)
-    assert correct.numpy().tolist() == [0.0, 0.0]
-
-
-@pytest.mark.parametrize("precision,tolerance", [("float32", 1e-5), ("mixed_bfloat16", 3e-2)])
-def test_fused_vocabulary_major_projection_equals_project_then_cross_entropy(precision, tolerance):
-    model = Seq2Seq(9, 11, embedding_dim=4, units=6, attention="none", seed=2, precision=precision)
-    states = tf.random.stateless_normal([7, 6], [1, 2])
-    labels = tf.constant([0, 3, 10, 4, 4, 7, 1], tf.int64)
-    variables = [model.output_kernel, model.output_bias]
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(states)
-        fused, fused_correct = projected_cross_entropy(model, states, labels)
-        reference_logits = tf.matmul(states, model.output_kernel, transpose_b=True) + model.output_bias
-        reference = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=reference_logits)
-        fused_sum, reference_sum = tf.reduce_sum(fused), tf.reduce_sum(reference)
-    np.testing.assert_allclose(fused.numpy(), reference.numpy(), rtol=tolerance, atol=tolerance)
-    for ours, theirs in zip(tape.gradient(fused_sum, [states] + variables),
-                            tape.gradient(reference_sum, [states] + variables)):
-        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=tolerance, atol=tolerance)
-    if precision == "float32":
-        expected = (tf.argmax(reference_logits, axis=-1) == labels).numpy().astype(np.float32)
-        np.testing.assert_array_equal(fused_correct.numpy(), expected)
 
 
 def test_split_batch_deals_rows_by_length_and_cuts_each_part():
@@ -94,6 +64,8 @@ def test_sub_batches_give_the_whole_batch_loss_and_gradients(attention):
     assert split[2].numpy() == whole[2].numpy()
     for a, b in zip(whole[3], split[3]):
         np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(), atol=1e-5)
+    direct = model.compute_loss(BATCH)
+    np.testing.assert_allclose(whole[0].numpy(), direct.loss.numpy(), rtol=1e-6)
     one_row = {name: value[1:2] for name, value in BATCH.items()}
     loss, tokens, _, _ = loss_and_grads(one_row, 2)  # one part is empty
     assert tokens.numpy() == 5.0 and np.isfinite(loss.numpy())
@@ -110,7 +82,7 @@ def test_sub_batches_resolve_to_one_per_core_on_the_cpu():
 def test_configure_cpu_threads_gives_each_sub_batch_a_core_in_a_fresh_process():
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(REPO)!r})
-        from pipeline.config import TrainerConfig
+        from components.core.config import TrainerConfig
         from components.core.threads import configure_cpu_threads
         import tensorflow as tf
         parts = configure_cpu_threads(TrainerConfig(sub_batches=2))

@@ -1,16 +1,28 @@
-"""The pure-TF attention seq2seq and its greedy decoder, on in-memory tensors."""
+"""The pure-TF attention seq2seq, its attention mechanisms, training kernels and greedy decoder,
+on in-memory tensors."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.model import Seq2Seq, greedy_decode
+from components.core.config import ModelConfig
 from components.core.vocabulary import EOS_ID, PAD_ID
-from pipeline.config import ModelConfig
+from components.model import ATTENTIONS as REGISTRY
+from components.model import FAST, REFERENCE, DecoderState, GreedySearch, Seq2Seq, greedy_decode
+from components.model.attention import Attention
+from components.model.kernels import FastKernels, ReferenceKernels
 
 ATTENTIONS = ["bahdanau", "luong", "none"]
 SOURCE = tf.constant([[5, 6, 7, 8], [4, 9, 0, 0], [7, 0, 0, 0]], tf.int64)
 SOURCE_LENGTH = tf.constant([4, 2, 1], tf.int64)
 TARGET_INPUT = tf.constant([[1, 5, 6, 7, 2], [1, 8, 2, 0, 0], [1, 9, 9, 2, 0]], tf.int64)
+# Three rows: target lengths 5, 3, 4 (the last row's padding is not a real token).
+BATCH = {
+    "source_ids": SOURCE,
+    "source_length": SOURCE_LENGTH,
+    "target_input": TARGET_INPUT,
+    "target_output": tf.constant([[5, 6, 7, 2, 0], [8, 2, 0, 0, 0], [9, 9, 2, 0, 0]], tf.int64),
+    "target_length": tf.constant([4, 2, 3], tf.int64),
+}
 
 
 def small_model(attention: str, seed: int = 3) -> Seq2Seq:
@@ -18,18 +30,34 @@ def small_model(attention: str, seed: int = 3) -> Seq2Seq:
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
-def test_teacher_forcing_shapes_and_decode_step_agree(attention):
+def test_teacher_forcing_shapes_and_decoder_steps_agree(attention):
     model = small_model(attention)
     logits, attention_weights = model(SOURCE, SOURCE_LENGTH, TARGET_INPUT, training=True)
     assert logits.shape == (3, 5, 14) and attention_weights.shape == (3, 5, 4)
     encoded = model.encode(SOURCE, SOURCE_LENGTH)
     assert encoded.states.shape == (3, 4, 10) and encoded.final_state.shape == (3, 10)
     assert encoded.mask.dtype == tf.bool and encoded.mask.numpy().sum() == 7
-    state = encoded.final_state
+    state = model.initial_state(encoded)
+    hidden = encoded.final_state
     for t in range(5):  # the step-by-step decoder computes exactly what teacher forcing computes
-        step_logits, state, weights = model.decode_step(TARGET_INPUT[:, t], state, encoded)
+        step_logits, state, weights = model.step(TARGET_INPUT[:, t], state)
         np.testing.assert_allclose(step_logits.numpy(), logits[:, t].numpy(), atol=1e-5)
         np.testing.assert_allclose(weights.numpy(), attention_weights[:, t].numpy(), atol=1e-6)
+        old_logits, hidden, _ = model.decode_step(TARGET_INPUT[:, t], hidden, encoded)  # the older entry point
+        np.testing.assert_array_equal(old_logits.numpy(), step_logits.numpy())
+
+
+def test_decoder_state_rows_can_be_tiled_as_a_beam_search_would():
+    """A strategy sees the state as a nest of tensors: tiling its rows tiles the step's outputs."""
+    model = small_model("bahdanau")
+    state = model.initial_state(model.encode(SOURCE, SOURCE_LENGTH))
+    tiled = state.map_rows(lambda t: tf.repeat(t, 2, axis=0))
+    assert isinstance(tiled, DecoderState) and tiled.hidden.shape == (6, 10) and tiled.memory.mask.shape == (6, 4)
+    assert tiled.weights is state.weights  # per batch, not per row
+    logits, _, weights = model.step(tf.fill([3], tf.constant(1, tf.int64)), state)
+    tiled_logits, _, tiled_weights = model.step(tf.fill([6], tf.constant(1, tf.int64)), tiled)
+    np.testing.assert_allclose(tiled_logits.numpy()[::2], logits.numpy(), atol=1e-6)
+    np.testing.assert_allclose(tiled_weights.numpy()[1::2], weights.numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("attention", ["bahdanau", "luong"])
@@ -81,12 +109,12 @@ def test_unknown_attention_is_rejected():
 
 
 def replay(model, result, source, length):
-    """Re-run decode_step along the greedy path: the argmaxes and the summed log-probabilities."""
-    encoded = model.encode(source, length)
-    state, previous = encoded.final_state, tf.fill([source.shape[0]], tf.constant(1, tf.int64))
+    """Re-run `step` along the greedy path: the argmaxes and the summed log-probabilities."""
+    state = model.initial_state(model.encode(source, length))
+    previous = tf.fill([source.shape[0]], tf.constant(1, tf.int64))
     ids, scores = [], np.zeros(source.shape[0], np.float32)
     for t in range(result["token_ids"].shape[1]):
-        logits, state, _ = model.decode_step(previous, state, encoded)
+        logits, state, _ = model.step(previous, state)
         log_probs = tf.nn.log_softmax(logits).numpy()
         previous = tf.argmax(logits, -1)
         ids.append(previous.numpy())
@@ -134,8 +162,8 @@ def test_greedy_decode_stops_when_every_row_emitted_eos():
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_teacher_forcing_gradients_match_the_step_by_step_decoder(attention):
-    """The compiled teacher-forcing path defers kernel gradients past its loops; they must equal
-    plain autodiff through an eager Python loop of decode_step calls."""
+    """The compiled teacher-forcing path with the training kernels (kernel gradients taken after its
+    loops) must equal plain autodiff through an eager Python loop of `step` calls."""
     model = small_model(attention)
     labels = tf.concat([TARGET_INPUT[:, 1:], tf.zeros([3, 1], tf.int64)], axis=1)
     variables = model.trainable_variables
@@ -148,10 +176,9 @@ def test_teacher_forcing_gradients_match_the_step_by_step_decoder(attention):
         return [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
 
     with tf.GradientTape() as tape:
-        encoded = model.encode(SOURCE, SOURCE_LENGTH)
-        state, loss = encoded.final_state, 0.0
+        state, loss = model.initial_state(model.encode(SOURCE, SOURCE_LENGTH)), 0.0
         for t in range(TARGET_INPUT.shape[1]):
-            logits, state, _ = model.decode_step(TARGET_INPUT[:, t], state, encoded)
+            logits, state, _ = model.step(TARGET_INPUT[:, t], state)
             loss += tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels[:, t], logits))
     reference = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
     for variable, got, want in zip(variables, compiled(), reference):
@@ -169,3 +196,136 @@ def test_mixed_bfloat16_matmuls_stay_close_to_float32_and_train_the_same_variabl
     np.testing.assert_allclose(weights_mixed.numpy(), weights_exact.numpy(), atol=0.02)
     with pytest.raises(ValueError, match="precision must be one of"):
         Seq2Seq(5, 5, 2, 2, "luong", precision="float16")
+
+
+# ---------------------------------------------------------------- attention registry, checkpoint keys
+
+# Recorded from the model before attention became classes: checkpoints and SavedModels written
+# since the first release must keep restoring (warm start reads these keys too).
+COMMON_KEYS = [
+    ("decoder_bias", [30]), ("decoder_kernel", [6, 30]), ("decoder_recurrent_bias", [30]),
+    ("decoder_recurrent_kernel", [10, 30]), ("encoder_bias", [30]), ("encoder_kernel", [6, 30]),
+    ("encoder_recurrent_bias", [30]), ("encoder_recurrent_kernel", [10, 30]), ("output_bias", [14]),
+    ("output_kernel", [14, 10]), ("source_embedding", [12, 6]), ("target_embedding", [14, 6]),
+]
+CHECKPOINT_KEYS = {
+    "bahdanau": COMMON_KEYS + [
+        ("attention_key_bias", [10]), ("attention_key_kernel", [10, 10]), ("attention_query_bias", [10]),
+        ("attention_query_kernel", [10, 10]), ("attention_v", [10]), ("decoder_context_kernel", [10, 30])],
+    "luong": COMMON_KEYS + [("attention_key_kernel", [10, 10]), ("decoder_context_kernel", [10, 30])],
+    "none": COMMON_KEYS,
+}
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_checkpoint_keys_are_those_of_every_earlier_checkpoint(attention, tmp_path):
+    model = small_model(attention)
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    saved = {name: shape for name, shape in tf.train.list_variables(path)}
+    expected = {f"model/{name}/.ATTRIBUTES/VARIABLE_VALUE": shape for name, shape in CHECKPOINT_KEYS[attention]}
+    assert {k: v for k, v in saved.items() if k.startswith("model/")} == expected
+    # warm start reads every tf.Variable attribute of the model under model/<attribute>/
+    assert sorted(n for n, v in vars(model).items() if isinstance(v, tf.Variable)) == sorted(
+        name for name, _ in CHECKPOINT_KEYS[attention])
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_attention_comes_from_the_registry_and_owns_no_variables(attention):
+    model = small_model(attention)
+    mechanism = model.attention_mechanism
+    assert type(mechanism) is REGISTRY[attention] and isinstance(mechanism, Attention)
+    assert not isinstance(mechanism, tf.Module)
+    assert not isinstance(mechanism, tf.__internal__.tracking.Trackable)
+    assert len(model.trainable_variables) == len(CHECKPOINT_KEYS[attention])
+    keys = mechanism.keys(model.encode(SOURCE, SOURCE_LENGTH).states)
+    assert keys.shape == ((3, 4, 10) if attention != "none" else (3, 4, 0))
+
+
+# ---------------------------------------------------------------- training kernels vs reference
+
+
+def loss_and_gradients(model: Seq2Seq, kernels, batch=BATCH):
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            sums = model.compute_loss(batch, kernels)
+        return sums, [tf.convert_to_tensor(g) for g in tape.gradient(sums.loss, model.trainable_variables)]
+    return run()
+
+
+@pytest.mark.parametrize("precision,tolerance", [("float32", 1e-5), ("mixed_bfloat16", 2e-2)])
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_fast_kernels_give_the_reference_loss_and_gradients(attention, precision, tolerance):
+    model = Seq2Seq(12, 14, embedding_dim=6, units=10, attention=attention, seed=4, precision=precision)
+    (fast, fast_grads), (ref, ref_grads) = loss_and_gradients(model, FAST), loss_and_gradients(model, REFERENCE)
+    assert isinstance(FAST, FastKernels) and isinstance(REFERENCE, ReferenceKernels)
+    assert fast.tokens.numpy() == ref.tokens.numpy() == 9.0  # 4 + 2 + 3 real target tokens
+    assert fast.correct.numpy() == ref.correct.numpy()
+    np.testing.assert_allclose(fast.loss.numpy(), ref.loss.numpy(), rtol=1e-6 if precision == "float32" else 1e-3)
+    assert len(fast_grads) == len(CHECKPOINT_KEYS[attention])
+    for variable, got, want in zip(model.trainable_variables, fast_grads, ref_grads):
+        assert np.any(want.numpy() != 0.0), variable.name  # every variable is trained
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=tolerance, atol=tolerance, err_msg=variable.name)
+
+
+def test_compute_loss_is_the_masked_cross_entropy_of_the_teacher_forced_logits():
+    model = small_model("luong")
+    logits, _ = model(SOURCE, SOURCE_LENGTH, TARGET_INPUT)
+    per_token = tf.nn.sparse_softmax_cross_entropy_with_logits(BATCH["target_output"], logits).numpy()
+    mask = tf.sequence_mask(BATCH["target_length"], 5).numpy()
+    predicted = tf.argmax(logits, -1).numpy() == BATCH["target_output"].numpy()
+    for kernels in (FAST, REFERENCE):
+        sums = model.compute_loss(BATCH, kernels)
+        np.testing.assert_allclose(sums.loss.numpy(), per_token[mask].sum(), rtol=1e-5)
+        assert sums.tokens.numpy() == 9.0 and sums.correct.numpy() == predicted[mask].sum()
+
+
+def test_fused_cross_entropy_is_stable_for_large_logits():
+    kernel, bias = tf.constant([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), tf.zeros([3])
+    states, labels = tf.constant([[1000.0, 0.0], [0.0, -1000.0]]), tf.constant([1, 1], tf.int64)
+    for kernels in (FAST, REFERENCE):
+        losses, correct = kernels.cross_entropy(states, labels, kernel, bias, tf.float32)
+        # logits (1000, 0, 0) and (0, -1000, 0): -log softmax at index 1 = 1000 and 1000 + log 2
+        np.testing.assert_allclose(losses.numpy(), [1000.0, 1000.0 + np.log(2.0)], rtol=1e-6)
+        assert correct.numpy().tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(tf.float32, 1e-5), (tf.bfloat16, 3e-2)])
+def test_fused_vocabulary_major_cross_entropy_equals_the_reference(dtype, tolerance):
+    kernel = tf.random.stateless_normal([11, 6], [3, 4])
+    bias = tf.random.stateless_normal([11], [5, 6])
+    states = tf.random.stateless_normal([7, 6], [1, 2])
+    labels = tf.constant([0, 3, 10, 4, 4, 7, 1], tf.int64)
+    sources = [states, kernel, bias]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(sources)
+        fused, fused_correct = FAST.cross_entropy(states, labels, kernel, bias, dtype)
+        reference, reference_correct = REFERENCE.cross_entropy(states, labels, kernel, bias, dtype)
+        fused_sum, reference_sum = tf.reduce_sum(fused), tf.reduce_sum(reference)
+    np.testing.assert_allclose(fused.numpy(), reference.numpy(), rtol=tolerance, atol=tolerance)
+    for ours, theirs in zip(tape.gradient(fused_sum, sources), tape.gradient(reference_sum, sources)):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=tolerance, atol=tolerance)
+    if dtype == tf.float32:
+        logits = tf.matmul(states, kernel, transpose_b=True) + bias
+        expected = (tf.argmax(logits, axis=-1) == labels).numpy().astype(np.float32)
+        np.testing.assert_array_equal(fused_correct.numpy(), expected)
+        np.testing.assert_array_equal(reference_correct.numpy(), expected)
+
+
+def test_fast_recurrence_runs_eagerly_too():
+    model = small_model("bahdanau")
+    with tf.GradientTape() as tape:
+        fast = model.compute_loss(BATCH, FAST).loss
+    eager = tape.gradient(fast, model.trainable_variables)
+    _, compiled = loss_and_gradients(model, REFERENCE)
+    for variable, got, want in zip(model.trainable_variables, eager, compiled):
+        np.testing.assert_allclose(tf.convert_to_tensor(got).numpy(), want.numpy(), rtol=1e-5, atol=1e-5,
+                                   err_msg=variable.name)
+
+
+def test_greedy_decode_is_the_greedy_search_strategy():
+    model = small_model("luong")
+    strategy = GreedySearch()
+    by_class, by_function = strategy(model, SOURCE, SOURCE_LENGTH, 6), greedy_decode(model, SOURCE, SOURCE_LENGTH, 6)
+    for key in ("token_ids", "length", "score", "attention"):
+        np.testing.assert_array_equal(by_class[key].numpy(), by_function[key].numpy())

@@ -9,13 +9,13 @@ import pytest
 import tensorflow as tf
 
 from components.core.artifacts import PreprocessArtifact
+from components.core.config import TrainerConfig
 from components.core.vocabulary import EOS_ID
 from components.model import greedy_decode
 from components.model.checkpoints import restore_model
 from components.trainer import run_training
 from components.trainer.data import bucket_boundaries, make_dataset
 from components.trainer.optimizer import Adam, clip_by_global_norm, learning_rate
-from pipeline.config import TrainerConfig
 from tests.trainer_helpers import SEED_TSV, config, encode, preprocess, seed_pairs, synthetic_corpus
 
 

@@ -67,13 +67,16 @@ def test_attention_plot_is_a_png_heatmap(seed_run, capsys, monkeypatch, tmp_path
 
 
 @pytest.mark.slow
-def test_bad_inputs_are_one_line_errors(seed_run, caplog, tmp_path):
+def test_bad_inputs_are_one_line_errors(seed_run, caplog, capsys, tmp_path):
     assert main(["translate", "--model", str(tmp_path / "missing"), "x"]) == 1
-    assert main(["translate", "--model", seed_run["export"], "--max-length", "0", "x"]) == 1
+    with pytest.raises(SystemExit) as usage:  # a --max-length outside [1, 1024] is a usage error
+        main(["translate", "--model", seed_run["export"], "--max-length", "0", "x"])
+    assert usage.value.code == 2
     assert main(["translate", "--model", seed_run["export"], "--attention-plot", str(tmp_path / "a.png"), ""]) == 1
     err = caplog.text
-    assert "does not exist" in err and "--max-length must be at least 1" in err and "empty" in err
+    assert "does not exist" in err and "empty" in err
     assert "Traceback" not in err
+    assert "argument --max-length: must be at least 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -112,15 +115,16 @@ def test_stream_batches_by_size_and_by_what_is_waiting():
         assert list(batches) == [["한", "x"]]
 
 
-def test_stream_batches_names_the_line_with_bad_utf8():
-    from components.core.errors import InputError
-    from components.serving.translate import stream_batches
+def test_stream_batches_names_the_line_with_bad_utf8_and_goes_on():
+    from components.serving.translate import BadLine, stream_batches
 
     read, write = os.pipe()
-    os.write(write, b"ok\nbad \xff\n")
+    os.write(write, b"ok\nbad \xff\nafter\n")
     os.close(write)
-    with os.fdopen(read, "r") as reader, pytest.raises(InputError, match="stdin line 2: not valid UTF-8"):
-        list(stream_batches(reader, 8))
+    with os.fdopen(read, "r") as reader:
+        [batch] = list(stream_batches(reader, 8))
+    assert batch == ["ok", BadLine(2, "invalid start byte at byte 4"), "after"]
+    assert str(batch[1]) == "stdin line 2: not valid UTF-8 (invalid start byte at byte 4)"
 
 
 def test_plot_attention_writes_a_png_and_checks_shapes(tmp_path):

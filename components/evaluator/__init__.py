@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
 from components.core import io
-from components.core.artifacts import Evaluation, PreprocessArtifact, TrainedModel
+from components.core.artifacts import Evaluation, ExportedModel, PreprocessArtifact, TrainedModel
 from components.core.config import EvaluatorConfig
 from components.core.cpu import cpu_cores
 from components.core.errors import ArtifactError
@@ -72,6 +72,51 @@ def translate_batches(translator: Any, sources: list[str], batch_size: int = TRA
     return results
 
 
+def _first_line(error: BaseException) -> str:
+    lines = (str(error) or "").strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def non_finite_reason(saved_model: str, scores: Scores, train_metrics: dict[str, Any]) -> Optional[str]:
+    """Why the candidate cannot be trusted: NaN or infinity in its SavedModel's variables (every
+    floating-point tensor is read), in its scores, or in its training's eval loss; None when finite."""
+    import math
+
+    from components.serving.checkpoint_files import READ_ERRORS, non_finite_tensors, variable_name
+
+    prefix = ExportedModel(saved_model).variables_prefix
+    try:
+        broken = non_finite_tensors(prefix)
+    except READ_ERRORS as e:
+        raise ArtifactError(f"cannot read the candidate's variables {prefix}: {_first_line(e)}") from None
+    problems = []
+    if broken:
+        names = ", ".join(variable_name(key) for key in broken[:5])
+        problems.append(f"NaN or infinity in {len(broken)} of its variables ({names}{' ...' if len(broken) > 5 else ''})")
+    problems += [f"{key} {value}" for key, value in scores.to_dict().items()
+                 if isinstance(value, float) and not math.isfinite(value)]
+    if train_metrics.get("history"):
+        # metrics.json writes NaN/inf as null: trained epochs without a best eval loss had none finite.
+        loss = train_metrics.get("best_eval_loss")
+        if loss is None or not math.isfinite(float(loss)):
+            problems.append("its training's eval loss is not finite (metrics.json best_eval_loss is null)")
+    return "; ".join(problems) or None
+
+
+def score_baseline(baseline_model: str, sources: list[str], references: list[str]
+                   ) -> tuple[Optional[Scores], Optional[str]]:
+    """(the served model's scores, None), or (None, "<path>: <reason>") when it cannot be loaded or
+    run: a cut saved_model.pb or variables file must not block every later candidate."""
+    try:
+        baseline = translate_all(baseline_model, sources)
+    except Exception as e:  # noqa: BLE001 - whatever breaks the served model, the candidate is judged alone
+        reason = f"{baseline_model}: {_first_line(e)}"
+        logger.warning("the served model %s cannot be loaded or run (%s): it is treated as absent, and the "
+                       "candidate is judged on evaluator.min_bleu alone", baseline_model, _first_line(e))
+        return None, reason
+    return score([b.translation for b in baseline], references), None
+
+
 def run_evaluation(
     saved_model: str,
     examples: str,
@@ -90,12 +135,13 @@ def run_evaluation(
     candidate = translate_batches(candidate_model, sources)
     scores = score([c.translation for c in candidate], references)
     baseline_scores: Optional[Scores] = None
+    baseline_unloadable: Optional[str] = None
     if baseline_model:
-        baseline = translate_all(baseline_model, sources)
-        baseline_scores = score([b.translation for b in baseline], references)
-    blessing = decide(scores.bleu, baseline_scores.bleu if baseline_scores else None,
-                      config.tolerance, config.min_bleu)
+        baseline_scores, baseline_unloadable = score_baseline(baseline_model, sources, references)
     train_metrics = TrainedModel(train_dir).metrics() if train_dir else {}
+    blessing = decide(scores.bleu, baseline_scores.bleu if baseline_scores else None,
+                      config.tolerance, config.min_bleu, non_finite=non_finite_reason(saved_model, scores, train_metrics),
+                      baseline_unloadable=baseline_unloadable)
     evaluation = {
         "split": split,
         "examples": len(sources),
@@ -103,6 +149,7 @@ def run_evaluation(
         "eval_loss": train_metrics.get("best_eval_loss", train_metrics.get("final_eval_loss")),
         "baseline_model": baseline_model,
         "baseline": baseline_scores.to_dict() if baseline_scores else None,
+        "baseline_unloadable": baseline_unloadable,
         "seconds": round(time.time() - started, 3),
     }
     Evaluation(out).write(evaluation, {**blessing.to_dict(), "candidate_model": saved_model,

@@ -60,6 +60,11 @@ def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: S
     if evaluation.get("eval_loss") is not None:
         lines.append(f"| eval_loss | {evaluation['eval_loss']:.4f} | — |")
     lines += ["", f"**{'Blessed' if blessing.blessed else 'Not blessed'}**: {blessing.reason}", ""]
+    if getattr(blessing, "non_finite", None):
+        lines += [f"**Not finite**: {_cell(blessing.non_finite)}", ""]
+    if getattr(blessing, "baseline_unloadable", None):
+        lines += [f"**The served model could not be loaded**, so it was treated as absent and the candidate "
+                  f"judged on evaluator.min_bleu alone: {_cell(blessing.baseline_unloadable)}", ""]
     if plot_loss_curve(history, f"{out}/loss_curve.png"):
         lines += ["## Loss", "", "![loss curve](loss_curve.png)", ""]
     lines += ["## Samples", "", "| source | reference | hypothesis |", "|---|---|---|"]

@@ -40,7 +40,9 @@ SIGNATURES: dict[str, Any] = {
         "inputs": {
             "text": {"dtype": "string", "shape": [None], "meaning": "raw source sentences"},
             "max_length": {"dtype": "int32", "shape": [],
-                           "meaning": "maximum decoded tokens (<eos> included); <= 0 means the exported default"},
+                           "meaning": "maximum decoded tokens (<eos> included), at most "
+                                      "decoding.max_decode_length_limit (above it: InvalidArgumentError); "
+                                      "<= 0 means the exported default"},
         },
         "outputs": "as serving_default",
     },
@@ -100,6 +102,7 @@ def build_card(
     metrics: Optional[dict[str, Any]],
 ) -> dict[str, Any]:
     from components.core.vocabulary import SPECIAL_TOKENS
+    from components.serving.client import MAX_DECODE_LENGTH_LIMIT
     from components.text.tokenizers import needs_tensorflow_text
 
     p = config.preprocess
@@ -127,6 +130,7 @@ def build_card(
                        "length_policy": p.length_policy, "tokenizer": p.tokenizer, "lowercase": p.lowercase},
         "model": dataclasses.asdict(config.model),
         "decoding": {"algorithm": "greedy", "max_decode_length": max_decode_length,
+                     "max_decode_length_limit": MAX_DECODE_LENGTH_LIMIT,
                      "stops_when": "every sentence has emitted <eos>, or max_decode_length steps"},
         "checkpoint": checkpoint,
         "training_data": training_data_fingerprint(artifact),

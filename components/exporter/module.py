@@ -11,10 +11,11 @@ from typing import Optional
 
 import tensorflow as tf
 
+from components.core.vocabulary import PAD_ID, SPECIAL_TOKENS
 from components.model.decoding import greedy_decode
+from components.serving.client import MAX_DECODE_LENGTH_LIMIT
 from components.text.encoding import SequenceEncoder
 from components.text.tokenizers import Tokenizer
-from components.core.vocabulary import PAD_ID, SPECIAL_TOKENS
 
 TEXT_SPEC = tf.TensorSpec([None], tf.string, name="text")
 MAX_LENGTH_SPEC = tf.TensorSpec([], tf.int32, name="max_length")
@@ -48,6 +49,8 @@ class ServingModule(tf.Module):
         self.target_tokenizer = target_tokenizer
         self.source_id_to_token = id_to_token_table(source_vocab_path)
         self.target_id_to_token = id_to_token_table(target_vocab_path)
+        if not 1 <= int(max_decode_length) <= MAX_DECODE_LENGTH_LIMIT:
+            raise ValueError(f"max_decode_length must be in [1, {MAX_DECODE_LENGTH_LIMIT}], got {max_decode_length}")
         self.max_decode_length = int(max_decode_length)
         # README.md / model_card.json: tracked so the saver copies them into assets/.
         for attribute, path in (extra_assets or {}).items():
@@ -77,7 +80,14 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[TEXT_SPEC, MAX_LENGTH_SPEC])
     def translate_with_max_length(self, text: tf.Tensor, max_length: tf.Tensor) -> dict[str, tf.Tensor]:
-        """As `translate`; max_length <= 0 means the exported default."""
+        """As `translate`; max_length <= 0 means the exported default; above MAX_DECODE_LENGTH_LIMIT
+        the call fails with an InvalidArgumentError before anything is decoded."""
+        check = tf.debugging.assert_less_equal(
+            max_length, tf.constant(MAX_DECODE_LENGTH_LIMIT, tf.int32),
+            message=f"translate_with_max_length: max_length must be at most {MAX_DECODE_LENGTH_LIMIT} "
+                    f"(the model's MAX_DECODE_LENGTH_LIMIT); <= 0 means the exported default")
+        with tf.control_dependencies([check]):
+            max_length = tf.identity(max_length)
         default = tf.constant(self.max_decode_length, tf.int32)
         return self._translate(text, tf.where(max_length > 0, max_length, default))
 

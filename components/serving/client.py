@@ -17,6 +17,30 @@ from components.core.tftext import register_tensorflow_text_ops
 
 logger = logging.getLogger(__name__)
 
+# The most tokens one greedy decode may produce, whatever a caller asks for: `seq2seq translate
+# --max-length`, `Translator.translate(max_length=)`, export.max_decode_length and the SavedModel's
+# translate_with_max_length signature (an InvalidArgumentError in the graph) all refuse more.
+# 30x the default preprocess.max_target_length (34): a greedy decoder trained on sentences that
+# short has emitted <eos> long before, and the decode's time and memory grow with the length
+# (100,000 took a minute and 4.4 GB). See docs/export.md, "Decode length".
+MAX_DECODE_LENGTH_LIMIT = 1024
+
+
+class DecodeLengthError(UserError):
+    """A requested decode length outside [1, MAX_DECODE_LENGTH_LIMIT]: a usage error (exit 2)."""
+
+    exit_code = 2
+
+
+def check_max_length(value: int, name: str = "--max-length") -> int:
+    """VALUE when 1 <= VALUE <= MAX_DECODE_LENGTH_LIMIT, else a DecodeLengthError naming NAME."""
+    if value < 1:
+        raise DecodeLengthError(f"{name} must be at least 1, got {value}")
+    if value > MAX_DECODE_LENGTH_LIMIT:
+        raise DecodeLengthError(f"{name} must be at most {MAX_DECODE_LENGTH_LIMIT} (MAX_DECODE_LENGTH_LIMIT), "
+                                f"got {value}")
+    return int(value)
+
 
 @dataclass
 class Translation:
@@ -61,8 +85,7 @@ class Translator:
         if max_length is None:
             result = self._signatures["serving_default"](text=text)
         else:
-            if max_length < 1:
-                raise UserError(f"--max-length must be at least 1, got {max_length}")
+            check_max_length(max_length)
             result = self._signatures["translate_with_max_length"](
                 text=text, max_length=tf.constant(max_length, tf.int32))
         return {key: value.numpy() for key, value in result.items()}

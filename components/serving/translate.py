@@ -6,7 +6,8 @@ import logging
 import os
 import select
 import sys
-from typing import Iterable, Iterator, Optional, TextIO
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional, TextIO, Union
 
 from components.core.errors import InputError, UserError
 from components.core.io import json_line, without_non_finite
@@ -14,7 +15,21 @@ from components.core.io import json_line, without_non_finite
 logger = logging.getLogger(__name__)
 
 
-def _lines_from_fd(fd: int) -> Iterator[tuple[list[str], bool]]:
+@dataclass(frozen=True)
+class BadLine:
+    """An input line that is not UTF-8: reported on stderr, answered with an empty output line."""
+
+    number: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"stdin line {self.number}: not valid UTF-8 ({self.reason})"
+
+
+Line = Union[str, BadLine]
+
+
+def _lines_from_fd(fd: int) -> Iterator[tuple[list[Line], bool]]:
     """(complete lines, whether more input is waiting right now) per read from a file descriptor."""
     pending = b""
     number = 0
@@ -32,11 +47,11 @@ def _lines_from_fd(fd: int) -> Iterator[tuple[list[str], bool]]:
         yield [_decode(pending, number + 1)], False
 
 
-def _decode(raw: bytes, number: int) -> str:
+def _decode(raw: bytes, number: int) -> Line:
     try:
         return raw.decode("utf-8").rstrip("\r")
     except UnicodeDecodeError as e:
-        raise InputError(f"stdin line {number}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        return BadLine(number, f"{e.reason} at byte {e.start}")
 
 
 def _ready(fd: int) -> bool:
@@ -44,8 +59,9 @@ def _ready(fd: int) -> bool:
     return bool(ready)
 
 
-def stream_batches(stream: TextIO, batch_size: int) -> Iterator[list[str]]:
-    """Lines of `stream` (newline stripped) in batches of at most `batch_size`.
+def stream_batches(stream: TextIO, batch_size: int) -> Iterator[list[Line]]:
+    """Lines of `stream` (newline stripped) in batches of at most `batch_size`; a line that is not
+    UTF-8 comes as a `BadLine` in its place, so the stream goes on.
 
     On a real file or pipe, a batch is also cut short when no further input is waiting, so a line
     typed into an interactive pipe is translated at once instead of after `batch_size` lines.
@@ -55,11 +71,16 @@ def stream_batches(stream: TextIO, batch_size: int) -> Iterator[list[str]]:
     except (OSError, ValueError, AttributeError):
         fd = None  # an in-memory stream: nothing ever waits, batch by size alone
     if fd is None:
-        lines = ([line.rstrip("\r\n")] for line in iter(stream.readline, ""))
-        chunks: Iterable[tuple[list[str], bool]] = ((chunk, True) for chunk in lines)
+        binary = getattr(stream, "buffer", None)  # a text wrapper over bytes: decode line by line
+        if binary is not None:
+            lines: Iterable[list[Line]] = ([_decode(raw.rstrip(b"\n"), number)] for number, raw
+                                           in enumerate(iter(binary.readline, b""), start=1))
+        else:
+            lines = ([line.rstrip("\r\n")] for line in iter(stream.readline, ""))
+        chunks: Iterable[tuple[list[Line], bool]] = ((chunk, True) for chunk in lines)
     else:
         chunks = _lines_from_fd(fd)
-    batch: list[str] = []
+    batch: list[Line] = []
     for lines, more_waiting in chunks:
         batch.extend(lines)
         while len(batch) >= batch_size:
@@ -96,27 +117,53 @@ def _plot_first(result, path: str) -> None:
     logger.info("wrote the attention plot of %r to %s", result.source, path)
 
 
+def _write_in_order(batch: list[Line], results: list, as_json: bool, out: TextIO) -> None:
+    """RESULTS (for the good lines of BATCH) in input order, with an empty line (a JSON object with
+    the error) for each bad line, so output line N still answers input line N."""
+    answers = iter(results)
+    for line in batch:
+        if isinstance(line, BadLine):
+            out.write(json_line({"source": None, "translation": None, "error": str(line)}) if as_json else "\n")
+        else:
+            _write([next(answers)], as_json, out)
+    out.flush()
+
+
 def translate_main(args: argparse.Namespace, stdin: Optional[TextIO] = None,
                    stdout: Optional[TextIO] = None) -> int:
-    """Translate args.text, or stdin lines when there are none; one line (or JSON object) per input."""
-    from components.serving.client import load_translator
+    """Translate args.text, or stdin lines when there are none; one line (or JSON object) per input.
+
+    A stdin line that is not UTF-8 is reported on stderr with its number and answered with an empty
+    line; the rest of the stream is translated, and the exit code is then 1 (InputError's)."""
+    from components.serving.client import check_max_length, load_translator
 
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.max_length is not None and args.max_length < 1:
-        raise UserError(f"--max-length must be at least 1, got {args.max_length}")
+    if args.max_length is not None:
+        check_max_length(args.max_length)
     translator = load_translator(args.model)
     batches = _chunks(list(args.text), args.batch_size) if args.text else stream_batches(stdin, args.batch_size)
     plot_path = getattr(args, "attention_plot", None)
     count = 0
+    bad: list[BadLine] = []
     for batch in batches:
-        want_plot = bool(plot_path) and count == 0
-        results = translator.translate(batch, args.max_length, with_attention=want_plot)
+        good = [line for line in batch if isinstance(line, str)]
+        for line in batch:
+            if isinstance(line, BadLine):
+                logger.error("%s; its output line is empty", line)
+                bad.append(line)
+        want_plot = bool(plot_path) and count == 0 and bool(good)
+        results = translator.translate(good, args.max_length, with_attention=want_plot)
         if want_plot:
             _plot_first(results[0], plot_path)
-        _write(results, args.json, stdout)
-        count += len(batch)
+        _write_in_order(batch, results, args.json, stdout)
+        count += len(good)
     logger.debug("translated %d sentences", count)
+    if bad:
+        numbers = ", ".join(str(line.number) for line in bad[:20]) + (" ..." if len(bad) > 20 else "")
+        logger.error("%d stdin line(s) were not valid UTF-8 (line %s); the other %d were translated",
+                     len(bad), numbers, count)
+        return InputError.exit_code
     return 0

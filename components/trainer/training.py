@@ -13,17 +13,18 @@ from typing import Any, Iterator, Optional
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from components.model import Seq2Seq
 from components.core import io
 from components.core.artifacts import PreprocessArtifact, TrainedModel
+from components.core.config import PipelineConfig
+from components.core.errors import ArtifactError, UserError
+from components.core.threads import configure_cpu_threads, resolve_sub_batches
+from components.model import Seq2Seq
 from components.model import checkpoints as ck
-from components.trainer.warm_start import warm_start
+from components.serving.checkpoint_files import checkpoint_number, checkpoint_prefixes, first_readable
 from components.trainer.data import AUTOTUNE, input_error, make_dataset, shard_files
 from components.trainer.loss import token_loss
 from components.trainer.optimizer import Adam, clip_by_global_norm, learning_rate
-from components.core.threads import configure_cpu_threads, resolve_sub_batches
-from components.core.config import PipelineConfig
-from components.core.errors import ArtifactError, UserError
+from components.trainer.warm_start import warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +32,45 @@ logger = logging.getLogger(__name__)
 # Eval splits up to this size are held in memory as parsed batches (a few MB of int64 ids).
 EVAL_IN_MEMORY_EXAMPLES = 20000
 
+# Under trainer.on_nonfinite=skip_batch, this many non-finite batches in a row stop the run anyway:
+# by then the weights themselves are usually broken, and every later batch would be skipped too.
+MAX_CONSECUTIVE_SKIPPED_BATCHES = 20
+
 
 class TrainingInterrupted(UserError):
     """SIGTERM/SIGINT: a checkpoint was saved; the same command resumes (exit code 128 + signal)."""
 
     exit_code = 130
+
+
+class NonFiniteTrainingError(UserError):
+    """A training step's loss or gradient norm was NaN or infinite (trainer.on_nonfinite=fail), or
+    too many in a row were (skip_batch). The update of that step was not applied."""
+
+
+class CheckpointWriteError(ArtifactError):
+    """A checkpoint (or metrics.json) could not be written: a full disk, permissions, a file where
+    the folder should be. Not an input problem: the TFRecords are fine."""
+
+
+def write_error(folder: str, error: BaseException, what: str = "a checkpoint") -> CheckpointWriteError:
+    reason = (getattr(error, "message", None) or str(error) or type(error).__name__).strip().splitlines()[0]
+    if isinstance(error, tf.errors.ResourceExhaustedError) or "No space left" in reason \
+            or getattr(error, "errno", None) == 28:  # ENOSPC
+        hint = "the disk is full: free space, then run the same command again to resume"
+    else:
+        hint = "check that it is a writable folder (not a file) on a disk with free space"
+    return CheckpointWriteError(f"cannot write {what} to {folder}: {reason} ({hint})")
+
+
+@contextmanager
+def writing(folder: str, what: str = "a checkpoint") -> Iterator[None]:
+    """Report a failed write as such, naming FOLDER, rather than letting the loop's handler take
+    it for an input error (it maps TensorFlow's OpErrors to "cannot read the TFRecords")."""
+    try:
+        yield
+    except (tf.errors.OpError, OSError) as e:
+        raise write_error(folder, e, what) from None
 
 
 # ---------------------------------------------------------------- distribution
@@ -116,6 +151,7 @@ class EpochTotals:
     steps: int = 0
     timed_tokens: float = 0.0
     timed_seconds: float = 0.0
+    skipped: int = 0  # non-finite batches skipped (trainer.on_nonfinite=skip_batch)
 
     def add(self, stats: dict[str, float]) -> None:
         self.loss_sum += stats["loss"] * stats["tokens"]
@@ -198,12 +234,13 @@ class Trainer:
         self._check_existing_run()
         if not self.chief:
             return
-        io.write_text_atomic(self.training.config_path, self.config.to_yaml())
-        io.write_json_atomic(self.training.inputs_path, {
-            "examples": ck.absolute(self.artifact.directory),
-            "source_vocab_size": self.source_vocab_size,
-            "target_vocab_size": self.target_vocab_size,
-        })
+        with writing(self.out, "the run's config.yaml and inputs.json"):
+            io.write_text_atomic(self.training.config_path, self.config.to_yaml())
+            io.write_json_atomic(self.training.inputs_path, {
+                "examples": ck.absolute(self.artifact.directory),
+                "source_vocab_size": self.source_vocab_size,
+                "target_vocab_size": self.target_vocab_size,
+            })
 
     def _build_state(self) -> None:
         with self.strategy.scope():
@@ -230,8 +267,16 @@ class Trainer:
                        else tf.summary.create_noop_writer())
 
     def _resume(self) -> bool:
-        latest = tf.train.latest_checkpoint(self.training.checkpoints_dir)
+        """Restore the newest readable checkpoint of checkpoints/ or best/ (both hold the whole
+        training state); unreadable ones are logged with their path and passed over, and with none
+        readable training starts from scratch."""
+        candidates = sorted(checkpoint_prefixes(self.training.checkpoints_dir)
+                            + checkpoint_prefixes(self.training.best_dir), key=checkpoint_number, reverse=True)
+        latest, skipped = first_readable(candidates)
         if not latest:
+            if skipped:
+                logger.warning("no readable checkpoint in %s (%d unreadable): training starts from scratch",
+                               self.out, len(skipped))
             return False
         ck.restore_into(self.checkpoint, latest, partial=False)
         logger.info("resuming from %s: step %d, epoch %d (+%d steps)", latest, int(self.step.numpy()),
@@ -282,9 +327,18 @@ class Trainer:
             grads = [reduce(g) for g in grads]
             norm = tf.linalg.global_norm(grads)
             rate = learning_rate(t, self.step, total_steps)
-            self.optimizer.apply(clip_by_global_norm(grads, norm, t.clip_norm), variables, rate)
+            loss = reduce(loss_sum) / tf.maximum(tokens, 1.0)
+            # A NaN/inf loss or gradient norm: the update is not applied (two scalar checks in the
+            # graph; the loop reads the same two values anyway, see _skipped_non_finite).
+            finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(norm))
+
+            def update():
+                self.optimizer.apply(clip_by_global_norm(grads, norm, t.clip_norm), variables, rate)
+                return tf.constant(True)
+
+            tf.cond(finite, update, lambda: tf.constant(False))
             self.step.assign_add(1)
-            return {"loss": reduce(loss_sum) / tf.maximum(tokens, 1.0), "tokens": tokens,
+            return {"loss": loss, "tokens": tokens,
                     "correct": reduce(correct), "grad_norm": norm, "learning_rate": rate}
 
         @tf.function(input_signature=[spec])
@@ -334,7 +388,8 @@ class Trainer:
                     stats["learning_rate"], format_seconds(remaining * seconds_per_step))
 
     def _save(self, reason: str) -> str:
-        path = self.manager.save(checkpoint_number=self.step)
+        with writing(self.manager.directory):
+            path = self.manager.save(checkpoint_number=self.step)
         logger.info("checkpoint %s (%s)", path, reason)
         return path
 
@@ -407,7 +462,11 @@ class Trainer:
                 epoch_started = tick = time.perf_counter()
             last = self._numpy(self.train_step(batch))
             now = time.perf_counter()
-            totals.add(last)
+            if self._skipped_non_finite(last):
+                totals.skipped += 1
+                totals.steps += 1  # the batch position in the progress line still moves on
+            else:
+                totals.add(last)
             if not first_step:
                 for agg in (totals, self.steady):
                     agg.timed_tokens += last["tokens"]
@@ -419,6 +478,43 @@ class Trainer:
         if current is not None:
             history.append(self._end_epoch(current, totals, last, epoch_started))
             self._write_metrics(history)
+
+    def _skipped_non_finite(self, stats: dict[str, float]) -> bool:
+        """True when the step's loss or gradient norm was NaN/inf, so train_step did not apply its
+        update: under trainer.on_nonfinite=skip_batch a warning (and, after
+        MAX_CONSECUTIVE_SKIPPED_BATCHES in a row, an error); under fail a NonFiniteTrainingError.
+
+        The same two values the graph checked, read with the rest of the step's stats: no extra sync.
+        """
+        if math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"]):
+            self.consecutive_skipped = 0
+            return False
+        step = int(self.step.numpy())
+        what = f"loss {stats['loss']}, gradient norm {stats['grad_norm']}"
+        if self.t.on_nonfinite == "skip_batch":
+            self.consecutive_skipped = getattr(self, "consecutive_skipped", 0) + 1
+            if self.consecutive_skipped < MAX_CONSECUTIVE_SKIPPED_BATCHES:
+                logger.warning("step %d: non-finite %s; batch skipped, its update not applied "
+                               "(trainer.on_nonfinite=skip_batch)", step, what)
+                return True
+            raise NonFiniteTrainingError(
+                f"training stopped at step {step}: {self.consecutive_skipped} batches in a row had a non-finite "
+                f"loss or gradient norm (last: {what}){self._weights_note()}. Lower trainer.learning_rate "
+                f"({self.t.learning_rate:g}) or set trainer.clip_norm, and train into a new --out")
+        latest = self.manager.latest_checkpoint
+        raise NonFiniteTrainingError(
+            f"training diverged at step {step}: non-finite {what}; the update was not applied"
+            f"{self._weights_note()}. The last checkpoint is {latest or 'none (nothing was saved)'}. Lower "
+            f"trainer.learning_rate ({self.t.learning_rate:g}) or set trainer.clip_norm, or set "
+            f"trainer.on_nonfinite=skip_batch to skip such batches")
+
+    def _weights_note(self) -> str:
+        """On the error path only (a pass over every variable): which weights are already non-finite."""
+        broken = [v.name.split(":")[0] for v in self.variables if not bool(tf.reduce_all(tf.math.is_finite(v)))]
+        if not broken:
+            return ""
+        return (f"; the weights already hold NaN/inf ({', '.join(broken[:5])}{' ...' if len(broken) > 5 else ''}): "
+                f"the checkpoint or warm start this run began from, or an earlier update, broke them")
 
     def _after_step(self, epoch: int, totals: EpochTotals, stats: dict[str, float], epoch_started: float,
                     history: list[dict[str, Any]], stop: dict[str, Optional[str]]) -> None:
@@ -457,13 +553,15 @@ class Trainer:
         self.epoch.assign(epoch + 1)
         self.step_in_epoch.assign(0)
         if improved:
-            self.best_manager.save(checkpoint_number=self.step)
+            with writing(self.best_manager.directory):
+                self.best_manager.save(checkpoint_number=self.step)
         self._save(f"end of epoch {epoch + 1}")
         rate = last.get("learning_rate", float("nan"))
         entry = {"epoch": epoch + 1, "step": step, "train_loss": totals.loss, "eval_loss": evaluation["eval_loss"],
                  "token_accuracy": evaluation["token_accuracy"], "train_token_accuracy": totals.correct / max(
                      totals.tokens, 1.0), "train_tokens_per_second": totals.tokens_per_second,
-                 "learning_rate": rate, "seconds": time.perf_counter() - started}
+                 "learning_rate": rate, "seconds": time.perf_counter() - started,
+                 "skipped_batches": totals.skipped}
         scalar_summary("eval/loss", entry["eval_loss"], step=step)
         scalar_summary("eval/token_accuracy", entry["token_accuracy"], step=step)
         scalar_summary("train/epoch_loss", entry["train_loss"], step=step)
@@ -500,22 +598,14 @@ class Trainer:
             "distribution": self.t.distribution,
             "replicas": self.strategy.num_replicas_in_sync,
             "sub_batches": self.sub_batches,
+            # Non-finite batches skipped under trainer.on_nonfinite=skip_batch, over the finished epochs.
+            "skipped_batches": sum(h.get("skipped_batches", 0) for h in history),
             "history": history,
         }
         if self.chief:
-            io.write_json_atomic(self.training.metrics_path, _finite(metrics))
+            with writing(self.training.metrics_path, "the training metrics"):
+                io.write_json_atomic(self.training.metrics_path, io.without_non_finite(metrics))
         return metrics
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/Infinity: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def run_training(examples: str, out: str, config: PipelineConfig,

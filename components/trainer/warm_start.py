@@ -17,6 +17,7 @@ from components.core import io
 from components.core.artifacts import SIDES, ExportedModel, PreprocessArtifact
 from components.core.config import ModelConfig
 from components.model import Seq2Seq
+from components.serving.checkpoint_files import READ_ERRORS, describe, non_finite_tensors, variable_name
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +55,22 @@ def variable_mismatches(model: Seq2Seq, checkpoint: str) -> list[str]:
 def warm_start(model: Seq2Seq, served_dir: str, artifact: PreprocessArtifact, model_config: ModelConfig) -> bool:
     """Load the served model's weights into `model` if they fit; log the decision either way."""
     reason = incompatibility(served_dir, artifact, model_config)
+    prefix = ExportedModel(served_dir).variables_prefix
     if not reason:
-        mismatches = variable_mismatches(model, ExportedModel(served_dir).variables_prefix)
+        try:  # one pass over the served weights: readable, and finite
+            broken = non_finite_tensors(prefix)
+        except READ_ERRORS as e:
+            reason, broken = f"its variables {prefix} cannot be read ({describe(e)})", []
+        if broken:
+            reason = f"its variables hold NaN or infinity ({', '.join(variable_name(k) for k in broken[:5])})"
+    if not reason:
+        mismatches = variable_mismatches(model, prefix)
         if mismatches:
             reason = f"its variables have other shapes (exported by an earlier build?): {'; '.join(mismatches)}"
     if reason:
         logger.info("warm start: training from scratch because %s", reason)
         return False
-    status = tf.train.Checkpoint(model=model).read(ExportedModel(served_dir).variables_prefix)
+    status = tf.train.Checkpoint(model=model).read(prefix)
     status.expect_partial()
     status.assert_existing_objects_matched()
     logger.info("warm start: starting from the weights of the served model %s", served_dir)

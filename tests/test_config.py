@@ -100,3 +100,13 @@ def test_a_binary_file_or_a_directory_as_config_is_a_config_error(tmp_path):
 def test_non_finite_and_negative_values_are_refused(override, named):
     with pytest.raises(ConfigError, match=named):
         load_config(overrides=[override])
+
+
+def test_export_decode_length_is_checked_with_the_config():
+    from components.core.config import MAX_DECODE_LENGTH_LIMIT
+
+    assert load_config(overrides=[f"export.max_decode_length={MAX_DECODE_LENGTH_LIMIT}"]).export.max_decode_length \
+        == MAX_DECODE_LENGTH_LIMIT
+    for bad in (0, MAX_DECODE_LENGTH_LIMIT + 1):
+        with pytest.raises(ConfigError, match=r"export\.max_decode_length"):
+            load_config(overrides=[f"export.max_decode_length={bad}"])

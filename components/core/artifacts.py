@@ -15,6 +15,7 @@ it); reading and writing go through `components.core.io`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
@@ -26,6 +27,7 @@ from components.core.vocabulary import Vocabulary
 
 SIDES = ("source", "target")
 CONFIG = "config.yaml"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -217,8 +219,15 @@ class ExportedModel(Artifact):
         return io.read_json_object(self.card_path)
 
     def push_record(self) -> dict[str, Any]:
-        """assets.extra/push.json of a pushed version, {} for a model that was never pushed."""
-        return io.read_json_object(self.push_record_path) if io.exists(self.push_record_path) else {}
+        """assets.extra/push.json of a pushed version, {} for a model that was never pushed or whose
+        record is unreadable (logged: the model itself is judged when it is loaded)."""
+        if not io.exists(self.push_record_path):
+            return {}
+        try:
+            return io.read_json_object(self.push_record_path)
+        except ArtifactError as e:
+            logger.warning("ignoring the push record of %s: %s", self.uri, e)
+            return {}
 
     def export_fingerprint(self) -> Optional[str]:
         """The cache key of the export that produced this model: its own, or its push record's."""

@@ -30,6 +30,9 @@ TokenizerName = Literal["whitespace", "unicode_script", "wordpiece", "subword"]
 # Tokenizers whose piece vocabulary the Beam job learns from the train split (SIDE.wordpiece.vocab).
 LEARNED_TOKENIZERS = ("wordpiece", "subword")
 SIDES = ("source", "target")
+# The longest decode a model may be asked for (config, the SavedModel's signatures, the CLI):
+# memory and time grow with it, and no sentence of this pipeline's data comes near it.
+MAX_DECODE_LENGTH_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,9 @@ def _validate(config: Any, prefix: str) -> None:
             raise bad("sub_batches", "must be 0 (auto) or positive")
         _check_not_negative(config, ("warmup_steps", "clip_norm", "shuffle_buffer", "early_stopping_patience",
                                      "checkpoint_every_steps"), bad)
+    elif isinstance(config, ExportConfig) and config.max_decode_length is not None \
+            and not 1 <= config.max_decode_length <= MAX_DECODE_LENGTH_LIMIT:
+        raise bad("max_decode_length", f"must be in [1, {MAX_DECODE_LENGTH_LIMIT}]")
     elif isinstance(config, EvaluatorConfig):
         _check_not_negative(config, ("tolerance", "num_samples"), bad)
         if not 0.0 <= config.min_bleu <= 100.0:

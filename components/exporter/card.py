@@ -106,7 +106,8 @@ def build_card(
     from components.text.tokenizers import needs_tensorflow_text
 
     p = config.preprocess
-    needs_text = needs_tensorflow_text(p.tokenizer)
+    names = {side: p.tokenizer_of(side) for side in ("source", "target")}
+    needs_text = any(needs_tensorflow_text(name) for name in names.values())
     load = ("import tensorflow as tf\nimport tensorflow_text  # registers the tokenizer ops\n" if needs_text
             else "import tensorflow as tf\n")
     load += "model = tf.saved_model.load(SAVED_MODEL_DIR)\n" \
@@ -119,6 +120,8 @@ def build_card(
         "signatures": SIGNATURES,
         "tokenizer": {
             "name": p.tokenizer,
+            "source": names["source"],
+            "target": names["target"],
             "lowercase": p.lowercase,
             "needs_tensorflow_text": needs_text,
             "tensorflow_text_requirement": "tensorflow-text with the same minor version as tensorflow" if needs_text else None,

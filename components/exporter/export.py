@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence
 
 from components.core import io
 from components.core.artifacts import ExportedModel, TrainedModel
-from components.core.config import ConfigError, ExportConfig, PipelineConfig, apply_overrides
+from components.core.config import MAX_DECODE_LENGTH_LIMIT, ConfigError, ExportConfig, PipelineConfig, apply_overrides
 from components.core.errors import ArtifactError
 from components.text.artifacts import encoder_for, tokenizer_for
 
@@ -37,10 +37,8 @@ def export_config(train_dir: str, overrides: Sequence[str] = (),
 
 
 def max_decode_length(config: PipelineConfig) -> int:
-    """The exported default decode length: export.max_decode_length, else preprocess.max_target_length;
-    at most MAX_DECODE_LENGTH_LIMIT (components/serving/client.py)."""
-    from components.serving.client import MAX_DECODE_LENGTH_LIMIT
-
+    """The exported default decode length: export.max_decode_length (which the config keeps within
+    [1, MAX_DECODE_LENGTH_LIMIT]), else preprocess.max_target_length, capped at the limit."""
     length = config.export.max_decode_length
     if length is None:
         length = config.preprocess.max_target_length
@@ -48,11 +46,6 @@ def max_decode_length(config: PipelineConfig) -> int:
             logger.warning("export: decoding at most %d tokens (MAX_DECODE_LENGTH_LIMIT), not "
                            "preprocess.max_target_length %d", MAX_DECODE_LENGTH_LIMIT, length)
         return min(int(length), MAX_DECODE_LENGTH_LIMIT)
-    if length < 1:
-        raise ConfigError(f"export.max_decode_length: must be at least 1, got {length}")
-    if length > MAX_DECODE_LENGTH_LIMIT:
-        raise ConfigError(f"export.max_decode_length: must be at most {MAX_DECODE_LENGTH_LIMIT} "
-                          f"(MAX_DECODE_LENGTH_LIMIT), got {length}")
     return int(length)
 
 

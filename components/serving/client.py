@@ -12,18 +12,16 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from components.core.artifacts import ExportedModel
+from components.core.config import MAX_DECODE_LENGTH_LIMIT
 from components.core.errors import ArtifactError, UserError
 from components.core.tftext import register_tensorflow_text_ops
 
 logger = logging.getLogger(__name__)
 
-# The most tokens one greedy decode may produce, whatever a caller asks for: `seq2seq translate
-# --max-length`, `Translator.translate(max_length=)`, export.max_decode_length and the SavedModel's
-# translate_with_max_length signature (an InvalidArgumentError in the graph) all refuse more.
-# 30x the default preprocess.max_target_length (34): a greedy decoder trained on sentences that
-# short has emitted <eos> long before, and the decode's time and memory grow with the length
-# (100,000 took a minute and 4.4 GB). See docs/export.md, "Decode length".
-MAX_DECODE_LENGTH_LIMIT = 1024
+# The most tokens one greedy decode may produce, whatever a caller asks for (defined in the core
+# config, where export.max_decode_length is checked): `seq2seq translate --max-length`,
+# `Translator.translate(max_length=)` and the SavedModel's translate_with_max_length signature
+# (an InvalidArgumentError in the graph) all refuse more. See docs/export.md, "Decode length".
 
 
 class DecodeLengthError(UserError):

@@ -10,11 +10,11 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
-from components.model import Seq2Seq
 from components.core.artifacts import PreprocessArtifact, TrainedModel
-from components.core.vocabulary import VocabularyError
 from components.core.config import PipelineConfig
 from components.core.errors import ArtifactError
+from components.core.vocabulary import VocabularyError
+from components.model import Seq2Seq
 
 logger = logging.getLogger(__name__)
 

@@ -196,3 +196,31 @@ def test_abandoned_runs_are_marked_interrupted_and_old_temporaries_removed(capsy
     assert manifest["status"] == "interrupted" and "without finishing" in manifest["reason"]
     assert [p for p in stale if p.exists()] == []
     assert fresh.exists()
+
+
+@pytest.mark.slow
+def test_a_tiny_time_budget_stops_training_and_the_run_still_pushes(capsys, caplog, tmp_path):
+    """trainer.max_minutes: training stops right after an evaluated checkpoint, export, evaluation and
+    push follow; a resumed run counts the time already spent and trains no further."""
+    from pathlib import Path
+
+    from pipeline.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    caplog.set_level("INFO")
+    args = ["--config", str(repo / "pipeline" / "embedded.yaml"), "--set", "trainer.epochs=100000",
+            "--set", "trainer.max_minutes=0.05", "--set", "trainer.log_every_steps=1"]
+    code = main(["run", "--data", str(repo / "data" / "raw"), "--artifacts", str(tmp_path / "a"), "--json", *args])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code in (0, 3) and result["status"] in ("pushed", "not_blessed"), result
+    assert code == 0 and result["serving_model"] == f"{tmp_path}/a/serving/1"  # min_bleu 0: a first model is pushed
+    train_dir = Path(json.loads(Path(result["manifest"]).read_text())["components"]["train"]["output"])
+    metrics = json.loads((train_dir / "metrics.json").read_text())
+    assert metrics["time_budget_spent"] is True and 1 <= metrics["epochs"] < 100000
+    assert 3.0 <= metrics["wall_time_s"] < 60.0
+    assert "budget left" in caplog.text and "time budget of 0.05 minutes spent" in caplog.text
+    assert list((train_dir / "checkpoints").glob("ckpt-*.index")) and list((train_dir / "best").glob("ckpt-*.index"))
+
+    steps = metrics["steps"]
+    assert main(["train", "--examples", str(train_dir.parent / "preprocess"), "--out", str(train_dir), *args]) == 0
+    assert json.loads((train_dir / "metrics.json").read_text())["steps"] == steps  # the budget was already spent

@@ -114,6 +114,9 @@ class TrainerConfig:
     # A step whose loss or gradient norm is NaN/inf: stop with an error naming it, or skip the batch
     # (its update is not applied; counted in metrics.json). See docs/training.md, "Errors".
     on_nonfinite: Literal["fail", "skip_batch"] = "fail"
+    # A time budget for training, counted across resumes: once it is spent, training stops right
+    # after evaluating and checkpointing, and the run goes on to export. None = epochs alone decide.
+    max_minutes: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,8 @@ def _validate(config: Any, prefix: str) -> None:
             raise bad("sub_batches", "must be 0 (auto) or positive")
         _check_not_negative(config, ("warmup_steps", "clip_norm", "shuffle_buffer", "early_stopping_patience",
                                      "checkpoint_every_steps"), bad)
+        if config.max_minutes is not None and config.max_minutes <= 0:
+            raise bad("max_minutes", "must be positive (or null for no budget)")
     elif isinstance(config, ExportConfig) and config.max_decode_length is not None \
             and not 1 <= config.max_decode_length <= MAX_DECODE_LENGTH_LIMIT:
         raise bad("max_decode_length", f"must be in [1, {MAX_DECODE_LENGTH_LIMIT}]")

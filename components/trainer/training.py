@@ -383,9 +383,11 @@ class Trainer:
         done_steps = int(self.step.numpy())
         remaining = max(self.total_steps - done_steps, 0)
         seconds_per_step = totals.timed_seconds / max(totals.steps - 1, 1) if totals.timed_seconds else float("nan")
-        logger.info("epoch %d/%d step %d (%d/%d) loss %.4f tok/s %.0f lr %.3g ETA %s", epoch + 1, self.t.epochs,
+        budget = "" if self.t.max_minutes is None else \
+            f" budget left {format_seconds(max(60.0 * self.t.max_minutes - self._elapsed(), 0.0))}"
+        logger.info("epoch %d/%d step %d (%d/%d) loss %.4f tok/s %.0f lr %.3g ETA %s%s", epoch + 1, self.t.epochs,
                     done_steps, totals.steps, self.steps_per_epoch, stats["loss"], totals.tokens_per_second,
-                    stats["learning_rate"], format_seconds(remaining * seconds_per_step))
+                    stats["learning_rate"], format_seconds(remaining * seconds_per_step), budget)
 
     def _save(self, reason: str) -> str:
         with writing(self.manager.directory):
@@ -402,14 +404,15 @@ class Trainer:
                 warm_start(self.model, self.warm_start_from, self.artifact, self.config.model)
         metrics = self.training.metrics() if resumed else {}
         history = [h for h in metrics.get("history", []) if h["epoch"] <= int(self.epoch.numpy())]
-        if int(self.epoch.numpy()) >= self.t.epochs or self._stopped_early():
-            logger.info("%s is already trained (%d epochs); nothing to do", self.out, int(self.epoch.numpy()))
+        self.previous_wall_time = metrics.get("wall_time_s", 0.0)
+        if int(self.epoch.numpy()) >= self.t.epochs or self._stopped_early() or self._budget_spent(0.0):
+            logger.info("%s is already trained (%d epochs%s); nothing to do", self.out, int(self.epoch.numpy()),
+                        ", time budget spent" if self._budget_spent(0.0) else "")
             previous_rate = metrics.get("train_tokens_per_second")
             return self._write_metrics(history, self._stopped_early(), metrics.get("wall_time_s", 0.0),
                                        float("nan") if previous_rate is None else previous_rate)
         self._compile()
         self.run_started = time.perf_counter()
-        self.previous_wall_time = metrics.get("wall_time_s", 0.0)
         self.steady = EpochTotals()  # every step of this process but its first (which traces)
         with stop_on_signals() as stop, self.writer.as_default():
             try:
@@ -474,6 +477,12 @@ class Trainer:
             first_step = False
             self.step_in_epoch.assign_add(1)
             self._after_step(epoch, totals, last, epoch_started, history, stop)
+            if self._budget_spent():
+                logger.info("time budget of %.3g minutes spent at step %d: evaluating, checkpointing and stopping",
+                            self.t.max_minutes, int(self.step.numpy()))
+                history.append(self._end_epoch(current, totals, last, epoch_started))
+                self._write_metrics(history)
+                return
             tick = time.perf_counter()
         if current is not None:
             history.append(self._end_epoch(current, totals, last, epoch_started))
@@ -536,6 +545,18 @@ class Trainer:
             error.exit_code = 128 + int(signal.Signals[stop["signal"]])  # the shell's convention: 143, 130
             raise error
 
+    def _elapsed(self) -> float:
+        """Training wall time so far, earlier (resumed) runs of this folder included."""
+        started = getattr(self, "run_started", None)
+        return self.previous_wall_time + (time.perf_counter() - started if started is not None else 0.0)
+
+    def _budget_spent(self, elapsed: Optional[float] = None) -> bool:
+        """trainer.max_minutes is set and used up (ELAPSED seconds; 0.0 to ask about earlier runs only)."""
+        if self.t.max_minutes is None:
+            return False
+        used = self._elapsed() if elapsed is None else self.previous_wall_time + elapsed
+        return used >= 60.0 * self.t.max_minutes
+
     def _stopped_early(self) -> bool:
         patience = self.t.early_stopping_patience
         return bool(patience) and int(self.bad_epochs.numpy()) >= patience
@@ -593,6 +614,7 @@ class Trainer:
             "steps": int(self.step.numpy()),
             "epochs": int(self.epoch.numpy()),
             "stopped_early": stopped_early,
+            "time_budget_spent": self._budget_spent(),
             "wall_time_s": wall_time,
             "train_tokens_per_second": tokens_per_second if math.isfinite(tokens_per_second) else None,
             "distribution": self.t.distribution,

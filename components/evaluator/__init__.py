@@ -82,7 +82,7 @@ def non_finite_reason(saved_model: str, scores: Scores, train_metrics: dict[str,
     floating-point tensor is read), in its scores, or in its training's eval loss; None when finite."""
     import math
 
-    from components.serving.checkpoint_files import READ_ERRORS, non_finite_tensors, variable_name
+    from components.core.checkpoint_files import READ_ERRORS, non_finite_tensors, variable_name
 
     prefix = ExportedModel(saved_model).variables_prefix
     try:

@@ -56,50 +56,13 @@ def count_lines(path: str) -> int:
         return f.read().count(b"\n")
 
 
-def readable_checkpoint(train_dir: str) -> Optional[str]:
-    """The newest readable checkpoint of best/, else of checkpoints/; unreadable ones (a cut or
-    garbled file) are logged with their path and passed over. None when the folder has none at all;
-    an ArtifactError naming each one when none of them reads back."""
-    from components.serving.checkpoint_files import checkpoint_prefixes, first_readable
-
-    training = TrainedModel(train_dir)
-    candidates = checkpoint_prefixes(training.best_dir) + checkpoint_prefixes(training.checkpoints_dir)
-    path, skipped = first_readable(candidates)
-    if path is None and skipped:
-        raise ArtifactError(f"no readable checkpoint in {training.best_dir} or {training.checkpoints_dir}: "
-                            + "; ".join(skipped))
-    return path
-
-
 def _restore(train_dir: str):
-    """(model, preprocess artifact, checkpoint path) via the trainer's own restore helper, from the
+    """(model, preprocess artifact, checkpoint path) via the model library's restore helper, from the
     newest readable checkpoint (best/ first)."""
-    from components.model import checkpoints as ck
+    from components.model.checkpoints import restore_model
 
-    path = readable_checkpoint(train_dir)
-    if path is None or path == ck.checkpoint_to_restore(train_dir):
-        model, _, artifact = ck.restore_model(train_dir)
-        return model, artifact, getattr(model, "restored_from", None)
-    # The checkpoint restore_model would pick is unreadable: restore the readable one as it would.
-    from components.core.artifacts import PreprocessArtifact
-    from components.model import Seq2Seq
-
-    training = TrainedModel(train_dir)
-    config, inputs = training.config(), training.inputs() or {}
-    if "examples" not in inputs:
-        raise ArtifactError(f"{training.inputs_path} is missing or has no 'examples' entry")
-    artifact = PreprocessArtifact.load(inputs["examples"])
-    source_size, target_size = ck.vocabulary_sizes(artifact)
-    for side, size in (("source", source_size), ("target", target_size)):
-        recorded = inputs.get(f"{side}_vocab_size")
-        if recorded is not None and recorded != size:
-            raise ArtifactError(f"{artifact.vocab_path(side)} has {size} tokens but {train_dir} was trained "
-                                f"with {recorded}: the preprocess output changed after training")
-    model = Seq2Seq.from_config(config.model, source_size, target_size)
-    ck.restore_into(ck.build_checkpoint(model), path, partial=True)
-    logger.info("restored %s from %s (the newest readable checkpoint)", type(model).__name__, path)
-    return model, artifact, path
-
+    model, _, artifact = restore_model(train_dir)
+    return model, artifact, getattr(model, "restored_from", None)
 
 def build_module(model, artifact, max_length: int, extra_assets: Optional[dict[str, str]] = None):
     """The `ServingModule` for a restored model and its preprocess output."""

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import tensorflow as tf
 
 from components.core.artifacts import PreprocessArtifact, TrainedModel
+from components.core.checkpoint_files import checkpoint_prefixes, first_readable
 from components.core.config import PipelineConfig
 from components.core.errors import ArtifactError
 from components.core.vocabulary import VocabularyError
@@ -37,13 +38,6 @@ def build_checkpoint(model: Seq2Seq, **extra: Any) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(model=model, **extra)
 
 
-def checkpoint_to_restore(train_dir: str) -> Optional[str]:
-    """The best checkpoint if there is one, else the latest."""
-    training = TrainedModel(train_dir)
-    return (tf.train.latest_checkpoint(training.best_dir)
-            or tf.train.latest_checkpoint(training.checkpoints_dir))
-
-
 def restore_into(checkpoint: tf.train.Checkpoint, path: str, partial: bool) -> None:
     """Restore `path` into `checkpoint`, turning TF's shape/key errors into one ArtifactError line."""
     try:
@@ -59,8 +53,22 @@ def restore_into(checkpoint: tf.train.Checkpoint, path: str, partial: bool) -> N
                             f"(different model shape or vocabulary?): {reason}") from None
 
 
+def readable_checkpoint(train_dir: str) -> Optional[str]:
+    """The newest readable checkpoint of best/, else of checkpoints/; unreadable ones (a cut or
+    garbled file) are logged with their path and passed over. None when the folder has none at all;
+    an ArtifactError naming each one when none of them reads back."""
+    training = TrainedModel(train_dir)
+    candidates = checkpoint_prefixes(training.best_dir) + checkpoint_prefixes(training.checkpoints_dir)
+    path, skipped = first_readable(candidates)
+    if path is None and skipped:
+        raise ArtifactError(f"no readable checkpoint in {training.best_dir} or {training.checkpoints_dir}: "
+                            + "; ".join(skipped))
+    return path
+
+
 def restore_model(train_dir: str) -> tuple[Seq2Seq, PipelineConfig, PreprocessArtifact]:
-    """(model with the best-else-latest weights, the run's config, its preprocess artifact).
+    """(model with the weights of the newest readable best-else-latest checkpoint, the run's config,
+    its preprocess artifact).
 
     The model also carries `restored_from`, the checkpoint path it was restored from.
     """
@@ -77,7 +85,7 @@ def restore_model(train_dir: str) -> tuple[Seq2Seq, PipelineConfig, PreprocessAr
         if recorded is not None and recorded != size:
             raise ArtifactError(f"{artifact.vocab_path(side)} has {size} tokens but {train_dir} was trained "
                                 f"with {recorded}: the preprocess output changed after training")
-    path = checkpoint_to_restore(train_dir)
+    path = readable_checkpoint(train_dir)
     if path is None:
         raise ArtifactError(f"no checkpoint in {training.best_dir} or {training.checkpoints_dir}")
     model = Seq2Seq.from_config(config.model, source_size, target_size)

@@ -15,12 +15,12 @@ from tensorflow.core.framework import summary_pb2
 
 from components.core import io
 from components.core.artifacts import PreprocessArtifact, TrainedModel
+from components.core.checkpoint_files import checkpoint_number, checkpoint_prefixes, first_readable
 from components.core.config import PipelineConfig
 from components.core.errors import ArtifactError, UserError
 from components.core.threads import configure_cpu_threads, resolve_sub_batches
 from components.model import Seq2Seq
 from components.model import checkpoints as ck
-from components.serving.checkpoint_files import checkpoint_number, checkpoint_prefixes, first_readable
 from components.trainer.data import AUTOTUNE, input_error, make_dataset, shard_files
 from components.trainer.loss import token_loss
 from components.trainer.optimizer import Adam, clip_by_global_norm, learning_rate

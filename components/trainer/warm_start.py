@@ -15,9 +15,9 @@ import tensorflow as tf
 
 from components.core import io
 from components.core.artifacts import SIDES, ExportedModel, PreprocessArtifact
+from components.core.checkpoint_files import READ_ERRORS, describe, non_finite_tensors, variable_name
 from components.core.config import ModelConfig
 from components.model import Seq2Seq
-from components.serving.checkpoint_files import READ_ERRORS, describe, non_finite_tensors, variable_name
 
 logger = logging.getLogger(__name__)
 

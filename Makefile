@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/quality.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

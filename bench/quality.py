@@ -1,0 +1,132 @@
+"""Benchmark: translation quality per minute of CPU, today's defaults against the new ones.
+
+    .venv/bin/python bench/quality.py                                   # dev-en-ko, 10 minutes each
+    .venv/bin/python bench/quality.py --data ../shared/data/dev-en-de.tsv --minutes 10
+    .venv/bin/python bench/quality.py --recipes new --ablate            # each new element off in turn
+
+For each recipe, in its own process and one after the other (so each has the machine): preprocess the
+TSV (the pipeline's own hash split, eval_fraction 0.05), train under `trainer.max_minutes`, export the
+SavedModel, and score the export on the eval split with the evaluator (sacrebleu BLEU and chrF, exact
+match). Prints one row per recipe: BLEU, chrF, exact match, eval loss, training tokens/s and minutes.
+
+Recipes:
+- `today`: the defaults this project shipped before the quality work (word-level whitespace
+  tokens, no regularization, constant learning rate, 10 epochs), pinned here so they stay comparable.
+- `new`: `pipeline/default.yaml` as it is now.
+- with --ablate: `new` with each of its new elements switched back off, one run each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "dev-en-ko.tsv"
+EVAL_FRACTION = 0.05
+
+# Today's defaults (pipeline/default.yaml before the quality work), written out in full.
+TODAY = {
+    "preprocess.tokenizer": "whitespace", "preprocess.max_source_length": 32, "preprocess.max_target_length": 34,
+    "model.embedding_dim": 128, "model.units": 256, "model.attention": "bahdanau",
+    "trainer.epochs": 10, "trainer.batch_size": 64, "trainer.learning_rate": 0.001,
+    "trainer.lr_schedule": "constant",
+}
+
+# What `new` changes, each as the overrides that switch it back off (for --ablate).
+ABLATIONS: dict[str, dict[str, object]] = {}
+
+
+def new_recipe() -> dict[str, object]:
+    return {}  # pipeline/default.yaml itself
+
+
+def recipes(names: list[str], ablate: bool) -> dict[str, dict[str, object]]:
+    chosen = {name: (TODAY if name == "today" else new_recipe()) for name in names}
+    if ablate:
+        for element, off in ABLATIONS.items():
+            chosen[f"new without {element}"] = {**new_recipe(), **off}
+    return chosen
+
+
+def overrides(recipe: dict[str, object], minutes: float) -> list[str]:
+    values = {"preprocess.eval_fraction": EVAL_FRACTION, **recipe, "trainer.max_minutes": minutes,
+              "trainer.warm_start": "never"}
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def run_one(data: str, workdir: Path, settings: list[str]) -> dict[str, object]:
+    """Preprocess, train, export and evaluate one recipe in this process; returns its row."""
+    from components.evaluator import run_evaluation
+    from components.exporter import run_export
+    from components.preprocess import run_preprocess
+    from components.trainer import run_training
+    from pipeline.config import load_config
+
+    config = load_config(None, settings)
+    started = time.monotonic()
+    run_preprocess(data, str(workdir / "preprocess"), config, beam_args=["--runner=DirectRunner"], overwrite=True)
+    preprocess_minutes = (time.monotonic() - started) / 60
+    metrics = run_training(str(workdir / "preprocess"), str(workdir / "train"), config)
+    run_export(str(workdir / "train"), str(workdir / "export"), overwrite=True)
+    result = run_evaluation(str(workdir / "export"), str(workdir / "preprocess"), str(workdir / "evaluate"),
+                            config.evaluator)
+    evaluation = result["evaluation"]
+    return {"bleu": evaluation["bleu"], "chrf": evaluation["chrf"], "exact_match": evaluation["exact_match"],
+            "eval_loss": metrics.get("best_eval_loss"), "tokens_per_second": metrics.get("train_tokens_per_second"),
+            "train_minutes": (metrics.get("wall_time_s") or 0.0) / 60, "preprocess_minutes": preprocess_minutes,
+            "epochs": metrics.get("epochs"), "examples": evaluation["examples"]}
+
+
+def run_in_subprocess(name: str, data: str, workdir: Path, settings: list[str]) -> dict[str, object]:
+    out = workdir / "row.json"
+    command = [sys.executable, __file__, "--_one", str(out), "--data", data, "--workdir", str(workdir),
+               "--settings", json.dumps(settings)]
+    print(f"[{name}] {' '.join(settings)}", flush=True)
+    subprocess.run(command, check=True, cwd=REPO)
+    return json.loads(out.read_text())
+
+
+def print_table(rows: dict[str, dict[str, object]], data: str, minutes: float) -> None:
+    print(f"\n{Path(data).name}, training budget {minutes:g} min, 2 cores")
+    print("| recipe | BLEU | chrF | exact % | eval loss | train tokens/s | train min | epochs |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        loss = row["eval_loss"]
+        print(f"| {name} | {row['bleu']:.2f} | {row['chrf']:.2f} | {row['exact_match']:.1f} | "
+              f"{'—' if loss is None else f'{loss:.3f}'} | {row['tokens_per_second'] or 0:,.0f} | "
+              f"{row['train_minutes']:.1f} | {row['epochs']} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="source<TAB>target corpus")
+    parser.add_argument("--minutes", type=float, default=10.0, help="training budget per recipe")
+    parser.add_argument("--recipes", default="today,new", help="comma-separated: today, new")
+    parser.add_argument("--ablate", action="store_true", help="also run `new` with each new element off")
+    parser.add_argument("--workdir", default="/tmp/bench-quality")
+    parser.add_argument("--_one", help=argparse.SUPPRESS)
+    parser.add_argument("--settings", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._one:
+        row = run_one(args.data, Path(args.workdir), json.loads(args.settings))
+        Path(args._one).write_text(json.dumps(row))
+        return
+    if not Path(args.data).exists():
+        sys.exit(f"no corpus at {args.data} (pass --data FILE.tsv)")
+    rows = {}
+    for index, (name, recipe) in enumerate(recipes(args.recipes.split(","), args.ablate).items()):
+        workdir = Path(args.workdir) / f"{index}-{name.replace(' ', '_')}"
+        rows[name] = run_in_subprocess(name, args.data, workdir, overrides(recipe, args.minutes))
+        print(json.dumps({name: rows[name]}), flush=True)
+    print_table(rows, args.data, args.minutes)
+
+
+if __name__ == "__main__":
+    main()

@@ -117,6 +117,9 @@ class TrainerConfig:
     # A time budget for training, counted across resumes: once it is spent, training stops right
     # after evaluating and checkpointing, and the run goes on to export. None = epochs alone decide.
     max_minutes: Optional[float] = None
+    # Export the mean of the last N checkpoints of checkpoints/ (N <= keep_checkpoints) instead of
+    # the best one alone; 0 or 1 = off.
+    average_last: int = 0
 
 
 @dataclass(frozen=True)
@@ -281,6 +284,8 @@ def _validate(config: Any, prefix: str) -> None:
             raise bad("sub_batches", "must be 0 (auto) or positive")
         _check_not_negative(config, ("warmup_steps", "clip_norm", "shuffle_buffer", "early_stopping_patience",
                                      "checkpoint_every_steps"), bad)
+        if not 0 <= config.average_last <= config.keep_checkpoints:
+            raise bad("average_last", f"must be in [0, trainer.keep_checkpoints = {config.keep_checkpoints}]")
         if config.max_minutes is not None and config.max_minutes <= 0:
             raise bad("max_minutes", "must be positive (or null for no budget)")
     elif isinstance(config, ExportConfig) and config.max_decode_length is not None \

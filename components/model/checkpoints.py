@@ -91,8 +91,36 @@ def restore_model(train_dir: str) -> tuple[Seq2Seq, PipelineConfig, PreprocessAr
     model = Seq2Seq.from_config(config.model, source_size, target_size)
     restore_into(build_checkpoint(model), path, partial=True)
     model.restored_from = path
-    logger.info("restored %s (%s attention) from %s", type(model).__name__, model.attention, path)
+    averaged = latest_readable(training.checkpoints_dir, config.trainer.average_last)
+    if config.trainer.average_last > 1 and len(averaged) > 1:
+        average_into(model, averaged)
+        model.restored_from = f"mean of {', '.join(averaged)}"
+    logger.info("restored %s (%s attention) from %s", type(model).__name__, model.attention, model.restored_from)
     return model, config, artifact
+
+
+def latest_readable(directory: str, count: int) -> list[str]:
+    """The newest COUNT readable checkpoints of DIRECTORY, newest first (unreadable ones logged and skipped)."""
+    found: list[str] = []
+    candidates = checkpoint_prefixes(directory)
+    while len(found) < count and candidates:
+        path, skipped = first_readable(candidates)
+        if path is None:
+            break
+        found.append(path)
+        candidates = candidates[candidates.index(path) + 1:]
+    return found
+
+
+def average_into(model: Seq2Seq, checkpoints: list[str]) -> None:
+    """Set every variable of MODEL to its mean over CHECKPOINTS (trainer.average_last)."""
+    readers = [tf.train.load_checkpoint(path) for path in checkpoints]
+    for name, variable in vars(model).items():
+        if isinstance(variable, tf.Variable):
+            key = f"model/{name}/.ATTRIBUTES/VARIABLE_VALUE"
+            mean = sum(reader.get_tensor(key).astype("float64") for reader in readers) / len(readers)
+            variable.assign(mean.astype(variable.dtype.as_numpy_dtype))
+    logger.info("averaged the weights of %d checkpoints (trainer.average_last)", len(checkpoints))
 
 
 def absolute(path: str) -> str:

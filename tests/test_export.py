@@ -72,7 +72,8 @@ def test_layout_assets_and_model_card(seed_run):
     assert not [p for p in export.parent.iterdir() if ".tmp-" in p.name]  # nothing half-written left
 
     card = json.loads((export / "assets" / "model_card.json").read_text(encoding="utf-8"))
-    assert card["tokenizer"] == {"name": "whitespace", "lowercase": False, "needs_tensorflow_text": False,
+    assert card["tokenizer"] == {"name": "whitespace", "source": "whitespace", "target": "whitespace",
+                                 "lowercase": False, "needs_tensorflow_text": False,
                                  "tensorflow_text_requirement": None}
     lines = lambda p: p.read_text(encoding="utf-8").count("\n")  # noqa: E731
     assert card["vocabulary_sizes"] == {"source": lines(examples / "source.vocab"),
@@ -265,7 +266,7 @@ def test_max_decode_length_is_set_at_export_and_per_call(seed_run, tmp_path, cap
     assert main(["export", "--model", str(tmp_path), "--out", bad]) == 1
     assert main(["export", "--model", seed_run["train"], "--out", short]) == 1
     assert "export only takes export.* overrides" in caplog.text
-    assert "export.max_decode_length: must be at least 1" in caplog.text
+    assert "export.max_decode_length: must be in [1, 1024]" in caplog.text
     assert "is not a training folder" in caplog.text and "already exists" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["short"]
 

@@ -3,7 +3,9 @@
 It holds the very `SequenceEncoder` the Beam job used (tokenizer + source vocabulary table read
 from the vocabulary FILE, so the file travels as a SavedModel asset), id->token tables for both
 vocabularies (also from their files), the target tokenizer (for detokenizing), the trained
-`Seq2Seq`, and calls the trainer's own `greedy_decode`, so serving cannot drift from training.
+`Seq2Seq`, and decodes with the model library's `greedy_decode` (`GreedySearch` over the model's
+`encode`/`initial_state`/`step`, components/model/decoding.py), the one greedy decoder, which the
+trainer's tests also run on the trained model, so serving cannot drift from it.
 """
 from __future__ import annotations
 

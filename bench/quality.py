@@ -18,7 +18,9 @@ Recipes:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -35,12 +37,23 @@ EVAL_FRACTION = 0.05
 TODAY = {
     "preprocess.tokenizer": "whitespace", "preprocess.max_source_length": 32, "preprocess.max_target_length": 34,
     "model.embedding_dim": 128, "model.units": 256, "model.attention": "bahdanau",
+    "model.bidirectional": False, "model.dropout": 0.0, "model.word_dropout": 0.0,
     "trainer.epochs": 10, "trainer.batch_size": 64, "trainer.learning_rate": 0.001,
-    "trainer.lr_schedule": "constant",
+    "trainer.lr_schedule": "constant", "trainer.warmup_steps": 0, "trainer.label_smoothing": 0.0,
+    "trainer.select_by": "loss",
 }
 
 # What `new` changes, each as the overrides that switch it back off (for --ablate).
-ABLATIONS: dict[str, dict[str, object]] = {}
+ABLATIONS: dict[str, dict[str, object]] = {
+    "subword units": {"preprocess.tokenizer": "whitespace", "preprocess.max_source_length": 32,
+                      "preprocess.max_target_length": 34},
+    "bidirectional encoder": {"model.bidirectional": False},
+    "dropout": {"model.dropout": 0.0},
+    "word dropout": {"model.word_dropout": 0.0},
+    "label smoothing": {"trainer.label_smoothing": 0.0},
+    "cosine schedule": {"trainer.lr_schedule": "constant", "trainer.learning_rate": 0.001, "trainer.warmup_steps": 0},
+    "chrF selection": {"trainer.select_by": "loss"},
+}
 
 
 def new_recipe() -> dict[str, object]:
@@ -63,6 +76,7 @@ def overrides(recipe: dict[str, object], minutes: float) -> list[str]:
 
 def run_one(data: str, workdir: Path, settings: list[str]) -> dict[str, object]:
     """Preprocess, train, export and evaluate one recipe in this process; returns its row."""
+    from components.core.threads import configure_cpu_threads
     from components.evaluator import run_evaluation
     from components.exporter import run_export
     from components.preprocess import run_preprocess
@@ -70,12 +84,21 @@ def run_one(data: str, workdir: Path, settings: list[str]) -> dict[str, object]:
     from pipeline.config import load_config
 
     config = load_config(None, settings)
+    # As `seq2seq run` does, before TensorFlow runs its first op (the Beam job's): the thread pools
+    # are fixed from then on.
+    configure_cpu_threads(config.trainer)
     started = time.monotonic()
-    run_preprocess(data, str(workdir / "preprocess"), config, beam_args=["--runner=DirectRunner"], overwrite=True)
+    # Recipes with the same corpus and preprocess section share one preprocess output (the ablations
+    # of model and trainer elements), as the pipeline's cache would share it.
+    key = hashlib.sha256(f"{Path(data).resolve()}\n{config.preprocess}".encode()).hexdigest()[:12]
+    examples = workdir.parent / f"preprocess-{key}"
+    if not (examples / "_SUCCESS").exists():
+        run_preprocess(data, str(examples), config, beam_args=["--runner=DirectRunner"], overwrite=True)
+        (examples / "_SUCCESS").write_text("")
     preprocess_minutes = (time.monotonic() - started) / 60
-    metrics = run_training(str(workdir / "preprocess"), str(workdir / "train"), config)
+    metrics = run_training(str(examples), str(workdir / "train"), config)
     run_export(str(workdir / "train"), str(workdir / "export"), overwrite=True)
-    result = run_evaluation(str(workdir / "export"), str(workdir / "preprocess"), str(workdir / "evaluate"),
+    result = run_evaluation(str(workdir / "export"), str(examples), str(workdir / "evaluate"),
                             config.evaluator)
     evaluation = result["evaluation"]
     return {"bleu": evaluation["bleu"], "chrf": evaluation["chrf"], "exact_match": evaluation["exact_match"],
@@ -115,6 +138,12 @@ def main() -> None:
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._one:
+        # The pipeline's own progress lines (step, loss, tokens/s, dev chrF), also kept in WORKDIR/log.txt.
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", handlers=[
+            logging.StreamHandler(), logging.FileHandler(Path(args.workdir) / "log.txt")])
+        for noisy in ("apache_beam", "absl", "tensorflow"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         row = run_one(args.data, Path(args.workdir), json.loads(args.settings))
         Path(args._one).write_text(json.dumps(row))
         return

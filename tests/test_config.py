@@ -7,8 +7,9 @@ from pipeline.config import ConfigError, PipelineConfig, load_config, read_confi
 def test_defaults_load_and_are_typed():
     config = load_config()
     assert isinstance(config, PipelineConfig)
-    assert config.preprocess.tokenizer == "whitespace"
-    assert config.model.attention == "bahdanau"
+    assert config.preprocess.tokenizer == "subword"  # the quality recipe: core-op WordPiece
+    assert config.model.attention == "bahdanau" and config.model.bidirectional is True
+    assert config.trainer.select_by == "chrf" and config.trainer.max_minutes == 10.0
     assert config.preprocess.max_vocab_size is None
 
 
@@ -32,6 +33,12 @@ def test_set_overrides_are_coerced_to_the_field_type():
     ("preprocess.tokenizer=bpe", "preprocess.tokenizer"),
     ("preprocess.eval_fraction=1.5", "preprocess.eval_fraction"),
     ("model.attention=dot", "model.attention"),
+    ("model.dropout=1.0", "model.dropout"),
+    ("model.word_dropout=-0.1", "model.word_dropout"),
+    ("model.bidirectional=maybe", "model.bidirectional"),
+    ("trainer.label_smoothing=1", "trainer.label_smoothing"),
+    ("trainer.select_by=accuracy", "trainer.select_by"),
+    ("trainer.select_sample=0", "trainer.select_sample"),
 ])
 def test_bad_keys_and_values_name_the_key(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):

@@ -84,10 +84,18 @@ class ModelConfig:
     # mixed_bfloat16: matmuls take bfloat16 inputs (AMX / AVX512-BF16 CPUs, GPUs, TPUs); variables,
     # activations and the loss stay float32. Checkpoints are the same either way.
     precision: Literal["float32", "mixed_bfloat16"] = "float32"
+    # A second GRU reads the source backwards: the attention memory is the sum of both directions'
+    # states, and a learned bridge combines their final states into the decoder's initial state.
+    bidirectional: bool = False
+    # Training-time noise only (the exported model never applies it): dropout on the embeddings and
+    # the encoder/decoder GRU outputs, and word dropout, each real source and decoder-input token
+    # replaced by <unk> with this probability.
+    dropout: float = 0.0
+    word_dropout: float = 0.0
 
     # The keys the model's variables depend on: a checkpoint or served model whose values differ
     # cannot be restored into this model.
-    SHAPE_KEYS: ClassVar[tuple[str, ...]] = ("embedding_dim", "units", "attention")
+    SHAPE_KEYS: ClassVar[tuple[str, ...]] = ("embedding_dim", "units", "attention", "bidirectional")
 
     def shape(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self.SHAPE_KEYS}
@@ -98,13 +106,23 @@ class TrainerConfig:
     epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 0.001
+    # cosine decays to 0 over the run: over trainer.epochs, or, with trainer.max_minutes, over
+    # whichever of the two runs out first (so a time-budgeted run ends at a low learning rate).
     lr_schedule: Literal["constant", "cosine", "inverse_sqrt"] = "constant"
     warmup_steps: int = 0
     clip_norm: float = 5.0
     seed: int = 42
     shuffle_buffer: int = 10000
     bucket_by_length: bool = False
-    early_stopping_patience: int = 0  # 0 = off
+    # Cross-entropy against (1 - label_smoothing) on the label and label_smoothing spread over the
+    # vocabulary; training only (the eval loss is the plain cross-entropy).
+    label_smoothing: float = 0.0
+    # How the kept checkpoint (best/) is chosen at each evaluation, and what early stopping watches:
+    # the teacher-forced eval loss, or chrF / BLEU of greedy translations of `select_sample`
+    # sentences of the eval split.
+    select_by: Literal["loss", "chrf", "bleu"] = "loss"
+    select_sample: int = 500
+    early_stopping_patience: int = 0  # evaluations without improvement of select_by; 0 = off
     keep_checkpoints: int = 3
     checkpoint_every_steps: int = 0  # 0 = once per epoch
     log_every_steps: int = 50
@@ -274,6 +292,9 @@ def _validate(config: Any, prefix: str) -> None:
         for name in ("embedding_dim", "units"):
             if getattr(config, name) < 1:
                 raise bad(name, "must be positive")
+        for name in ("dropout", "word_dropout"):
+            if not 0 <= getattr(config, name) < 1:
+                raise bad(name, "must be in [0, 1)")
     elif isinstance(config, TrainerConfig):
         for name in ("epochs", "batch_size", "keep_checkpoints", "log_every_steps"):
             if getattr(config, name) < 1:
@@ -286,6 +307,10 @@ def _validate(config: Any, prefix: str) -> None:
                                      "checkpoint_every_steps"), bad)
         if not 0 <= config.average_last <= config.keep_checkpoints:
             raise bad("average_last", f"must be in [0, trainer.keep_checkpoints = {config.keep_checkpoints}]")
+        if not 0 <= config.label_smoothing < 1:
+            raise bad("label_smoothing", "must be in [0, 1)")
+        if config.select_sample < 1:
+            raise bad("select_sample", "must be positive")
         if config.max_minutes is not None and config.max_minutes <= 0:
             raise bad("max_minutes", "must be positive (or null for no budget)")
     elif isinstance(config, ExportConfig) and config.max_decode_length is not None \

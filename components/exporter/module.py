@@ -13,23 +13,14 @@ from typing import Optional
 
 import tensorflow as tf
 
-from components.core.vocabulary import PAD_ID, SPECIAL_TOKENS
+from components.core.vocabulary import PAD_ID
 from components.model.decoding import greedy_decode
 from components.serving.client import MAX_DECODE_LENGTH_LIMIT
-from components.text.encoding import SequenceEncoder
+from components.text.encoding import SequenceEncoder, decode_ids, id_to_token_table
 from components.text.tokenizers import Tokenizer
 
 TEXT_SPEC = tf.TensorSpec([None], tf.string, name="text")
 MAX_LENGTH_SPEC = tf.TensorSpec([], tf.int32, name="max_length")
-
-
-def id_to_token_table(vocab_path: str) -> tf.lookup.StaticHashTable:
-    """id (line number) -> token, from a vocabulary file, so the file is tracked as an asset."""
-    init = tf.lookup.TextFileInitializer(
-        vocab_path, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
-        tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
-    )
-    return tf.lookup.StaticHashTable(init, default_value="<unk>")
 
 
 class ServingModule(tf.Module):
@@ -106,12 +97,7 @@ class ServingModule(tf.Module):
         score = tf.where(keep, decoded["score"], 0.0)
         attention = tf.where(keep[:, None, None], decoded["attention"], 0.0)
 
-        steps = tf.shape(token_ids, out_type=tf.int64)[1]
-        valid = tf.sequence_mask(length, steps)
-        tokens = tf.where(valid, self.target_id_to_token.lookup(token_ids), "")
-        # The translation drops every special token (ids 0-3), <eos> and <unk> included.
-        words = tf.ragged.boolean_mask(tokens, valid & (token_ids >= len(SPECIAL_TOKENS)))
-        translation = self.target_tokenizer.detokenize(words)
+        tokens, translation = decode_ids(self.target_id_to_token, self.target_tokenizer, token_ids, length)
         return {
             "translation": translation,
             "tokens": tokens,

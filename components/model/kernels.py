@@ -63,9 +63,12 @@ class Kernels(abc.ABC):
 
     @abc.abstractmethod
     def cross_entropy(self, states: tf.Tensor, labels: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor,
-                      dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor]:
+                      dtype: tf.DType, label_smoothing: float = 0.0) -> tuple[tf.Tensor, tf.Tensor]:
         """(per-token loss [N], 1.0 where the label has the top logit) of the logits
-        `project(states, kernel, bias)`, for [N, U] states, [N] labels and the [V, U] output kernel."""
+        `project(states, kernel, bias)`, for [N, U] states, [N] labels and the [V, U] output kernel.
+
+        With `label_smoothing` ε the target distribution is (1 - ε) on the label plus ε spread
+        evenly over the vocabulary: loss = logsumexp - (1 - ε)·label logit - ε·mean logit."""
 
 
 # ---------------------------------------------------------------- shared loop
@@ -109,10 +112,13 @@ class ReferenceKernels(Kernels):
 
         return run_loop(step, sequences, initial_state, memory, multiply, widths)
 
-    def cross_entropy(self, states, labels, kernel, bias, dtype):
+    def cross_entropy(self, states, labels, kernel, bias, dtype, label_smoothing=0.0):
         logits = project(states, kernel, bias, dtype)
         labels = tf.cast(labels, tf.int32)
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        if label_smoothing:
+            uniform = tf.reduce_logsumexp(logits, axis=-1) - tf.reduce_mean(logits, axis=-1)
+            losses = (1.0 - label_smoothing) * losses + label_smoothing * uniform
         label_logit = tf.gather(logits, labels, batch_dims=1)
         correct = tf.cast(label_logit >= tf.reduce_max(logits, axis=-1), tf.float32)
         return losses, correct
@@ -211,10 +217,11 @@ class FastKernels(Kernels):
         results = loop(*inputs, *(kernels[name].kernel for name in kernel_names))
         return dict(zip(output_names, results))
 
-    def cross_entropy(self, states, labels, kernel, bias, dtype):
+    def cross_entropy(self, states, labels, kernel, bias, dtype, label_smoothing=0.0):
         """Fused and vocabulary-major: the logits are [V, N] (kernel · statesᵀ), so of the three
         matmuls the forward one and the kernel gradient are plain ones on the CPU."""
         labels = tf.cast(labels, tf.int32)
+        smoothing = float(label_smoothing)
 
         @tf.custom_gradient
         def fused(states, kernel, bias):
@@ -226,11 +233,17 @@ class FastKernels(Kernels):
             total = tf.reduce_sum(exp, axis=0)
             label_positions = tf.stack([labels, tf.range(tf.shape(labels)[0])], axis=1)
             label_logit = tf.gather_nd(logits, label_positions)
-            losses = tf.math.log(total) + top - label_logit
+            losses = tf.math.log(total) + top - (1.0 - smoothing) * label_logit
+            if smoothing:
+                losses -= smoothing * tf.reduce_mean(logits, axis=0)
             correct = tf.cast(label_logit >= top, tf.float32)
 
             def grad(upstream, _unused_correct_grad=None):
-                logits_grad = tf.tensor_scatter_nd_sub(exp * (upstream / total), label_positions, upstream)
+                # d loss / d logits = softmax - (1 - ε)·one-hot(label) - ε / V
+                softmax_grad = exp * (upstream / total)
+                if smoothing:
+                    softmax_grad -= upstream * (smoothing / tf.cast(tf.shape(logits)[0], tf.float32))
+                logits_grad = tf.tensor_scatter_nd_sub(softmax_grad, label_positions, (1.0 - smoothing) * upstream)
                 logits_grad_c = tf.cast(logits_grad, dtype)
                 states_grad = tf.matmul(logits_grad_c, kernel_c, transpose_a=True)
                 kernel_grad = tf.matmul(logits_grad_c, states_c)

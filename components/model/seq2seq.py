@@ -21,6 +21,7 @@ from typing import Mapping, NamedTuple, Optional
 
 import tensorflow as tf
 
+from components.core.vocabulary import SPECIAL_TOKENS, UNK_ID
 from components.model.attention import ATTENTIONS, Attention
 from components.model.initializers import Initializer
 from components.model.kernels import FAST, PREVIOUS_STATE, REFERENCE, Kernels, LoopKernel, Matmul
@@ -28,6 +29,7 @@ from components.model.ops import dense, gru_cell, matmul, project
 from components.model.state import DecoderState, Encoded
 
 PRECISIONS = ("float32", "mixed_bfloat16")
+FIRST_WORD_ID = len(SPECIAL_TOKENS)
 
 
 class LossSums(NamedTuple):
@@ -44,11 +46,41 @@ class StepOutput(NamedTuple):
     attention: tf.Tensor  # [B, S] (zeros without attention)
 
 
+class Noise(NamedTuple):
+    """The model's training noise: dropout on embeddings and GRU outputs, and word dropout (a real
+    token's id replaced by <unk>). `seeded` binds a stateless seed; without one both are identities,
+    so evaluation, decoding and the exported model are deterministic."""
+
+    dropout_rate: float
+    word_dropout_rate: float
+    seed: Optional[tf.Tensor] = None
+
+    def seeded(self, seed: Optional[tf.Tensor], salt: int) -> "Noise":
+        if seed is None:
+            return self._replace(seed=None)
+        return self._replace(seed=tf.random.experimental.stateless_fold_in(seed, salt))
+
+    def dropout(self, x: tf.Tensor, salt: int) -> tf.Tensor:
+        if self.seed is None or self.dropout_rate <= 0:
+            return x
+        return tf.nn.experimental.stateless_dropout(
+            x, self.dropout_rate, tf.random.experimental.stateless_fold_in(self.seed, salt))
+
+    def word_dropout(self, ids: tf.Tensor) -> tf.Tensor:
+        """Real tokens become <unk>; <pad>, <bos> and <eos> stay (ids below the first word id)."""
+        if self.seed is None or self.word_dropout_rate <= 0:
+            return ids
+        draw = tf.random.stateless_uniform(tf.shape(ids), tf.random.experimental.stateless_fold_in(self.seed, 0))
+        dropped = tf.logical_and(draw < self.word_dropout_rate, ids >= FIRST_WORD_ID)
+        return tf.where(dropped, tf.constant(UNK_ID, ids.dtype), ids)
+
+
 class Seq2Seq(tf.Module):
     """GRU encoder-decoder with `bahdanau`, `luong` or `none` attention."""
 
     def __init__(self, source_vocab_size: int, target_vocab_size: int, embedding_dim: int, units: int,
-                 attention: str, seed: int = 0, precision: str = "float32", name: str = "seq2seq"):
+                 attention: str, seed: int = 0, precision: str = "float32", name: str = "seq2seq",
+                 bidirectional: bool = False, dropout: float = 0.0, word_dropout: float = 0.0):
         super().__init__(name=name)
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
@@ -63,6 +95,9 @@ class Seq2Seq(tf.Module):
         self.embedding_dim = int(embedding_dim)
         self.units = int(units)
         self.attention = attention
+        self.bidirectional = bool(bidirectional)
+        # Applied only when `compute_loss` is given a training seed (see `Noise`).
+        self.noise = Noise(float(dropout), float(word_dropout))
         mechanism = ATTENTIONS[attention]
         with self.name_scope:
             self._create_variables(mechanism, Initializer(seed))
@@ -86,6 +121,13 @@ class Seq2Seq(tf.Module):
         self.encoder_recurrent_kernel = var(recurrent(), "encoder_recurrent_kernel")
         self.encoder_bias = var(init.zeros([3 * U]), "encoder_bias")
         self.encoder_recurrent_bias = var(init.zeros([3 * U]), "encoder_recurrent_bias")
+        if self.bidirectional:
+            self.backward_encoder_kernel = var(init.glorot([E, 3 * U]), "backward_encoder_kernel")
+            self.backward_encoder_recurrent_kernel = var(recurrent(), "backward_encoder_recurrent_kernel")
+            self.backward_encoder_bias = var(init.zeros([3 * U]), "backward_encoder_bias")
+            self.backward_encoder_recurrent_bias = var(init.zeros([3 * U]), "backward_encoder_recurrent_bias")
+            self.bridge_kernel = var(init.glorot([2 * U, U]), "bridge_kernel")
+            self.bridge_bias = var(init.zeros([U]), "bridge_bias")
         # The decoder GRU input is [context; embedding]; its kernel is kept in two parts so the
         # embedding part is applied to all target steps in one matmul under teacher forcing.
         self.decoder_kernel = var(init.glorot([E, 3 * U]), "decoder_kernel")
@@ -107,29 +149,56 @@ class Seq2Seq(tf.Module):
                     seed: int = 0) -> "Seq2Seq":
         """Build from a `components.core.config.ModelConfig`."""
         return cls(source_vocab_size, target_vocab_size, model_config.embedding_dim, model_config.units,
-                   model_config.attention, seed=seed, precision=getattr(model_config, "precision", "float32"))
+                   model_config.attention, seed=seed, precision=model_config.precision,
+                   bidirectional=model_config.bidirectional, dropout=model_config.dropout,
+                   word_dropout=model_config.word_dropout)
 
     def shape_summary(self) -> dict[str, object]:
         """The hyperparameters a checkpoint depends on (compared on restore)."""
         return {"source_vocab_size": self.source_vocab_size, "target_vocab_size": self.target_vocab_size,
                 "embedding_dim": self.embedding_dim, "units": self.units, "attention": self.attention,
-                "precision": self.precision}
+                "bidirectional": self.bidirectional, "precision": self.precision}
 
     # ---------------------------------------------------------------- encoder
 
-    def encode(self, source_ids: tf.Tensor, source_length: tf.Tensor, kernels: Kernels = REFERENCE) -> Encoded:
-        """[B, S] int64 ids and [B] lengths -> `Encoded` (states, final state, mask, attention keys)."""
+    def encode(self, source_ids: tf.Tensor, source_length: tf.Tensor, kernels: Kernels = REFERENCE,
+               seed: Optional[tf.Tensor] = None) -> Encoded:
+        """[B, S] int64 ids and [B] lengths -> `Encoded` (states, final state, mask, attention keys).
+
+        With a training `seed`, word dropout on the ids and dropout on the embeddings and states.
+        """
         source_ids = tf.convert_to_tensor(source_ids, tf.int64)
         source_length = tf.convert_to_tensor(source_length, tf.int64)
-        batch, steps = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
+        noise = self.noise.seeded(seed, salt=0)
+        steps = tf.shape(source_ids)[1]
         mask = tf.sequence_mask(source_length, steps)
-        embedded = tf.gather(self.source_embedding, source_ids)
+        embedded = noise.dropout(tf.gather(self.source_embedding, noise.word_dropout(source_ids)), 1)
+        states, final_state = self._encoder_gru(embedded, source_length, kernels, backward=False)
+        if self.bidirectional:
+            # The backward GRU reads each row's real tokens last to first: reverse_sequence keeps
+            # the padding at the end, so the same final-state read and masking apply.
+            reversed_embedded = tf.reverse_sequence(embedded, source_length, seq_axis=1, batch_axis=0)
+            backward, backward_final = self._encoder_gru(reversed_embedded, source_length, kernels, backward=True)
+            states = states + tf.reverse_sequence(backward, source_length, seq_axis=1, batch_axis=0)
+            final_state = tf.tanh(dense(tf.concat([final_state, backward_final], axis=-1), self.bridge_kernel,
+                                        self.compute_dtype, self.bridge_bias))
+            final_state = tf.where((source_length > 0)[:, None], final_state, 0.0)
+        states = noise.dropout(states, 2) * tf.cast(mask, tf.float32)[:, :, None]
+        return Encoded(states, final_state, mask, self.attention_mechanism.keys(states))
+
+    def _encoder_gru(self, embedded: tf.Tensor, source_length: tf.Tensor, kernels: Kernels,
+                     backward: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """One direction's GRU over [B, S, E] embeddings: (states [B, S, U], final state [B, U])."""
+        prefix = "backward_encoder" if backward else "encoder"
+        kernel, recurrent_kernel = getattr(self, f"{prefix}_kernel"), getattr(self, f"{prefix}_recurrent_kernel")
+        bias, recurrent_bias = getattr(self, f"{prefix}_bias"), getattr(self, f"{prefix}_recurrent_bias")
+        batch, steps = tf.shape(embedded)[0], tf.shape(embedded)[1]
         # x·W for every source step in one matmul; only h·U stays inside the recurrence.
-        x_proj = dense(embedded, self.encoder_kernel, self.compute_dtype, self.encoder_bias)
+        x_proj = dense(embedded, kernel, self.compute_dtype, bias)
         sequences = {"x_proj": tf.transpose(x_proj, [1, 0, 2]),
-                     "recurrent_bias": tf.broadcast_to(self.encoder_recurrent_bias, [steps, batch, 3 * self.units])}
+                     "recurrent_bias": tf.broadcast_to(recurrent_bias, [steps, batch, 3 * self.units])}
         loop_kernels = {"recurrent_kernel": LoopKernel(
-            tf.convert_to_tensor(self.encoder_recurrent_kernel), PREVIOUS_STATE, "recurrent_bias")}
+            tf.convert_to_tensor(recurrent_kernel), PREVIOUS_STATE, "recurrent_bias")}
         # No masking inside the loop: padding only comes after a row's real tokens, so the final
         # state is read at each row's last real position afterwards, and padded states are zeroed.
         time_major = kernels.recurrence(_encoder_step, sequences, tf.zeros([batch, self.units]), (),
@@ -137,8 +206,7 @@ class Seq2Seq(tf.Module):
         states = tf.ensure_shape(tf.transpose(time_major, [1, 0, 2]), [None, None, self.units])
         last = tf.gather(states, tf.maximum(source_length - 1, 0), batch_dims=1)
         final_state = tf.where((source_length > 0)[:, None], last, 0.0)
-        states = states * tf.cast(mask, tf.float32)[:, :, None]
-        return Encoded(states, final_state, mask, self.attention_mechanism.keys(states))
+        return states, final_state
 
     # ---------------------------------------------------------------- decoder
 
@@ -209,11 +277,16 @@ class Seq2Seq(tf.Module):
         return tf.reshape(logits, tf.concat([tf.shape(states)[:-1], [self.target_vocab_size]], 0))
 
     def decoder_states(self, encoded: Encoded, target_input: tf.Tensor, with_attention: bool = True,
-                       kernels: Kernels = REFERENCE) -> tuple[tf.Tensor, Optional[tf.Tensor]]:
-        """Teacher forcing: [B, T] decoder inputs -> (states [B, T, U], attention [B, T, S] or None)."""
+                       kernels: Kernels = REFERENCE,
+                       seed: Optional[tf.Tensor] = None) -> tuple[tf.Tensor, Optional[tf.Tensor]]:
+        """Teacher forcing: [B, T] decoder inputs -> (states [B, T, U], attention [B, T, S] or None).
+
+        With a training `seed`, word dropout on the inputs and dropout on the embeddings and states.
+        """
         target_input = tf.convert_to_tensor(target_input, tf.int64)
+        noise = self.noise.seeded(seed, salt=1)
         batch, steps = tf.shape(target_input)[0], tf.shape(target_input)[1]
-        embedded = tf.gather(self.target_embedding, target_input)
+        embedded = noise.dropout(tf.gather(self.target_embedding, noise.word_dropout(target_input)), 1)
         x_proj = dense(embedded, self.decoder_kernel, self.compute_dtype, self.decoder_bias)
         params = self.step_weights()
         state_kernel, state_bias = params.pop("state_kernel"), params.pop("state_bias")
@@ -230,25 +303,31 @@ class Seq2Seq(tf.Module):
 
         outputs = kernels.recurrence(step, sequences, encoded.final_state, (encoded, params), loop_kernels,
                                      {"attention": None} if with_attention else {}, self.compute_dtype)
-        states = tf.ensure_shape(tf.transpose(outputs["state"], [1, 0, 2]), [None, None, self.units])
+        states = noise.dropout(tf.ensure_shape(tf.transpose(outputs["state"], [1, 0, 2]), [None, None, self.units]), 2)
         if not with_attention:
             return states, None
         return states, tf.transpose(outputs["attention"], [1, 0, 2])
 
     # ---------------------------------------------------------------- training
 
-    def compute_loss(self, batch: Mapping[str, tf.Tensor], kernels: Kernels = FAST) -> LossSums:
+    def compute_loss(self, batch: Mapping[str, tf.Tensor], kernels: Kernels = FAST, seed: Optional[tf.Tensor] = None,
+                     label_smoothing: float = 0.0) -> LossSums:
         """Masked token cross-entropy under teacher forcing, summed over the real target tokens.
 
         `batch` has the trainer's features: source_ids, source_length, target_input, target_output,
-        target_length. Only the real decoder positions are projected to the vocabulary.
+        target_length. Only the real decoder positions are projected to the vocabulary. `seed` (an
+        int [2] tensor) turns on the model's training noise (dropout, word dropout), drawn
+        deterministically from it; `label_smoothing` smooths the targets. Without them the loss
+        is the plain cross-entropy of the deterministic model, the one that is exported.
         """
-        encoded = self.encode(batch["source_ids"], batch["source_length"], kernels)
-        states, _ = self.decoder_states(encoded, batch["target_input"], with_attention=False, kernels=kernels)
+        encoded = self.encode(batch["source_ids"], batch["source_length"], kernels, seed=seed)
+        states, _ = self.decoder_states(encoded, batch["target_input"], with_attention=False, kernels=kernels,
+                                        seed=seed)
         mask = tf.sequence_mask(batch["target_length"], tf.shape(batch["target_output"])[1])
         losses, correct = kernels.cross_entropy(tf.boolean_mask(states, mask),
                                                 tf.boolean_mask(batch["target_output"], mask),
-                                                self.output_kernel, self.output_bias, self.compute_dtype)
+                                                self.output_kernel, self.output_bias, self.compute_dtype,
+                                                label_smoothing)
         return LossSums(tf.reduce_sum(losses), tf.cast(tf.size(losses), tf.float32), tf.reduce_sum(correct))
 
     def __call__(self, source_ids: tf.Tensor, source_length: tf.Tensor, target_input: tf.Tensor,

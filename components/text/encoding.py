@@ -9,7 +9,7 @@ from typing import Sequence, Union
 
 import tensorflow as tf
 
-from components.core.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from components.core.vocabulary import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK, UNK_ID
 from components.text.tokenizers import Tokenizer
 
 VocabSource = Union[str, Sequence[str]]
@@ -27,6 +27,29 @@ def lookup_table(vocab: VocabSource) -> tf.lookup.StaticHashTable:
             tf.constant(list(vocab), tf.string), tf.range(len(vocab), dtype=tf.int64)
         )
     return tf.lookup.StaticHashTable(init, default_value=UNK_ID)
+
+
+def id_to_token_table(vocab_path: str) -> tf.lookup.StaticHashTable:
+    """id (line number) -> token, from a vocabulary file (tracked as a SavedModel asset)."""
+    init = tf.lookup.TextFileInitializer(
+        vocab_path, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+        tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+    )
+    return tf.lookup.StaticHashTable(init, default_value=UNK)
+
+
+def decode_ids(table: tf.lookup.StaticHashTable, tokenizer: Tokenizer, token_ids: tf.Tensor,
+               length: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decoded ids [B, T] and lengths [B] -> (tokens [B, T], '' past each length; texts [B]).
+
+    The texts drop every special token (ids 0-3: <eos> and <unk> included) and are detokenized
+    with the target tokenizer. The exported model and the trainer's dev-metric both use this.
+    """
+    steps = tf.shape(token_ids, out_type=tf.int64)[1]
+    valid = tf.sequence_mask(length, steps)
+    tokens = tf.where(valid, table.lookup(token_ids), "")
+    words = tf.ragged.boolean_mask(tokens, valid & (token_ids >= len(SPECIAL_TOKENS)))
+    return tokens, tokenizer.detokenize(words)
 
 
 class SequenceEncoder(tf.Module):

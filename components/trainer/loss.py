@@ -2,6 +2,8 @@
 under teacher forcing, with the fast training kernels of components/model/kernels.py) on each part."""
 from __future__ import annotations
 
+from typing import Optional
+
 import tensorflow as tf
 
 from components.model import Seq2Seq
@@ -25,15 +27,20 @@ def split_batch(batch: dict[str, tf.Tensor], parts: int) -> list[dict[str, tf.Te
     return sub_batches
 
 
-def token_loss(model: Seq2Seq, batch: dict[str, tf.Tensor],
-               sub_batches: int = 1) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def token_loss(model: Seq2Seq, batch: dict[str, tf.Tensor], sub_batches: int = 1,
+               seed: Optional[tf.Tensor] = None,
+               label_smoothing: float = 0.0) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """(summed cross-entropy, real target tokens, correctly predicted tokens) under teacher forcing.
 
     With `sub_batches` > 1 the batch is dealt into parts (`split_batch`) whose graphs share no op,
     so TensorFlow runs them concurrently, one per core (see components/core/threads.py).
-    The sums are the same as for the whole batch.
+    The sums are the same as for the whole batch. `seed` (training only) turns on the model's
+    dropout and word dropout, with a seed of its own for each part.
     """
-    parts = [tuple(model.compute_loss(part)) for part in split_batch(batch, sub_batches)]
+    parts = []
+    for index, part in enumerate(split_batch(batch, sub_batches)):
+        part_seed = None if seed is None else tf.random.experimental.stateless_fold_in(seed, index)
+        parts.append(tuple(model.compute_loss(part, seed=part_seed, label_smoothing=label_smoothing)))
     if len(parts) == 1:
         return parts[0]
     return tuple(tf.add_n(list(values)) for values in zip(*parts))

@@ -61,14 +61,21 @@ class Adam(tf.Module):
         self.iterations.assign_add(1)
 
 
-def learning_rate(config: TrainerConfig, step: tf.Tensor, total_steps: tf.Tensor) -> tf.Tensor:
-    """The learning rate at `step` (0-based): linear warmup, then constant, cosine or inverse-sqrt."""
+def learning_rate(config: TrainerConfig, step: tf.Tensor, total_steps: tf.Tensor,
+                  time_used: float | tf.Tensor = 0.0) -> tf.Tensor:
+    """The learning rate at `step` (0-based): linear warmup, then constant, cosine or inverse-sqrt.
+
+    The cosine runs to 0 over whichever ends first: the steps of trainer.epochs, or the time budget
+    (`time_used`: the fraction of trainer.max_minutes spent), so a run the budget cuts short still
+    ends with the small steps that settle the weights.
+    """
     step = tf.cast(step, tf.float32)
     base = tf.constant(config.learning_rate, tf.float32)
     warmup = float(config.warmup_steps)
     if config.lr_schedule == "cosine":
         span = tf.maximum(tf.cast(total_steps, tf.float32) - warmup, 1.0)
-        progress = tf.clip_by_value((step - warmup) / span, 0.0, 1.0)
+        progress = tf.maximum(tf.clip_by_value((step - warmup) / span, 0.0, 1.0),
+                              tf.clip_by_value(tf.cast(time_used, tf.float32), 0.0, 1.0))
         rate = base * 0.5 * (1.0 + tf.cos(math.pi * progress))
     elif config.lr_schedule == "inverse_sqrt":
         rate = base * tf.sqrt(max(warmup, 1.0) / tf.maximum(step + 1.0, max(warmup, 1.0)))

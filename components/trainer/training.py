@@ -24,6 +24,7 @@ from components.model import checkpoints as ck
 from components.trainer.data import AUTOTUNE, input_error, make_dataset, shard_files
 from components.trainer.loss import token_loss
 from components.trainer.optimizer import Adam, clip_by_global_norm, learning_rate
+from components.trainer.selection import DevScorer, read_sample
 from components.trainer.warm_start import warm_start
 
 logger = logging.getLogger(__name__)
@@ -252,10 +253,13 @@ class Trainer:
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")  # completed epochs
             self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
             self.best_eval_loss = tf.Variable(float("inf"), trainable=False, name="best_eval_loss")
+            # The best value of trainer.select_by so far, higher is better (-eval loss for "loss").
+            self.best_selection = tf.Variable(float("-inf"), trainable=False, name="best_selection")
             self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
         self.checkpoint = ck.build_checkpoint(
             self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
-            step_in_epoch=self.step_in_epoch, best_eval_loss=self.best_eval_loss, bad_epochs=self.bad_epochs)
+            step_in_epoch=self.step_in_epoch, best_eval_loss=self.best_eval_loss, bad_epochs=self.bad_epochs,
+            best_selection=self.best_selection)
         # Non-chief workers of a multi-worker run must save too (collective ops), but to scratch space.
         root = self.training if self.chief else \
             TrainedModel(f"{self.out}/.worker-{self.strategy.cluster_resolver.task_id}")
@@ -308,25 +312,32 @@ class Trainer:
         def reduce(value):
             return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
 
-        def replica_grads(batch):
+        def replica_grads(batch, seed):
             # Every replica divides by the global number of real target tokens (known from the
             # input), so the summed gradients are already the mean: no scaling pass over them.
+            context = tf.distribute.get_replica_context()
             local_tokens = tf.cast(tf.reduce_sum(batch["target_length"]), tf.float32)
-            tokens = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local_tokens)
+            tokens = context.all_reduce(tf.distribute.ReduceOp.SUM, local_tokens)
+            # Training noise from a stateless seed of (trainer.seed, step, replica): a resumed run
+            # draws the same dropout masks as an uninterrupted one.
+            seed = tf.random.experimental.stateless_fold_in(seed, context.replica_id_in_sync_group)
             with tf.GradientTape() as tape:
-                loss_sum, _, correct = token_loss(model, batch, sub_batches)
+                loss_sum, _, correct = token_loss(model, batch, sub_batches, seed=seed,
+                                                  label_smoothing=t.label_smoothing)
                 mean_loss = loss_sum / tf.maximum(tokens, 1.0)
             grads = [tf.convert_to_tensor(g) for g in tape.gradient(mean_loss, variables)]
             return grads, loss_sum, local_tokens, correct
 
-        # One trace: the signature leaves batch and length dimensions unknown.
-        @tf.function(input_signature=[spec])
-        def train_step(batch):
-            grads, loss_sum, tokens, correct = strategy.run(replica_grads, args=(batch,))
+        # One trace: the signature leaves batch and length dimensions unknown. `time_used` is the
+        # fraction of trainer.max_minutes spent (0 without a budget), for the learning-rate schedule.
+        @tf.function(input_signature=[spec, tf.TensorSpec([], tf.float32)])
+        def train_step(batch, time_used):
+            seed = tf.stack([tf.constant(t.seed, tf.int64), self.step])
+            grads, loss_sum, tokens, correct = strategy.run(replica_grads, args=(batch, seed))
             tokens = reduce(tokens)
             grads = [reduce(g) for g in grads]
             norm = tf.linalg.global_norm(grads)
-            rate = learning_rate(t, self.step, total_steps)
+            rate = learning_rate(t, self.step, total_steps, time_used)
             loss = reduce(loss_sum) / tf.maximum(tokens, 1.0)
             # A NaN/inf loss or gradient norm: the update is not applied (two scalar checks in the
             # graph; the loop reads the same two values anyway, see _skipped_non_finite).
@@ -347,6 +358,15 @@ class Trainer:
             return {"loss_sum": reduce(loss_sum), "tokens": reduce(tokens), "correct": reduce(correct)}
 
         self.train_step, self.eval_step = train_step, eval_step
+        self.dev_scorer = None
+        if t.select_by != "loss":
+            try:
+                sample = read_sample(self.eval_files, self.artifact, t.select_sample, t.batch_size)
+            except tf.errors.OpError as e:
+                raise self._input_error(e, self.eval_files) from None
+            self.dev_scorer = DevScorer(model, self.artifact, sample)
+            logger.info("checkpoints are chosen by %s on %d eval sentences", self._selection_name(),
+                        len(self.dev_scorer))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -370,7 +390,23 @@ class Trainer:
                     correct + stats["correct"]
         except tf.errors.OpError as e:
             raise self._input_error(e, self.eval_files) from None
-        return {"eval_loss": loss_sum / max(tokens, 1.0), "token_accuracy": correct / max(tokens, 1.0)}
+        result = {"eval_loss": loss_sum / max(tokens, 1.0), "token_accuracy": correct / max(tokens, 1.0)}
+        if self.dev_scorer is not None:
+            try:
+                scores = self.dev_scorer.score()
+            except tf.errors.OpError as e:
+                raise self._input_error(e, self.eval_files) from None
+            result.update(dev_chrf=scores.chrf, dev_bleu=scores.bleu)
+        return result
+
+    def _selection_name(self) -> str:
+        return {"loss": "eval loss", "chrf": "dev chrF", "bleu": "dev BLEU"}[self.t.select_by]
+
+    def _selection_value(self, evaluation: dict[str, float]) -> float:
+        """trainer.select_by as a higher-is-better number."""
+        if self.t.select_by == "loss":
+            return -evaluation["eval_loss"]
+        return evaluation[f"dev_{self.t.select_by}"]
 
     def _input_error(self, error: tf.errors.OpError, files) -> ArtifactError:
         message = error.message or ""
@@ -384,10 +420,20 @@ class Trainer:
         remaining = max(self.total_steps - done_steps, 0)
         seconds_per_step = totals.timed_seconds / max(totals.steps - 1, 1) if totals.timed_seconds else float("nan")
         budget = "" if self.t.max_minutes is None else \
-            f" budget left {format_seconds(max(60.0 * self.t.max_minutes - self._elapsed(), 0.0))}"
+            f" budget left {format_seconds(self._budget_left())}"
         logger.info("epoch %d/%d step %d (%d/%d) loss %.4f tok/s %.0f lr %.3g ETA %s%s", epoch + 1, self.t.epochs,
                     done_steps, totals.steps, self.steps_per_epoch, stats["loss"], totals.tokens_per_second,
-                    stats["learning_rate"], format_seconds(remaining * seconds_per_step), budget)
+                    stats["learning_rate"], format_seconds(self._eta(remaining * seconds_per_step)), budget)
+
+    def _budget_left(self) -> float:
+        """Seconds of trainer.max_minutes left (inf without a budget)."""
+        if self.t.max_minutes is None:
+            return float("inf")
+        return max(60.0 * self.t.max_minutes - self._elapsed(), 0.0)
+
+    def _eta(self, seconds_for_the_epochs: float) -> float:
+        """Training ends when the epochs or the time budget run out, whichever comes first."""
+        return min(seconds_for_the_epochs, self._budget_left())
 
     def _save(self, reason: str) -> str:
         with writing(self.manager.directory):
@@ -463,7 +509,7 @@ class Trainer:
                         return
                 current, totals = epoch, EpochTotals()
                 epoch_started = tick = time.perf_counter()
-            last = self._numpy(self.train_step(batch))
+            last = self._numpy(self.train_step(batch, tf.constant(self._time_used(), tf.float32)))
             now = time.perf_counter()
             if self._skipped_non_finite(last):
                 totals.skipped += 1
@@ -550,6 +596,12 @@ class Trainer:
         started = getattr(self, "run_started", None)
         return self.previous_wall_time + (time.perf_counter() - started if started is not None else 0.0)
 
+    def _time_used(self) -> float:
+        """The fraction of trainer.max_minutes spent so far (0.0 without a budget)."""
+        if self.t.max_minutes is None:
+            return 0.0
+        return min(self._elapsed() / (60.0 * self.t.max_minutes), 1.0)
+
     def _budget_spent(self, elapsed: Optional[float] = None) -> bool:
         """trainer.max_minutes is set and used up (ELAPSED seconds; 0.0 to ask about earlier runs only)."""
         if self.t.max_minutes is None:
@@ -565,9 +617,11 @@ class Trainer:
         """Evaluate, keep the best checkpoint, count patience, save, log and summarize one epoch."""
         evaluation = self._evaluate()
         step = int(self.step.numpy())
-        improved = evaluation["eval_loss"] < float(self.best_eval_loss.numpy())
+        self.best_eval_loss.assign(min(evaluation["eval_loss"], float(self.best_eval_loss.numpy())))
+        selection = self._selection_value(evaluation)
+        improved = selection > float(self.best_selection.numpy())
         if improved:
-            self.best_eval_loss.assign(evaluation["eval_loss"])
+            self.best_selection.assign(selection)
             self.bad_epochs.assign(0)
         else:
             self.bad_epochs.assign_add(1)
@@ -582,18 +636,22 @@ class Trainer:
                  "token_accuracy": evaluation["token_accuracy"], "train_token_accuracy": totals.correct / max(
                      totals.tokens, 1.0), "train_tokens_per_second": totals.tokens_per_second,
                  "learning_rate": rate, "seconds": time.perf_counter() - started,
-                 "skipped_batches": totals.skipped}
+                 "skipped_batches": totals.skipped, **{k: v for k, v in evaluation.items() if k.startswith("dev_")}}
         scalar_summary("eval/loss", entry["eval_loss"], step=step)
         scalar_summary("eval/token_accuracy", entry["token_accuracy"], step=step)
+        for name in ("dev_chrf", "dev_bleu"):
+            if name in entry:
+                scalar_summary(f"eval/{name[4:]}", entry[name], step=step)
         scalar_summary("train/epoch_loss", entry["train_loss"], step=step)
         remaining = (self.t.epochs - epoch - 1) * entry["seconds"]
-        logger.info("epoch %d/%d step %d loss %.4f eval_loss %.4f token_acc %.3f tok/s %.0f lr %.3g%s ETA %s",
+        dev = "" if "dev_chrf" not in entry else f" dev chrF {entry['dev_chrf']:.2f} BLEU {entry['dev_bleu']:.2f}"
+        logger.info("epoch %d/%d step %d loss %.4f eval_loss %.4f token_acc %.3f%s tok/s %.0f lr %.3g%s ETA %s",
                     epoch + 1, self.t.epochs, step, entry["train_loss"], entry["eval_loss"], entry["token_accuracy"],
-                    entry["train_tokens_per_second"], rate, " (best)" if improved else "",
-                    format_seconds(remaining))
+                    dev, entry["train_tokens_per_second"], rate, " (best)" if improved else "",
+                    format_seconds(self._eta(remaining)))
         if self._stopped_early():
-            logger.info("early stopping: eval loss has not improved for %d epochs (best %.4f)",
-                        int(self.bad_epochs.numpy()), float(self.best_eval_loss.numpy()))
+            logger.info("early stopping: %s has not improved for %d evaluations (best %.4f)", self._selection_name(),
+                        int(self.bad_epochs.numpy()), abs(float(self.best_selection.numpy())))
         return entry
 
     def _write_metrics(self, history: list[dict[str, Any]], stopped_early: bool = False,
@@ -603,14 +661,17 @@ class Trainer:
             wall_time = self.previous_wall_time + time.perf_counter() - self.run_started
         if tokens_per_second is None:
             tokens_per_second = self.steady.tokens_per_second
-        best = min(history, key=lambda h: h["eval_loss"]) if history else {}
+        best = max(history, key=self._selection_value) if history else {}
         final = history[-1] if history else {}
         metrics = {
             "final_eval_loss": final.get("eval_loss"),
-            "best_eval_loss": best.get("eval_loss"),
+            # The lowest eval loss; best_epoch is the epoch whose checkpoint best/ keeps (select_by).
+            "best_eval_loss": min((h["eval_loss"] for h in history), default=None),
             "best_epoch": best.get("epoch"),
             "token_accuracy": final.get("token_accuracy"),
             "best_token_accuracy": best.get("token_accuracy"),
+            "select_by": self.t.select_by,
+            **{f"best_{k}": v for k, v in best.items() if k.startswith("dev_")},
             "steps": int(self.step.numpy()),
             "epochs": int(self.epoch.numpy()),
             "stopped_early": stopped_early,

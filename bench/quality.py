@@ -60,11 +60,11 @@ def new_recipe() -> dict[str, object]:
     return {}  # pipeline/default.yaml itself
 
 
-def recipes(names: list[str], ablate: bool) -> dict[str, dict[str, object]]:
-    chosen = {name: (TODAY if name == "today" else new_recipe()) for name in names}
+def recipes(names: list[str], ablate: bool, changes: dict[str, str]) -> dict[str, dict[str, object]]:
+    chosen = {name: (TODAY if name == "today" else {**new_recipe(), **changes}) for name in names}
     if ablate:
         for element, off in ABLATIONS.items():
-            chosen[f"new without {element}"] = {**new_recipe(), **off}
+            chosen[f"new without {element}"] = {**new_recipe(), **changes, **off}
     return chosen
 
 
@@ -133,6 +133,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per recipe")
     parser.add_argument("--recipes", default="today,new", help="comma-separated: today, new")
     parser.add_argument("--ablate", action="store_true", help="also run `new` with each new element off")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change the `new` recipe (and its ablations), as `seq2seq --set` would")
     parser.add_argument("--workdir", default="/tmp/bench-quality")
     parser.add_argument("--_one", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
@@ -150,7 +152,7 @@ def main() -> None:
     if not Path(args.data).exists():
         sys.exit(f"no corpus at {args.data} (pass --data FILE.tsv)")
     rows = {}
-    for index, (name, recipe) in enumerate(recipes(args.recipes.split(","), args.ablate).items()):
+    for index, (name, recipe) in enumerate(recipes(args.recipes.split(","), args.ablate, dict(change.split("=", 1) for change in args.set)).items()):
         workdir = Path(args.workdir) / f"{index}-{name.replace(' ', '_')}"
         rows[name] = run_in_subprocess(name, args.data, workdir, overrides(recipe, args.minutes))
         print(json.dumps({name: rows[name]}), flush=True)

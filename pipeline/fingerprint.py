@@ -14,7 +14,7 @@ from components.core.io import digest, file_digest
 # that it imports, directly or not (lazy imports inside functions included).
 PROJECT_PACKAGES = ("components", "schemas", "pipeline")
 # Libraries whose upgrade may change a component's output.
-KEYED_LIBRARIES = ("tensorflow", "tensorflow-text", "apache-beam", "keras", "pyarrow", "sacrebleu")
+KEYED_LIBRARIES = ("tensorflow", "tensorflow-text", "apache-beam", "keras", "pyarrow", "sacrebleu", "sentencepiece")
 
 
 def resolve_corpus(data: str) -> list[str]:

@@ -13,8 +13,14 @@ SEED_TSV = REPO / "data" / "raw" / "seed.tsv"
 EMBEDDED_CONFIG = REPO / "pipeline" / "embedded.yaml"
 
 
+# The preprocessing tests exercise the Beam job's mechanics on whitespace tokens at the widths they
+# were written for; pipeline/default.yaml's subword recipe has tests of its own
+# (test_preprocess_tokenizers.py, test_quality_recipe.py). A test's overrides come after these.
+MECHANICS = ("preprocess.tokenizer=whitespace", "preprocess.max_source_length=32", "preprocess.max_target_length=34")
+
+
 def config(*overrides: str, embedded: bool = False) -> PipelineConfig:
-    return load_config(str(EMBEDDED_CONFIG) if embedded else None, list(overrides))
+    return load_config(str(EMBEDDED_CONFIG) if embedded else None, [*MECHANICS, *overrides])
 
 
 def write_lines(path: Path, lines: Iterable[str | bytes], compress: bool = False, newline: bytes = b"\n") -> Path:

@@ -120,7 +120,8 @@ def test_subword_writes_the_same_pieces_and_examples_as_wordpiece(tmp_path):
 def test_each_side_can_have_its_own_tokenizer(tmp_path):
     data = write_lines(tmp_path / "c.tsv", synthetic_pairs(300))
     out = tmp_path / "out"
-    stats = run(data, out, config("preprocess.target_tokenizer=subword", "preprocess.wordpiece_vocab_size=100",
+    stats = run(data, out, config("preprocess.tokenizer=whitespace", "preprocess.target_tokenizer=subword",
+                                  "preprocess.wordpiece_vocab_size=100",
                                   "preprocess.eval_fraction=0", "preprocess.max_target_length=40"))
     assert not (out / "source.wordpiece.vocab").exists() and (out / "target.wordpiece.vocab").exists()
     assert not any(t.startswith("##") for t in vocab(out, "source"))  # whole whitespace words

@@ -72,6 +72,7 @@ class PreprocessArtifact(Artifact):
         source.vocab, target.vocab          one token per line, id = line number, specials first
         source.vocab.counts.tsv, target...  token<TAB>count
         source.wordpiece.vocab, target...   learned WordPiece vocabularies (tokenizer: wordpiece or subword)
+        source.sentencepiece.model, target... learned SentencePiece models (tokenizer: sentencepiece)
         train-NNNNN-of-MMMMM.tfrecord.gz    gzip TFRecords of tf.train.Example (schemas/examples.schema.json)
         eval-NNNNN-of-MMMMM.tfrecord.gz     (absent when no pair is in eval, e.g. eval_fraction 0)
         quarantine/rejected-*.jsonl         rejected records: file, line, reason, raw text
@@ -101,9 +102,20 @@ class PreprocessArtifact(Artifact):
         return self.path(f"{side}.vocab")
 
     def wordpiece_vocab_path(self, side: str) -> Optional[str]:
-        if side not in self.preprocess.learned_sides:
+        """The side's learned WordPiece vocabulary (tokenizer wordpiece or subword), else None."""
+        if side not in self.preprocess.wordpiece_sides:
             return None
         return self.path(f"{side}.wordpiece.vocab")
+
+    def sentencepiece_model_path(self, side: str) -> Optional[str]:
+        """The side's learned SentencePiece model (tokenizer sentencepiece), else None."""
+        if side not in self.preprocess.sentencepiece_sides:
+            return None
+        return self.path(f"{side}.sentencepiece.model")
+
+    def learned_tokenizer_path(self, side: str) -> Optional[str]:
+        """The file the side's learned tokenizer reads (either of the above), None for the others."""
+        return self.wordpiece_vocab_path(side) or self.sentencepiece_model_path(side)
 
     def vocabulary(self, side: str) -> Vocabulary:
         return Vocabulary.load(self.vocab_path(side))

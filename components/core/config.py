@@ -26,9 +26,12 @@ class ConfigError(UserError, ValueError):
     exit_code = 2
 
 
-TokenizerName = Literal["whitespace", "unicode_script", "wordpiece", "subword"]
-# Tokenizers whose piece vocabulary the Beam job learns from the train split (SIDE.wordpiece.vocab).
-LEARNED_TOKENIZERS = ("wordpiece", "subword")
+TokenizerName = Literal["whitespace", "unicode_script", "wordpiece", "subword", "sentencepiece"]
+# Tokenizers whose pieces the Beam job learns from the train split's word counts: a WordPiece
+# vocabulary (SIDE.wordpiece.vocab) or a SentencePiece unigram model (SIDE.sentencepiece.model).
+WORDPIECE_TOKENIZERS = ("wordpiece", "subword")
+SENTENCEPIECE_TOKENIZERS = ("sentencepiece",)
+LEARNED_TOKENIZERS = WORDPIECE_TOKENIZERS + SENTENCEPIECE_TOKENIZERS
 SIDES = ("source", "target")
 # The longest decode a model may be asked for (config, the SavedModel's signatures, the CLI):
 # memory and time grow with it, and no sentence of this pipeline's data comes near it.
@@ -45,7 +48,9 @@ class PreprocessConfig:
     # Aligned plain-text files are paired by stem: STEM<source_suffix> with STEM<target_suffix>.
     source_suffix: str = ".src"
     target_suffix: str = ".tgt"
-    tokenizer: TokenizerName = "whitespace"  # both sides, unless one is named below
+    # whitespace | unicode_script | wordpiece | subword | sentencepiece: both sides, unless one is
+    # named below (docs/preprocess.md, "Tokenizers")
+    tokenizer: TokenizerName = "whitespace"
     source_tokenizer: Optional[TokenizerName] = None
     target_tokenizer: Optional[TokenizerName] = None
     lowercase: bool = False
@@ -61,6 +66,8 @@ class PreprocessConfig:
     min_frequency: int = 1
     max_vocab_size: Optional[int] = None  # counts the 4 special tokens; None = unlimited
     max_rejected_fraction: float = 0.1
+    # Pieces learned per side from the train split: the WordPiece vocabulary (wordpiece, subword)
+    # or the SentencePiece model (sentencepiece).
     wordpiece_vocab_size: int = 8000
     num_shards: int = 0  # 0 = let the runner decide
     tokenize_batch_size: int = 2048
@@ -74,6 +81,16 @@ class PreprocessConfig:
     def learned_sides(self) -> tuple[str, ...]:
         """The sides whose tokenizer needs a piece vocabulary learned by the Beam job."""
         return tuple(side for side in SIDES if self.tokenizer_of(side) in LEARNED_TOKENIZERS)
+
+    @property
+    def wordpiece_sides(self) -> tuple[str, ...]:
+        """The learned sides whose pieces are a WordPiece vocabulary (SIDE.wordpiece.vocab)."""
+        return tuple(side for side in SIDES if self.tokenizer_of(side) in WORDPIECE_TOKENIZERS)
+
+    @property
+    def sentencepiece_sides(self) -> tuple[str, ...]:
+        """The learned sides whose pieces come from a SentencePiece model (SIDE.sentencepiece.model)."""
+        return tuple(side for side in SIDES if self.tokenizer_of(side) in SENTENCEPIECE_TOKENIZERS)
 
 
 @dataclass(frozen=True)

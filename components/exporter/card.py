@@ -70,9 +70,10 @@ def sha256_files(paths: list[str]) -> str:
 
 
 def training_data_fingerprint(artifact) -> dict[str, Any]:
-    """Digest of the vocabularies and training TFRecords, plus the counts from stats.json if present."""
+    """Digest of the vocabularies (with the learned tokenizers' files) and training TFRecords, plus
+    the counts from stats.json if present."""
     files = [artifact.vocab_path("source"), artifact.vocab_path("target")]
-    files += [p for p in (artifact.wordpiece_vocab_path("source"), artifact.wordpiece_vocab_path("target")) if p]
+    files += [p for p in (artifact.learned_tokenizer_path(side) for side in ("source", "target")) if p]
     records = artifact.split_files("train")
     logger.info("export: fingerprinting the vocabularies and %d train shard(s)", len(records))
     fingerprint: dict[str, Any] = {

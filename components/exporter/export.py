@@ -79,12 +79,22 @@ def build_module(model, artifact, max_length: int, extra_assets: Optional[dict[s
     )
 
 
+def sentencepiece_size(path: str) -> int:
+    """The number of pieces of a SentencePiece model file."""
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_proto=io.read_bytes(path)).get_piece_size()
+
+
 def vocabulary_sizes(artifact) -> dict[str, int]:
     sizes = {side: count_lines(artifact.vocab_path(side)) for side in ("source", "target")}
     for side in ("source", "target"):
         path = artifact.wordpiece_vocab_path(side)
         if path:
             sizes[f"{side}_wordpiece"] = count_lines(path)
+        path = artifact.sentencepiece_model_path(side)
+        if path:
+            sizes[f"{side}_sentencepiece"] = sentencepiece_size(path)
     return sizes
 
 

@@ -69,6 +69,14 @@ def read_text(path: str) -> str:
         return f.read().decode("utf-8")
 
 
+def read_bytes(path: str) -> bytes:
+    """Read bytes as they are (no decompression, whatever the extension)."""
+    from apache_beam.io.filesystem import CompressionTypes
+
+    with _fs().open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
 def write_text(path: str, text: str) -> None:
     with _fs().create(path) as f:
         f.write(text.encode("utf-8"))

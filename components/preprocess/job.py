@@ -1,6 +1,7 @@
 """`run_preprocess`: build and run the Beam job, check its counts, publish the output folder.
 
-The pipeline reads the corpus twice (three times for wordpiece) instead of holding it anywhere:
+The pipeline reads the corpus twice (three times for a learned tokenizer: wordpiece, subword,
+sentencepiece) instead of holding it anywhere:
 
     read #1 -> validate -> tokenize -> count train tokens --CombineGlobally--> vocabularies
     read #2 -> validate -> encode with the vocabularies (side input) -> gzip TFRecord shards
@@ -16,13 +17,13 @@ import logging
 import re
 import time
 import uuid
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import schemas
 from components.core.config import PipelineConfig, PreprocessConfig
 from components.core.errors import ArtifactError, InputError, UserError
 from components.preprocess import fs, inputs, transforms
-from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SIDES, SPLITS
+from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SIDES, SPLITS, Learned
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ SHARD_DIR = "_shards"
 QUARANTINE_DIR = "quarantine"
 QUARANTINE_PREFIX = "rejected"
 PERCENTILES = (50, 90, 95, 99)
+WORDPIECE_VOCAB = "{side}.wordpiece.vocab"
+SENTENCEPIECE_MODEL = "{side}.sentencepiece.model"
+# SentencePiece's trainer splits the EM steps over its threads, and the model it learns depends on
+# their number: a fixed number keeps the model the same on every machine.
+SENTENCEPIECE_THREADS = 4
 
 
 class OutputExistsError(UserError):
@@ -75,9 +81,10 @@ def run_preprocess(data: str, out: str, config: PipelineConfig, beam_args: Seque
     """Corpus at DATA (path, directory or glob) -> OUT (layout in components/core/artifacts.py).
 
     With preprocess.vocabulary=reuse_served, `served_vocabularies` is a folder holding the served
-    model's source.vocab/target.vocab (and *.wordpiece.vocab for wordpiece): a preprocess output or
-    a SavedModel's assets/. They are used as they are (new words become <unk>), so the served
-    model's weights fit the new examples. Returns the stats dict also written to OUT/stats.json.
+    model's source.vocab/target.vocab (and *.wordpiece.vocab for wordpiece and subword,
+    *.sentencepiece.model for sentencepiece): a preprocess output or a SavedModel's assets/. They
+    are used as they are (new words become <unk>), so the served model's weights fit the new
+    examples. Returns the stats dict also written to OUT/stats.json.
     """
     started = time.time()
     out = out.rstrip("/")
@@ -132,8 +139,9 @@ def _reuse_source(p: PreprocessConfig, served_vocabularies: Optional[str]) -> Op
 
 
 def _copy_reused_vocabularies(directory: str, p: PreprocessConfig, staging: str
-                              ) -> tuple[dict[str, list[str]], Optional[dict[str, list[str]]]]:
-    """Check (special ids) and copy the served vocabularies into the output; returns their tokens."""
+                              ) -> tuple[dict[str, list[str]], Optional[dict[str, Union[list[str], bytes]]]]:
+    """Check (special ids) and copy the served vocabularies (and learned tokenizer files) into the
+    output; returns their tokens (and the learned pieces or models, for the learned sides)."""
     from components.core.vocabulary import COUNTS_SUFFIX, Vocabulary, VocabularyError
 
     def tokens_of(path: str) -> list[str]:
@@ -142,7 +150,8 @@ def _copy_reused_vocabularies(directory: str, p: PreprocessConfig, staging: str
         text = fs.read_text(path)
         return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
 
-    vocabularies, wordpiece = {}, ({} if p.learned_sides else None)
+    vocabularies: dict[str, list[str]] = {}
+    learned: Optional[dict[str, Union[list[str], bytes]]] = {} if p.learned_sides else None
     for side in SIDES:
         path = f"{directory}/{side}.vocab"
         tokens = tokens_of(path)
@@ -154,18 +163,26 @@ def _copy_reused_vocabularies(directory: str, p: PreprocessConfig, staging: str
         if fs.exists(path + COUNTS_SUFFIX):
             fs.write_text(f"{staging}/{side}.vocab{COUNTS_SUFFIX}", fs.read_text(path + COUNTS_SUFFIX))
         vocabularies[side] = tokens
-        if wordpiece is not None and side in p.learned_sides:
-            pieces = tokens_of(f"{directory}/{side}.wordpiece.vocab")
-            fs.write_text(f"{staging}/{side}.wordpiece.vocab", "".join(t + "\n" for t in pieces))
-            wordpiece[side] = pieces
+        if learned is not None and side in p.wordpiece_sides:
+            name = WORDPIECE_VOCAB.format(side=side)
+            pieces = tokens_of(f"{directory}/{name}")
+            fs.write_text(f"{staging}/{name}", "".join(t + "\n" for t in pieces))
+            learned[side] = pieces
+        elif learned is not None and side in p.sentencepiece_sides:
+            name = SENTENCEPIECE_MODEL.format(side=side)
+            if not fs.exists(f"{directory}/{name}"):
+                raise ArtifactError(f"preprocess.vocabulary=reuse_served: {directory}/{name} does not exist")
+            model = fs.read_bytes(f"{directory}/{name}")
+            fs.write_bytes(f"{staging}/{name}", model)
+            learned[side] = model
     logger.info("reusing the served vocabularies from %s (source %d, target %d tokens)", directory,
                 len(vocabularies["source"]), len(vocabularies["target"]))
-    return vocabularies, wordpiece
+    return vocabularies, learned
 
 
 def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessConfig,
                   beam_args: Sequence[str],
-                  reused: Optional[tuple[dict[str, list[str]], Optional[dict[str, list[str]]]]] = None) -> None:
+                  reused: Optional[tuple[dict[str, list[str]], Optional[Learned]]] = None) -> None:
     import apache_beam as beam
     from apache_beam.runners.runner import PipelineState
 
@@ -177,21 +194,21 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
 
     first = units_pc | "ReadForCounts" >> beam.ParDo(
         transforms.ReadFn(p, final=False, newlines_only=reused is not None)).with_outputs(NEWLINES, main="batches")
-    wordpiece = None
+    learned = None
     if reused is not None:
         vocabularies = pipeline | "ReusedVocabularies" >> beam.Create([reused[0]])
         if reused[1] is not None:
-            wordpiece = beam.pvalue.AsSingleton(pipeline | "ReusedWordpiece" >> beam.Create([reused[1]]))
+            learned = beam.pvalue.AsSingleton(pipeline | "ReusedPieces" >> beam.Create([reused[1]]))
     elif p.learned_sides:
-        learned = (first.batches
-                   | "CountWords" >> beam.ParDo(transforms.CountTokensFn(p, "whitespace", True))
-                   | "SumWords" >> beam.CombineGlobally(transforms.SumCountsFn())
-                   | "LearnWordpiece" >> beam.Map(learn_wordpiece_vocabularies, p, staging))
-        wordpiece = beam.pvalue.AsSingleton(learned)
+        learned = beam.pvalue.AsSingleton(
+            first.batches
+            | "CountWords" >> beam.ParDo(transforms.CountTokensFn(p, "whitespace", True))
+            | "SumWords" >> beam.CombineGlobally(transforms.SumCountsFn())
+            | "LearnPieces" >> beam.Map(learn_tokenizers, p, staging))
         second = units_pc | "ReadForTokenCounts" >> beam.ParDo(
             transforms.ReadFn(p, final=False)).with_outputs(NEWLINES, main="batches")
         counted = second.batches | "CountTokens" >> beam.ParDo(
-            transforms.CountTokensFn(p, None, True), wordpiece=wordpiece)
+            transforms.CountTokensFn(p, None, True), learned=learned)
     else:
         counted = first.batches | "CountTokens" >> beam.ParDo(
             transforms.CountTokensFn(p, None, True))
@@ -205,8 +222,8 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
         transforms.ReadFn(p, final=True), newline_counts=beam.pvalue.AsSingleton(newline_counts)
     ).with_outputs(REJECTED, METRICS, main="batches")
     side_inputs: dict[str, Any] = {"vocabularies": beam.pvalue.AsSingleton(vocabularies)}
-    if wordpiece is not None:
-        side_inputs["wordpiece"] = wordpiece
+    if learned is not None:
+        side_inputs["learned"] = learned
     encoded = final.batches | "EncodeAndWrite" >> beam.ParDo(
         transforms.EncodeAndWriteFn(p, f"{staging}/{SHARD_DIR}"), **side_inputs
     ).with_outputs(REJECTED, METRICS, transforms.SHARD_PARTS, main="unused")
@@ -306,9 +323,26 @@ def _tokenizer_names(p: PreprocessConfig) -> str:
     return source if source == target else f"source {source}, target {target}"
 
 
+def learn_tokenizers(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str
+                     ) -> dict[str, Union[list[str], bytes]]:
+    """What each side with a learned tokenizer needs, from its train word counts: {side: WordPiece
+    pieces (wordpiece, subword) or SentencePiece model bytes (sentencepiece)}; the files are written."""
+    learned: dict[str, Union[list[str], bytes]] = {}
+    if p.wordpiece_sides:
+        learned.update(learn_wordpiece_vocabularies(counts, p, staging))
+    if p.sentencepiece_sides:
+        learned.update(learn_sentencepiece_models(counts, p, staging))
+    return learned
+
+
+def _sorted_words(counts: Mapping[str, Mapping[bytes, int]], side: str) -> list[tuple[str, int]]:
+    # Sorted input: a learner's output must not depend on the order the counts arrived in.
+    return sorted(((w.decode("utf-8") if isinstance(w, bytes) else w), n) for w, n in counts.get(side, {}).items())
+
+
 def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str
                                  ) -> dict[str, list[str]]:
-    """Learn each side's WordPiece vocabulary from its train word counts (tensorflow-text's learner).
+    """Learn each WordPiece side's vocabulary from its train word counts (tensorflow-text's learner).
 
     Writes SIDE.wordpiece.vocab and returns {side: pieces}; the 4 special tokens come first.
     """
@@ -317,17 +351,76 @@ def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: P
     from components.core.vocabulary import SPECIAL_TOKENS
 
     result = {}
-    for side in p.learned_sides:
-        # Sorted input: the learner's output must not depend on the order the counts arrived in.
-        words = sorted(((w.decode("utf-8") if isinstance(w, bytes) else w), n)
-                       for w, n in counts.get(side, {}).items())
+    for side in p.wordpiece_sides:
+        words = _sorted_words(counts, side)
         pieces = learner.learn(words, vocab_size=p.wordpiece_vocab_size, reserved_tokens=list(SPECIAL_TOKENS),
                                lower_thresh=1, max_unique_chars=max(1000, p.wordpiece_vocab_size // 4))
         pieces = list(pieces) if words else list(SPECIAL_TOKENS)
-        fs.write_text(f"{staging}/{side}.wordpiece.vocab", "".join(t + "\n" for t in pieces))
+        fs.write_text(f"{staging}/{WORDPIECE_VOCAB.format(side=side)}", "".join(t + "\n" for t in pieces))
         logger.info("learned a %d-piece WordPiece vocabulary for the %s side", len(pieces), side)
         result[side] = pieces
     return result
+
+
+def learn_sentencepiece_models(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str
+                               ) -> dict[str, bytes]:
+    """Train each SentencePiece side's unigram model on its train word counts.
+
+    Writes SIDE.sentencepiece.model (atomically) and returns {side: model bytes}. See
+    `train_sentencepiece` for the settings.
+    """
+    from components.core import io
+
+    result = {}
+    for side in p.sentencepiece_sides:
+        model = train_sentencepiece(_sorted_words(counts, side), p.wordpiece_vocab_size, side)
+        io.write_bytes_atomic(f"{staging}/{SENTENCEPIECE_MODEL.format(side=side)}", model)
+        result[side] = model
+    return result
+
+
+def train_sentencepiece(words: Sequence[tuple[str, int]], vocab_size: int, side: str = "") -> bytes:
+    """A SentencePiece unigram model (serialized) learned from (word, count) pairs.
+
+    The words are normalized text already (the tokenizer normalizes before the model sees it), so
+    the model normalizes nothing (`identity`) and its pieces spell the text exactly; every character
+    of the words is covered, byte fallback is off, and the model's only special piece is its unknown
+    piece, named `<unk>` like the pipeline's, so that text the model does not cover becomes `<unk>`.
+    `vocab_size` pieces at most (fewer when the words hold fewer); at least one per character.
+    """
+    from io import BytesIO
+
+    import sentencepiece as spm
+
+    from components.core.vocabulary import UNK
+
+    # Words are whitespace-split, so they hold no tab or newline: one `word<TAB>count` row each.
+    words = [(w, n) for w, n in words if w]
+    if not words:
+        # No train words: the job then fails with a clear count error; this model is never used.
+        words = [(UNK, 1)]
+    needed = len({c for w, _ in words for c in w}) + 2  # every character, the word-start mark, <unk>
+    if vocab_size < needed:
+        logger.warning("preprocess.wordpiece_vocab_size %d is smaller than the %d pieces the %s side's "
+                       "characters need: learning a %d-piece SentencePiece model", vocab_size, needed, side, needed)
+        vocab_size = needed
+    model = BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([f"{w}\t{n}" for w, n in words]), input_format="tsv", model_writer=model,
+        model_type="unigram", vocab_size=vocab_size, hard_vocab_limit=False,
+        character_coverage=1.0, byte_fallback=False, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, split_digits=False,
+        unk_id=0, unk_piece=UNK, bos_id=-1, eos_id=-1, pad_id=-1,
+        num_threads=SENTENCEPIECE_THREADS, minloglevel=2)
+    data = model.getvalue()
+    logger.info("learned a %d-piece SentencePiece model for the %s side", _piece_count(data), side)
+    return data
+
+
+def _piece_count(model: bytes) -> int:
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_proto=model).get_piece_size()
 
 
 # --------------------------------------------------------------------------------------------

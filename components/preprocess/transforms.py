@@ -12,7 +12,7 @@ import itertools
 import logging
 import time
 import uuid
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 
 import apache_beam as beam
 import numpy as np
@@ -30,6 +30,9 @@ NEWLINES = "newlines"
 SHARD_PARTS = "shard_parts"
 SPLITS = ("train", "eval")
 SIDES = ("source", "target")
+# What the Beam job learned for the sides with a learned tokenizer (a side input of the DoFns that
+# tokenize): {side: WordPiece pieces, or a SentencePiece model's bytes}.
+Learned = Mapping[str, Union[Sequence[str], bytes]]
 
 
 class RecordBatch(NamedTuple):
@@ -189,7 +192,7 @@ class _TokenizingFn(beam.DoFn):
     """Shared setup: TF imported in the worker, tokenizers built once per DoFn instance."""
 
     def __init__(self, config: PreprocessConfig, tokenizer: Optional[str] = None):
-        """`tokenizer` overrides both sides' (the WordPiece learner counts whitespace words);
+        """`tokenizer` overrides both sides' (the piece learners count whitespace words);
         None uses each side's own from the config."""
         self.config = config
         self.side_tokenizers = {side: tokenizer or config.tokenizer_of(side) for side in SIDES}
@@ -209,12 +212,17 @@ class _TokenizingFn(beam.DoFn):
 
         return normalize(texts, lowercase=self.config.lowercase)
 
-    def _make_tokenizers(self, wordpiece: Optional[Mapping[str, Sequence[str]]]) -> dict[str, Any]:
+    def _make_tokenizers(self, learned: Optional[Learned]) -> dict[str, Any]:
         from components.text.tokenizers import make_tokenizer
 
-        return {side: make_tokenizer(name, self.config.lowercase,
-                                     list(wordpiece[side]) if wordpiece and side in wordpiece else None)
-                for side, name in self.side_tokenizers.items()}
+        tokenizers = {}
+        for side, name in self.side_tokenizers.items():
+            value = learned.get(side) if learned else None
+            if isinstance(value, bytes):  # a SentencePiece model
+                tokenizers[side] = make_tokenizer(name, self.config.lowercase, sentencepiece_model=value)
+            else:  # a WordPiece vocabulary, or nothing learned
+                tokenizers[side] = make_tokenizer(name, self.config.lowercase, list(value) if value else None)
+        return tokenizers
 
     def _split_flags(self, batch: RecordBatch) -> np.ndarray:
         if self.config.eval_fraction <= 0:
@@ -255,10 +263,10 @@ class CountTokensFn(_TokenizingFn):
     def start_bundle(self) -> None:
         self._counts = {side: collections.Counter() for side in SIDES}
 
-    def process(self, batch: RecordBatch, wordpiece: Optional[Mapping[str, Sequence[str]]] = None):
+    def process(self, batch: RecordBatch, learned: Optional[Learned] = None):
         if self._tokenizers is None:
             tf = _tf()
-            self._tokenizers = self._make_tokenizers(wordpiece)
+            self._tokenizers = self._make_tokenizers(learned)
             # One traced function for both sides: tracing tensorflow-text tokenizers takes seconds.
             self._count = tf.function(self._count_impl, input_signature=[
                 tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.bool)])
@@ -276,9 +284,9 @@ class CountTokensFn(_TokenizingFn):
     def _count_impl(self, sources, targets, train):
         """Each side's kept tokens of the train records that the encoder will not reject.
 
-        For the WordPiece learner's word counts (whitespace words, `tokenizer` "whitespace" before
-        a wordpiece job) the same rules are applied to words: a side's first N pieces come from
-        its first N words at most, and a side with more words than a limit has more pieces too.
+        For the piece learners' word counts (whitespace words, `tokenizer` "whitespace" before a
+        job with a learned tokenizer) the same rules are applied to words: a side's first N pieces
+        come from its first N words at most, and a side with more words than a limit has more pieces too.
         """
         tf = _tf()
         tokens = [self._tokenizers["source"].tokenize(sources), self._tokenizers["target"].tokenize(targets)]
@@ -401,11 +409,11 @@ class EncodeAndWriteFn(_TokenizingFn):
                 "truncated": {"source": 0, "target": 0},
                 "eval_tokens": {"source": 0, "target": 0}, "eval_unk": {"source": 0, "target": 0}}
 
-    def _build(self, vocabularies: Mapping[str, Sequence[str]], wordpiece) -> None:
+    def _build(self, vocabularies: Mapping[str, Sequence[str]], learned: Optional[Learned]) -> None:
         from components.text.encoding import SequenceEncoder
 
         tf = _tf()
-        tokenizers = self._make_tokenizers(wordpiece)
+        tokenizers = self._make_tokenizers(learned)
         c = self.config
         source = SequenceEncoder(tokenizers["source"], list(vocabularies["source"]), c.max_source_length,
                                  name="source_encoder")
@@ -423,9 +431,10 @@ class EncodeAndWriteFn(_TokenizingFn):
         return (source.encode_source(sources), target.encode_target(targets),
                 normalize(sources, self.config.lowercase), normalize(targets, self.config.lowercase))
 
-    def process(self, batch: RecordBatch, vocabularies: Mapping[str, Sequence[str]], wordpiece=None):
+    def process(self, batch: RecordBatch, vocabularies: Mapping[str, Sequence[str]],
+                learned: Optional[Learned] = None):
         if self._encoders is None:
-            self._build(vocabularies, wordpiece)
+            self._build(vocabularies, learned)
         assert self._encoders is not None
         src, tgt, source_text, target_text = self._encoders(batch.sources, batch.targets)
         src = {k: v.numpy() for k, v in src.items()}

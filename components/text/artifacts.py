@@ -12,7 +12,8 @@ from components.text.tokenizers import Tokenizer, make_tokenizer
 
 def tokenizer_for(artifact: PreprocessArtifact, side: str) -> Tokenizer:
     p = artifact.preprocess
-    return make_tokenizer(p.tokenizer_of(side), p.lowercase, artifact.wordpiece_vocab_path(side))
+    return make_tokenizer(p.tokenizer_of(side), p.lowercase, artifact.wordpiece_vocab_path(side),
+                          artifact.sentencepiece_model_path(side))
 
 
 def encoder_for(artifact: PreprocessArtifact, side: str) -> SequenceEncoder:

@@ -11,6 +11,8 @@ exported SavedModel calls the very same function, so training and serving cannot
   `import tensorflow_text` first.
 - `subword`: the same WordPiece segmentation and learned vocabulary as `wordpiece`, in core TF ops
   (`components/text/subword.py`): the exported model loads with a plain `import tensorflow`.
+- `sentencepiece`: SentencePiece unigram pieces (tensorflow-text's op) from a model learned in the
+  Beam job; loading the exported model needs `import tensorflow_text` first.
 """
 from __future__ import annotations
 
@@ -18,13 +20,15 @@ from typing import Optional, Sequence, Union
 
 import tensorflow as tf
 
-from components.core.config import LEARNED_TOKENIZERS
+from components.core.config import SENTENCEPIECE_TOKENIZERS, WORDPIECE_TOKENIZERS
 from components.core.tftext import register_tensorflow_text_ops
 from components.core.vocabulary import UNK
 from components.text.subword import CoreWordpiece, read_pieces
 
-TOKENIZERS = ("whitespace", "unicode_script", "wordpiece", "subword")
+TOKENIZERS = ("whitespace", "unicode_script", "wordpiece", "subword", "sentencepiece")
 WORDPIECE_SUFFIX = "##"
+# SentencePiece marks where a space was (and the start of the text) with U+2581 in its pieces.
+SENTENCEPIECE_SPACE = "\u2581"
 
 
 # Whitespace: RE2's \s (ASCII tab, LF, FF, CR, space), Unicode separators \p{Z} (NBSP, ideographic
@@ -143,22 +147,65 @@ class SubwordTokenizer(Tokenizer):
         return tf.strings.regex_replace(joined, " " + WORDPIECE_SUFFIX, "")
 
 
+class SentencepieceTokenizer(Tokenizer):
+    """SentencePiece pieces (tensorflow-text's op) from a unigram model learned in the Beam job.
+
+    The model is trained on normalized text with SentencePiece's identity normalization, so its
+    pieces spell the normalized text exactly, a space (and the start of the text) as U+2581, and
+    `detokenize` gives that text back. Text the model does not cover (characters never seen in the
+    train split) becomes the model's unknown piece, `<unk>`, which is also the pipeline's.
+    """
+
+    name = "sentencepiece"
+    needs_tensorflow_text = True
+
+    def __init__(self, model: Union[str, bytes], lowercase: bool = False):
+        """`model`: the learned model file (SIDE.sentencepiece.model), or (in the Beam job) its bytes."""
+        super().__init__(lowercase)
+        text = register_tensorflow_text_ops()
+        if isinstance(model, str):
+            self.model_path = model
+            # Tracked, so a SavedModel carries the file in assets/ (preprocess.vocabulary: reuse_served
+            # reads it there); the graph itself holds the model's bytes.
+            self.model_asset = tf.saved_model.Asset(model)
+            with tf.io.gfile.GFile(model, "rb") as f:
+                model = f.read()
+        else:
+            self.model_path = None
+        # Ids, then pieces: an unknown stretch of text comes out of the op as its own characters
+        # (with the unknown id), and as the model's unknown piece, <unk>, from `id_to_string`.
+        self._impl = text.SentencepieceTokenizer(model=bytes(model), out_type=tf.int32)
+
+    def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        return self._impl.id_to_string(self._impl.tokenize(texts))
+
+    def detokenize(self, tokens: tf.RaggedTensor) -> tf.Tensor:
+        joined = tf.strings.reduce_join(tokens, axis=-1)
+        return tf.strings.strip(tf.strings.regex_replace(joined, SENTENCEPIECE_SPACE + "+", " "))
+
+
 def make_tokenizer(name: str, lowercase: bool = False,
-                   wordpiece_vocab: Optional[Union[str, Sequence[str]]] = None) -> Tokenizer:
+                   wordpiece_vocab: Optional[Union[str, Sequence[str]]] = None,
+                   sentencepiece_model: Optional[Union[str, bytes]] = None) -> Tokenizer:
     """Build the tokenizer `preprocess.tokenizer` names.
 
-    `wordpiece` needs its learned vocabulary: the file path, or the token list itself.
+    `wordpiece` and `subword` need their learned vocabulary: the file path, or the token list
+    itself; `sentencepiece` its learned model: the file path, or the model's bytes.
     """
     if name == "whitespace":
         return WhitespaceTokenizer(lowercase)
     if name == "unicode_script":
         return UnicodeScriptTokenizer(lowercase)
-    if name in LEARNED_TOKENIZERS:
+    if name in WORDPIECE_TOKENIZERS:
         if not wordpiece_vocab:
             raise ValueError(f"the {name} tokenizer needs the vocabulary learned by preprocessing")
         return (WordpieceTokenizer if name == "wordpiece" else SubwordTokenizer)(wordpiece_vocab, lowercase)
+    if name in SENTENCEPIECE_TOKENIZERS:
+        if not sentencepiece_model:
+            raise ValueError(f"the {name} tokenizer needs the model learned by preprocessing")
+        return SentencepieceTokenizer(sentencepiece_model, lowercase)
     raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)}")
 
 
 def needs_tensorflow_text(name: str) -> bool:
-    return name in ("unicode_script", "wordpiece")
+    return name in ("unicode_script", "wordpiece", "sentencepiece")

@@ -505,7 +505,10 @@ class Trainer:
                 if current is not None:
                     history.append(self._end_epoch(current, totals, last, epoch_started))
                     self._write_metrics(history)
-                    if self._stopped_early():
+                    if self._stopped_early() or self._budget_spent():
+                        if self._budget_spent():
+                            logger.info("time budget of %.3g minutes spent at the end of epoch %d: stopping",
+                                        self.t.max_minutes, current + 1)
                         return
                 current, totals = epoch, EpochTotals()
                 epoch_started = tick = time.perf_counter()

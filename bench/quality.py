@@ -40,19 +40,21 @@ TODAY = {
     "model.bidirectional": False, "model.dropout": 0.0, "model.word_dropout": 0.0,
     "trainer.epochs": 10, "trainer.batch_size": 64, "trainer.learning_rate": 0.001,
     "trainer.lr_schedule": "constant", "trainer.warmup_steps": 0, "trainer.label_smoothing": 0.0,
-    "trainer.select_by": "loss",
+    "trainer.select_by": "loss", "trainer.bucket_by_length": False,
 }
 
-# What `new` changes, each as the overrides that switch it back off (for --ablate).
+# Each element of `new`, as the overrides that toggle it (for --ablate): switched off, or, for word
+# dropout (an option the recipe leaves off), switched on.
 ABLATIONS: dict[str, dict[str, object]] = {
     "subword units": {"preprocess.tokenizer": "whitespace", "preprocess.max_source_length": 32,
                       "preprocess.max_target_length": 34},
     "bidirectional encoder": {"model.bidirectional": False},
     "dropout": {"model.dropout": 0.0},
-    "word dropout": {"model.word_dropout": 0.0},
+    "+ word dropout 0.1": {"model.word_dropout": 0.1},
     "label smoothing": {"trainer.label_smoothing": 0.0},
-    "cosine schedule": {"trainer.lr_schedule": "constant", "trainer.learning_rate": 0.001, "trainer.warmup_steps": 0},
+    "cosine schedule": {"trainer.lr_schedule": "constant", "trainer.warmup_steps": 0},
     "chrF selection": {"trainer.select_by": "loss"},
+    "length bucketing": {"trainer.bucket_by_length": False},
 }
 
 
@@ -64,7 +66,8 @@ def recipes(names: list[str], ablate: bool, changes: dict[str, str]) -> dict[str
     chosen = {name: (TODAY if name == "today" else {**new_recipe(), **changes}) for name in names}
     if ablate:
         for element, off in ABLATIONS.items():
-            chosen[f"new without {element}"] = {**new_recipe(), **changes, **off}
+            label = f"new {element}" if element.startswith("+") else f"new without {element}"
+            chosen[label] = {**new_recipe(), **changes, **off}
     return chosen
 
 

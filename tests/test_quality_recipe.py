@@ -15,8 +15,9 @@ from test_export import VENV_BIN, clean_env, run_fresh_python
 
 from pipeline.config import load_config
 
-# default.yaml, shrunk to test size; everything the recipe switches on stays on.
-TINY = ["model.embedding_dim=8", "model.units=16", "trainer.epochs=3", "trainer.max_minutes=null",
+# default.yaml, shrunk to test size; everything the recipe switches on stays on, and word dropout
+# (an option the recipe leaves off) is on too, so the export is checked with every kind of noise.
+TINY = ["model.word_dropout=0.1", "model.embedding_dim=8", "model.units=16", "trainer.epochs=3", "trainer.max_minutes=null",
         "trainer.batch_size=16", "trainer.warmup_steps=5", "trainer.select_sample=24",
         "preprocess.wordpiece_vocab_size=300", "preprocess.eval_fraction=0.2", "trainer.log_every_steps=1000"]
 
@@ -58,8 +59,9 @@ def recipe_run(tmp_path_factory) -> dict:
 def test_the_default_recipe_switches_the_new_elements_on(recipe_run):
     config = recipe_run["config"]
     assert config.preprocess.tokenizer == "subword"
-    assert config.model.bidirectional and config.model.dropout > 0 and config.model.word_dropout > 0
+    assert config.model.bidirectional and config.model.dropout > 0 and config.model.word_dropout == 0.1
     assert config.trainer.label_smoothing > 0 and config.trainer.lr_schedule == "cosine"
+    assert config.trainer.bucket_by_length
     assert config.trainer.select_by == "chrf" and load_config(None, []).trainer.max_minutes == 10
 
 

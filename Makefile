@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARTIFACTS ?= artifacts
-PYTEST_ARGS ?=
+# One pytest worker per core (at most 4: each holds a TensorFlow runtime); a test file's tests stay
+# on one worker, so its module fixtures (a trained model, a preprocess run) are built once.
+PYTEST_ARGS ?= --numprocesses=auto --maxprocesses=4 --dist=loadfile
 
 .PHONY: run test lint install bench clean
 

@@ -20,7 +20,9 @@ MECHANICS = ("preprocess.tokenizer=whitespace", "preprocess.max_source_length=32
 
 
 def config(*overrides: str, embedded: bool = False) -> PipelineConfig:
-    return load_config(str(EMBEDDED_CONFIG) if embedded else None, [*MECHANICS, *overrides])
+    if embedded:  # pipeline/embedded.yaml pins the seed's own settings
+        return load_config(str(EMBEDDED_CONFIG), list(overrides))
+    return load_config(None, [*MECHANICS, *overrides])
 
 
 def write_lines(path: Path, lines: Iterable[str | bytes], compress: bool = False, newline: bytes = b"\n") -> Path:

@@ -94,6 +94,27 @@ def test_early_stopping_keeps_the_best_checkpoint(toy_examples, tmp_path):
     assert again["steps"] == metrics["steps"] and again["epochs"] == metrics["epochs"]
 
 
+def test_a_budget_spent_by_an_epoch_end_evaluation_stops_at_that_epoch(toy_examples, tmp_path, monkeypatch):
+    """The evaluation at an epoch's end can itself spend the time budget: training stops there,
+    without a step of the next epoch and a second evaluation."""
+    from components.trainer.training import Trainer
+
+    end_epoch = Trainer._end_epoch
+
+    def end_epoch_spending_the_budget(self, *args):
+        entry = end_epoch(self, *args)
+        self.previous_wall_time += 3600.0  # as if this evaluation had taken an hour
+        return entry
+
+    monkeypatch.setattr(Trainer, "_end_epoch", end_epoch_spending_the_budget)
+    cfg = config("trainer.epochs=5", "trainer.batch_size=64", "trainer.max_minutes=30", "model.units=8",
+                 "model.embedding_dim=4")
+    metrics = run_training(str(toy_examples), str(tmp_path / "t"), cfg)
+    assert metrics["time_budget_spent"] is True
+    assert [h["epoch"] for h in metrics["history"]] == [1] and metrics["epochs"] == 1
+    assert metrics["steps"] == 1  # one batch of 64 holds the whole train split
+
+
 def test_batches_are_cut_to_their_longest_sequence_and_cover_the_split(toy_examples):
     artifact = PreprocessArtifact.load(str(toy_examples))
     files = artifact.split_files("train")

@@ -406,7 +406,8 @@ class Trainer:
         """trainer.select_by as a higher-is-better number."""
         if self.t.select_by == "loss":
             return -evaluation["eval_loss"]
-        return evaluation[f"dev_{self.t.select_by}"]
+        # An epoch evaluated before select_by was switched to a dev metric (a resumed run) has none.
+        return evaluation.get(f"dev_{self.t.select_by}", float("-inf"))
 
     def _input_error(self, error: tf.errors.OpError, files) -> ArtifactError:
         message = error.message or ""

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
+from components.core.checkpoint_files import checkpoint_number, checkpoint_prefixes, first_readable
 from components.core.errors import ArtifactError
 from components.model.checkpoints import restore_model
 from components.trainer import run_training
@@ -69,7 +70,13 @@ def test_killed_run_resumes_and_sigterm_saves_before_exit(toy_examples, tmp_path
     wait_for(lambda: latest_step(out) >= 2 * STEPS_PER_EPOCH, first)
     first.kill()
     first.wait()
-    killed_at = latest_step(out)
+    # What a restart resumes from: the newest readable checkpoint of checkpoints/ and best/. The kill
+    # may land after a checkpoint's files are written but before the manager's state file names it
+    # (or between best/ and checkpoints/), so `latest_step` can lag behind it.
+    resume_path, _ = first_readable(sorted(checkpoint_prefixes(str(out / "checkpoints"))
+                                           + checkpoint_prefixes(str(out / "best")),
+                                           key=checkpoint_number, reverse=True))
+    killed_at = checkpoint_value(resume_path, "step")
     assert killed_at > 0 and killed_at % STEPS_PER_EPOCH == 0
 
     # 2. Restart: it resumes from that checkpoint; SIGTERM mid-epoch saves one more and exits.
@@ -78,7 +85,7 @@ def test_killed_run_resumes_and_sigterm_saves_before_exit(toy_examples, tmp_path
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=60) == 128 + signal.SIGTERM
     log = (tmp_path / "second.log").read_text()
-    assert f"resuming from {out}/checkpoints/ckpt-{killed_at}: step {killed_at}" in log
+    assert f"resuming from {resume_path}: step {killed_at}" in log
     assert "stopped by SIGTERM at step" in log and "Traceback" not in log
     stopped_at = int(log.split("stopped by SIGTERM at step ")[1].split(";")[0])
     latest = tf.train.latest_checkpoint(str(out / "checkpoints"))

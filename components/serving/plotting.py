@@ -1,11 +1,13 @@
 """Attention heatmaps: source tokens on one axis, output tokens on the other (the seed's own picture)."""
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import io
 import logging
 import textwrap
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -13,30 +15,93 @@ from components.core.io import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
+# A Hangul font that the project's own install brings (pyproject `dependencies`), so labels show
+# the script on machines without CJK system fonts. NanumGothic: SIL Open Font License 1.1.
+PACKAGED_FONT_DIST = "koreanize-matplotlib"
+PACKAGED_FONT_FILE = "NanumGothic.ttf"
 
-def _fallback_fonts(text: str) -> list[str]:
-    """Installed font families with a glyph for every character of `text` that DejaVu Sans lacks
-    (Hangul, CJK, ...); empty when DejaVu covers everything or no installed font does."""
-    from matplotlib import font_manager, ft2font
 
-    def charmap(path: str) -> set[int]:
-        try:
-            return set(ft2font.FT2Font(path).get_charmap())
-        except (OSError, RuntimeError, ValueError):
-            return set()
+@functools.cache
+def _charmap(path: str) -> frozenset[int]:
+    """Code points that the font file at `path` has a glyph for (empty when it cannot be read)."""
+    from matplotlib import ft2font
 
-    needed = {ord(c) for c in text if not c.isspace()}
-    needed -= charmap(font_manager.findfont("DejaVu Sans"))
-    if not needed:
-        return []
-    families: list[str] = []
+    try:
+        return frozenset(ft2font.FT2Font(path).get_charmap())
+    except (OSError, RuntimeError, ValueError):
+        return frozenset()
+
+
+def _packaged_font_path() -> str | None:
+    """Path of the packaged Hangul font, or None (with a debug log) when its package is not installed."""
+    # Read the distribution's file list instead of importing it: `import koreanize_matplotlib`
+    # rewrites the global rcParams (font.family, axes.unicode_minus) as a side effect.
+    try:
+        files = importlib.metadata.files(PACKAGED_FONT_DIST) or []
+    except importlib.metadata.PackageNotFoundError:
+        logger.debug("%s is not installed; Hangul labels need an installed CJK font", PACKAGED_FONT_DIST)
+        return None
+    for file in files:
+        if file.name == PACKAGED_FONT_FILE and file.locate().is_file():
+            return str(file.locate())
+    logger.debug("%s has no %s; Hangul labels need an installed CJK font", PACKAGED_FONT_DIST, PACKAGED_FONT_FILE)
+    return None
+
+
+@functools.cache
+def _register_packaged_font() -> str | None:
+    """Add the packaged font to matplotlib's font manager (once, on first need); returns its path."""
+    from matplotlib import font_manager
+
+    path = _packaged_font_path()
+    if path and not any(entry.fname == path for entry in font_manager.fontManager.ttflist):
+        font_manager.fontManager.addfont(path)
+    return path
+
+
+def _fallback_candidates() -> Iterator[str]:
+    """Font files to try for what DejaVu Sans lacks: the packaged font first, then installed fonts."""
+    from matplotlib import font_manager
+
+    packaged = _register_packaged_font()
+    if packaged:
+        yield packaged
     for entry in font_manager.fontManager.ttflist:
         # "Last Resort" has a box for every code point: it "covers" everything and shows nothing.
-        if entry.name in families or "last resort" in entry.name.lower():
+        if "last resort" in entry.name.lower():
             continue
-        if needed <= charmap(entry.fname):
-            families.append(entry.name)
-    return families
+        yield entry.fname
+
+
+def label_fonts(text: str) -> list[str]:
+    """Font files for drawing `text`, in priority order: DejaVu Sans first, then, for the characters
+    it lacks (Hangul, CJK, ...), each fallback font that covers some still-uncovered character.
+
+    Characters no font covers are left out (they render as boxes; logged at debug level).
+    """
+    from matplotlib import font_manager
+
+    dejavu = str(font_manager.findfont("DejaVu Sans"))  # a plain path (3.11 returns a FontPath)
+    missing = {ord(c) for c in text if not c.isspace()} - _charmap(dejavu)
+    fonts = [dejavu]
+    candidates = _fallback_candidates() if missing else iter(())
+    for path in candidates:
+        if not missing:
+            break
+        if path not in fonts and missing & _charmap(path):
+            fonts.append(path)
+            missing -= _charmap(path)
+    if missing:
+        logger.debug("no font covers %s; those labels render as boxes", "".join(sorted(map(chr, missing))))
+    return fonts
+
+
+def _family_names(paths: Sequence[str]) -> list[str]:
+    """matplotlib family names of registered font files, deduplicated, order kept."""
+    from matplotlib import font_manager
+
+    names = [font_manager.FontProperties(fname=path).get_name() for path in paths]
+    return list(dict.fromkeys(names))
 
 
 def plot_attention(
@@ -65,8 +130,9 @@ def plot_attention(
     grid[: cut.shape[0], : cut.shape[1]] = cut
 
     labels = list(source_tokens) + list(output_tokens) + [title]
-    families = _fallback_fonts("".join(labels))
-    rc = {"font.family": ["DejaVu Sans"] + families}
+    # Matplotlib falls back glyph by glyph along font.family: DejaVu Sans draws what it covers
+    # (Latin, digits), the next fonts the rest (Hangul from the packaged NanumGothic).
+    rc = {"font.family": _family_names(label_fonts("".join(labels)))}
     with plt.rc_context(rc), warnings.catch_warnings():
         # Without a CJK font installed, matplotlib warns once per missing glyph; the cells still draw.
         warnings.filterwarnings("ignore", message="Glyph .* missing")
@@ -84,8 +150,6 @@ def plot_attention(
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=100)
         plt.close(fig)
-    if not families:
-        logger.debug("no installed font covers every token; some labels may render as boxes")
     write_bytes_atomic(path, buffer.getvalue())
     return path
 

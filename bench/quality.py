@@ -3,11 +3,13 @@
     .venv/bin/python bench/quality.py                                   # dev-en-ko, 10 minutes each
     .venv/bin/python bench/quality.py --data ../shared/data/dev-en-de.tsv --minutes 10
     .venv/bin/python bench/quality.py --recipes new --ablate            # each new element off in turn
+    .venv/bin/python bench/quality.py --recipes new --ablate --only "protected spans"
 
 For each recipe, in its own process and one after the other (so each has the machine): preprocess the
 TSV (the pipeline's own hash split, eval_fraction 0.05), train under `trainer.max_minutes`, export the
 SavedModel, and score the export on the eval split with the evaluator (sacrebleu BLEU and chrF, exact
-match). Prints one row per recipe: BLEU, chrF, exact match, eval loss, training tokens/s and minutes.
+match, placeholder fidelity and identifier copy rate). Prints one row per recipe: those, eval loss,
+training tokens/s and minutes.
 
 Recipes:
 - `today`: the defaults this project shipped before the quality work (word-level whitespace
@@ -55,6 +57,7 @@ ABLATIONS: dict[str, dict[str, object]] = {
     "cosine schedule": {"trainer.lr_schedule": "constant", "trainer.warmup_steps": 0},
     "chrF selection": {"trainer.select_by": "loss"},
     "length bucketing": {"trainer.bucket_by_length": False},
+    "protected spans": {"preprocess.protected_spans": "[]"},
 }
 
 
@@ -62,10 +65,13 @@ def new_recipe() -> dict[str, object]:
     return {}  # pipeline/default.yaml itself
 
 
-def recipes(names: list[str], ablate: bool, changes: dict[str, str]) -> dict[str, dict[str, object]]:
-    chosen = {name: (TODAY if name == "today" else {**new_recipe(), **changes}) for name in names}
+def recipes(names: list[str], ablate: bool, changes: dict[str, str],
+            only: tuple[str, ...] = ()) -> dict[str, dict[str, object]]:
+    chosen = {name: (TODAY if name == "today" else {**new_recipe(), **changes}) for name in names if name}
     if ablate:
         for element, off in ABLATIONS.items():
+            if only and element not in only:
+                continue
             label = f"new {element}" if element.startswith("+") else f"new without {element}"
             chosen[label] = {**new_recipe(), **changes, **off}
     return chosen
@@ -105,6 +111,9 @@ def run_one(data: str, workdir: Path, settings: list[str]) -> dict[str, object]:
                             config.evaluator)
     evaluation = result["evaluation"]
     return {"bleu": evaluation["bleu"], "chrf": evaluation["chrf"], "exact_match": evaluation["exact_match"],
+            "placeholder_fidelity": evaluation.get("placeholder_fidelity"),
+            "placeholder_sentences": evaluation.get("placeholder_fidelity_count"),
+            "copy_rate": evaluation.get("copy_rate"), "copy_count": evaluation.get("copy_rate_count"),
             "eval_loss": metrics.get("best_eval_loss"), "tokens_per_second": metrics.get("train_tokens_per_second"),
             "train_minutes": (metrics.get("wall_time_s") or 0.0) / 60, "preprocess_minutes": preprocess_minutes,
             "epochs": metrics.get("epochs"), "examples": evaluation["examples"]}
@@ -121,11 +130,18 @@ def run_in_subprocess(name: str, data: str, workdir: Path, settings: list[str]) 
 
 def print_table(rows: dict[str, dict[str, object]], data: str, minutes: float) -> None:
     print(f"\n{Path(data).name}, training budget {minutes:g} min, 2 cores")
-    print("| recipe | BLEU | chrF | exact % | eval loss | train tokens/s | train min | epochs |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| recipe | BLEU | chrF | exact % | placeholder fidelity % (sentences) | copy rate % (identifiers) "
+          "| eval loss | train tokens/s | train min | epochs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def percent(value: object, count: object) -> str:
+        return "—" if value is None else f"{value:.1f} ({count})"
+
     for name, row in rows.items():
         loss = row["eval_loss"]
         print(f"| {name} | {row['bleu']:.2f} | {row['chrf']:.2f} | {row['exact_match']:.1f} | "
+              f"{percent(row.get('placeholder_fidelity'), row.get('placeholder_sentences'))} | "
+              f"{percent(row.get('copy_rate'), row.get('copy_count'))} | "
               f"{'—' if loss is None else f'{loss:.3f}'} | {row['tokens_per_second'] or 0:,.0f} | "
               f"{row['train_minutes']:.1f} | {row['epochs']} |")
 
@@ -136,6 +152,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per recipe")
     parser.add_argument("--recipes", default="today,new", help="comma-separated: today, new")
     parser.add_argument("--ablate", action="store_true", help="also run `new` with each new element off")
+    parser.add_argument("--only", default="", help="with --ablate: comma-separated elements to toggle "
+                        f"(of: {', '.join(ABLATIONS)})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change the `new` recipe (and its ablations), as `seq2seq --set` would")
     parser.add_argument("--workdir", default="/tmp/bench-quality")
@@ -155,7 +173,12 @@ def main() -> None:
     if not Path(args.data).exists():
         sys.exit(f"no corpus at {args.data} (pass --data FILE.tsv)")
     rows = {}
-    for index, (name, recipe) in enumerate(recipes(args.recipes.split(","), args.ablate, dict(change.split("=", 1) for change in args.set)).items()):
+    only = tuple(part.strip() for part in args.only.split(",") if part.strip())
+    unknown = [element for element in only if element not in ABLATIONS]
+    if unknown:
+        sys.exit(f"--only: unknown element {unknown[0]!r}; elements: {', '.join(ABLATIONS)}")
+    changes = dict(change.split("=", 1) for change in args.set)
+    for index, (name, recipe) in enumerate(recipes(args.recipes.split(","), args.ablate, changes, only).items()):
         workdir = Path(args.workdir) / f"{index}-{name.replace(' ', '_')}"
         rows[name] = run_in_subprocess(name, args.data, workdir, overrides(recipe, args.minutes))
         print(json.dumps({name: rows[name]}), flush=True)

@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 EXIT_PUSHED, EXIT_FAILED, EXIT_NOT_BLESSED = 0, 1, 3
 SUCCEEDED, CACHED, FAILED, RUNNING, SKIPPED = "succeeded", "cached", "failed", "running", "skipped"
 INTERRUPTED = "interrupted"
-MANIFEST_METRICS = ("bleu", "chrf", "exact_match", "eval_loss", "split", "blessed")
+MANIFEST_METRICS = ("bleu", "chrf", "exact_match", "placeholder_fidelity", "copy_rate", "eval_loss", "split",
+                    "blessed")
 
 
 def new_run_id() -> str:
@@ -351,7 +352,8 @@ def _summary(state: RunState) -> str:
     console = Console(file=sys.stdout, width=160, record=False)
     with console.capture() as capture:
         console.print(table)
-        metrics = {k: state.metrics.get(k) for k in ("bleu", "chrf", "exact_match", "eval_loss", "split")}
+        metrics = {k: state.metrics.get(k) for k in ("bleu", "chrf", "exact_match", "placeholder_fidelity",
+                                                     "copy_rate", "eval_loss", "split")}
         console.print("metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
         if state.reason:
             console.print(f"reason: {state.reason}")
@@ -489,6 +491,7 @@ def json_summary(state: RunState) -> dict[str, Any]:
     return {
         "run_id": state.run_id, "status": state.status, "reason": state.reason,
         "serving_model": state.serving_model,
-        "metrics": {k: state.metrics.get(k) for k in ("bleu", "chrf", "exact_match", "eval_loss")},
+        "metrics": {k: state.metrics.get(k) for k in ("bleu", "chrf", "exact_match", "placeholder_fidelity",
+                                                      "copy_rate", "eval_loss")},
         "cached": state.cached, "manifest": f"{state.run_dir}/run.json" if state.manifest_written else None,
     }

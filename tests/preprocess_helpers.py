@@ -14,9 +14,11 @@ EMBEDDED_CONFIG = REPO / "pipeline" / "embedded.yaml"
 
 
 # The preprocessing tests exercise the Beam job's mechanics on whitespace tokens at the widths they
-# were written for; pipeline/default.yaml's subword recipe has tests of its own
-# (test_preprocess_tokenizers.py, test_quality_recipe.py). A test's overrides come after these.
-MECHANICS = ("preprocess.tokenizer=whitespace", "preprocess.max_source_length=32", "preprocess.max_target_length=34")
+# were written for, without protected spans; pipeline/default.yaml's subword recipe and span
+# protection have tests of their own (test_preprocess_tokenizers.py, test_quality_recipe.py,
+# test_protected_spans.py). A test's overrides come after these.
+MECHANICS = ("preprocess.tokenizer=whitespace", "preprocess.max_source_length=32", "preprocess.max_target_length=34",
+             "preprocess.protected_spans=[]")
 
 
 def config(*overrides: str, embedded: bool = False) -> PipelineConfig:

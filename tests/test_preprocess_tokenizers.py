@@ -14,7 +14,8 @@ def _assert_parity(out):
     artifact = PreprocessArtifact.load(str(out))
     rows = read_examples(out, "train")
     src = encoder_for(artifact, "source").encode_source([r["source_text"] for r in rows])
-    tgt = encoder_for(artifact, "target").encode_target([r["target_text"] for r in rows])
+    tgt = encoder_for(artifact, "target").encode_target([r["target_text"] for r in rows],
+                                                        [r["source_text"] for r in rows])
     assert src["source_ids"].numpy().tolist() == [r["source_ids"] for r in rows]
     assert tgt["target_input"].numpy().tolist() == [r["target_input"] for r in rows]
     assert tgt["target_output"].numpy().tolist() == [r["target_output"] for r in rows]

@@ -278,6 +278,7 @@ class Evaluation(Artifact):
         evaluation, blessing = self.evaluation(), self.blessing()
         return {"bleu": evaluation["bleu"], "chrf": evaluation["chrf"], "exact_match": evaluation["exact_match"],
                 "eval_loss": evaluation.get("eval_loss"), "split": evaluation["split"],
+                "placeholder_fidelity": evaluation.get("placeholder_fidelity"), "copy_rate": evaluation.get("copy_rate"),
                 "blessed": blessing["blessed"], "blessing_reason": blessing["reason"]}
 
 

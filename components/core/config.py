@@ -17,6 +17,7 @@ import yaml
 
 from components.core import io
 from components.core.errors import UserError
+from components.core.spans import validate_patterns
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class PreprocessConfig:
     num_shards: int = 0  # 0 = let the runner decide
     tokenize_batch_size: int = 2048
     vocabulary: Literal["rebuild", "reuse_served"] = "rebuild"
+    # Placeholders and markup kept exactly (components/core/spans.py): kinds (python_format, printf,
+    # braces, tags, entities) or regular expressions. Each span becomes a numbered sentinel token in
+    # both sides, and the exported model restores it; empty = off (every span is ordinary text).
+    protected_spans: tuple[str, ...] = ()
 
     def tokenizer_of(self, side: str) -> str:
         """The tokenizer of one side: its own key, else `tokenizer`."""
@@ -167,6 +172,9 @@ class EvaluatorConfig:
     tolerance: float = 0.0
     min_bleu: float = 0.0
     num_samples: int = 20
+    # Refuse to bless a model that keeps the source's protected spans exactly in fewer than this
+    # percentage of the eval sentences whose reference keeps them (0 = never refuse).
+    min_placeholder_fidelity: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -203,6 +211,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
             return None
         return _coerce(key, value, args[0])
+    if origin is tuple:
+        return _coerce_tuple(key, value, typing.get_args(annotation)[0])
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -233,6 +243,17 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {annotation!r}")  # pragma: no cover
+
+
+def _coerce_tuple(key: str, value: Any, item: Any) -> tuple:
+    """A YAML list, or (from --set) a comma-separated string; '' and [] are the empty tuple."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {_short(value)}")
+    return tuple(_coerce(f"{key}[{i}]", element, item) for i, element in enumerate(value))
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
@@ -305,6 +326,10 @@ def _validate(config: Any, prefix: str) -> None:
             raise bad("target_field", "must differ from preprocess.source_field")
         if config.source_suffix == config.target_suffix:
             raise bad("target_suffix", "must differ from preprocess.source_suffix")
+        try:
+            validate_patterns(config.protected_spans)
+        except ValueError as e:
+            raise ConfigError(f"{prefix}.protected_spans: {e}") from None
     elif isinstance(config, ModelConfig):
         for name in ("embedding_dim", "units"):
             if getattr(config, name) < 1:
@@ -335,8 +360,9 @@ def _validate(config: Any, prefix: str) -> None:
         raise bad("max_decode_length", f"must be in [1, {MAX_DECODE_LENGTH_LIMIT}]")
     elif isinstance(config, EvaluatorConfig):
         _check_not_negative(config, ("tolerance", "num_samples"), bad)
-        if not 0.0 <= config.min_bleu <= 100.0:
-            raise bad("min_bleu", "must be in [0, 100]")
+        for name in ("min_bleu", "min_placeholder_fidelity"):
+            if not 0.0 <= getattr(config, name) <= 100.0:
+                raise bad(name, "must be in [0, 100]")
     elif isinstance(config, PusherConfig) and config.keep < 1:
         raise bad("keep", "must be at least 1")
 

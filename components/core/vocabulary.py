@@ -24,13 +24,16 @@ class VocabularyError(UserError, ValueError):
 
 
 def ordered_tokens(
-    counts: Mapping[str, int], min_frequency: int = 1, max_size: Optional[int] = None
+    counts: Mapping[str, int], min_frequency: int = 1, max_size: Optional[int] = None,
+    reserved: Sequence[str] = (),
 ) -> list[tuple[str, int]]:
-    """Tokens by descending count, ties by token, cut by min_frequency and max_size (specials count)."""
-    kept = [(tok, n) for tok, n in counts.items() if n >= min_frequency and tok not in SPECIAL_TOKENS]
+    """Tokens by descending count, ties by token, cut by min_frequency and max_size (specials and
+    reserved tokens count); the specials and `reserved` themselves are left out."""
+    skip = set(SPECIAL_TOKENS) | set(reserved)
+    kept = [(tok, n) for tok, n in counts.items() if n >= min_frequency and tok not in skip]
     kept.sort(key=lambda item: (-item[1], item[0]))
     if max_size is not None:
-        kept = kept[: max(0, max_size - len(SPECIAL_TOKENS))]
+        kept = kept[: max(0, max_size - len(SPECIAL_TOKENS) - len(reserved))]
     return kept
 
 
@@ -51,10 +54,14 @@ class Vocabulary:
 
     @classmethod
     def from_counts(
-        cls, counts: Mapping[str, int], min_frequency: int = 1, max_size: Optional[int] = None
+        cls, counts: Mapping[str, int], min_frequency: int = 1, max_size: Optional[int] = None,
+        reserved: Sequence[str] = (),
     ) -> "Vocabulary":
-        kept = ordered_tokens(counts, min_frequency, max_size)
-        return cls(SPECIAL_TOKENS + tuple(t for t, _ in kept), (0,) * 4 + tuple(n for _, n in kept))
+        """Specials, then `reserved` (always present: the protected-span sentinels), then the counted
+        tokens by descending count."""
+        kept = ordered_tokens(counts, min_frequency, max_size, reserved)
+        return cls(SPECIAL_TOKENS + tuple(reserved) + tuple(t for t, _ in kept),
+                   (0,) * 4 + tuple(counts.get(t, 0) for t in reserved) + tuple(n for _, n in kept))
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -16,14 +16,17 @@ from components.core.artifacts import Evaluation, ExportedModel, PreprocessArtif
 from components.core.config import EvaluatorConfig
 from components.core.cpu import cpu_cores
 from components.core.errors import ArtifactError
+from components.core.spans import ALL_SPAN_KINDS
 from components.evaluator.metrics import Blessing, Scores, decide, score
 from components.evaluator.report import write_report
 from components.serving import load_translator
+from components.text.metrics import copy_rate, placeholder_fidelity, span_difference
 
 logger = logging.getLogger(__name__)
 
 TRANSLATE_BATCH = 64
 PROGRESS_EVERY_BATCHES = 50
+MAX_OFFENDERS = 10  # placeholder offenders listed in report.md
 
 
 def load_references(examples_dir: str) -> tuple[str, list[str], list[str]]:
@@ -103,10 +106,37 @@ def non_finite_reason(saved_model: str, scores: Scores, train_metrics: dict[str,
     return "; ".join(problems) or None
 
 
-def score_baseline(baseline_model: str, sources: list[str], references: list[str]
-                   ) -> tuple[Optional[Scores], Optional[str]]:
-    """(the served model's scores, None), or (None, "<path>: <reason>") when it cannot be loaded or
-    run: a cut saved_model.pb or variables file must not block every later candidate."""
+def fidelity_spans(examples_dir: str) -> tuple[str, ...]:
+    """The span kinds/regexes fidelity is measured with: the preprocess output's
+    preprocess.protected_spans, or every kind when it protects none (the same yardstick for a model
+    trained without protection)."""
+    return tuple(PreprocessArtifact.load(examples_dir).preprocess.protected_spans) or ALL_SPAN_KINDS
+
+
+def fidelity_metrics(sources: list[str], hypotheses: list[str], references: list[str],
+                     spans: tuple[str, ...]) -> tuple[dict[str, Any], list[int]]:
+    """({placeholder_fidelity, placeholder_fidelity_count, copy_rate, copy_rate_count}, offender indices)."""
+    fidelity, fidelity_count, offenders = placeholder_fidelity(sources, hypotheses, references, spans)
+    copied, copy_count = copy_rate(sources, hypotheses, references, spans)
+    return ({"placeholder_fidelity": fidelity, "placeholder_fidelity_count": fidelity_count,
+             "copy_rate": copied, "copy_rate_count": copy_count}, offenders)
+
+
+def worst_offenders(offenders: list[int], sources: list[str], hypotheses: list[str], references: list[str],
+                    spans: tuple[str, ...], limit: int = MAX_OFFENDERS) -> list[dict[str, Any]]:
+    """The `limit` offenders with the most spans missing plus extra (then in corpus order)."""
+    rows = []
+    for index in offenders:
+        missing, extra = span_difference(sources[index], hypotheses[index], spans)
+        rows.append({"index": index, "source": sources[index], "reference": references[index],
+                     "translation": hypotheses[index], "missing": missing, "extra": extra})
+    rows.sort(key=lambda row: (-(len(row["missing"]) + len(row["extra"])), row["index"]))
+    return rows[:limit]
+
+
+def translate_baseline(baseline_model: str, sources: list[str]) -> tuple[Optional[list[str]], Optional[str]]:
+    """(the served model's translations, None), or (None, "<path>: <reason>") when it cannot be
+    loaded or run: a cut saved_model.pb or variables file must not block every later candidate."""
     try:
         baseline = translate_all(baseline_model, sources)
     except Exception as e:  # noqa: BLE001 - whatever breaks the served model, the candidate is judged alone
@@ -114,7 +144,14 @@ def score_baseline(baseline_model: str, sources: list[str], references: list[str
         logger.warning("the served model %s cannot be loaded or run (%s): it is treated as absent, and the "
                        "candidate is judged on evaluator.min_bleu alone", baseline_model, _first_line(e))
         return None, reason
-    return score([b.translation for b in baseline], references), None
+    return [b.translation for b in baseline], None
+
+
+def score_baseline(baseline_model: str, sources: list[str], references: list[str]
+                   ) -> tuple[Optional[Scores], Optional[str]]:
+    """(the served model's scores, None), or (None, "<path>: <reason>") as `translate_baseline`."""
+    translations, reason = translate_baseline(baseline_model, sources)
+    return (score(translations, references) if translations is not None else None), reason
 
 
 def run_evaluation(
@@ -131,24 +168,35 @@ def run_evaluation(
     split, sources, references = load_references(examples)
     logger.info("evaluating %s on the %s split (%d pairs)%s", saved_model, split, len(sources),
                 "" if split == "eval" else ": there is no eval split, so these are training pairs")
+    spans = fidelity_spans(examples)
     candidate_model = load_translator(saved_model)
     candidate = translate_batches(candidate_model, sources)
-    scores = score([c.translation for c in candidate], references)
+    hypotheses = [c.translation for c in candidate]
+    scores = score(hypotheses, references)
+    fidelity, offenders = fidelity_metrics(sources, hypotheses, references, spans)
     baseline_scores: Optional[Scores] = None
+    baseline_fidelity: Optional[dict[str, Any]] = None
     baseline_unloadable: Optional[str] = None
     if baseline_model:
-        baseline_scores, baseline_unloadable = score_baseline(baseline_model, sources, references)
+        baseline_hypotheses, baseline_unloadable = translate_baseline(baseline_model, sources)
+        if baseline_hypotheses is not None:
+            baseline_scores = score(baseline_hypotheses, references)
+            baseline_fidelity, _ = fidelity_metrics(sources, baseline_hypotheses, references, spans)
     train_metrics = TrainedModel(train_dir).metrics() if train_dir else {}
     blessing = decide(scores.bleu, baseline_scores.bleu if baseline_scores else None,
                       config.tolerance, config.min_bleu, non_finite=non_finite_reason(saved_model, scores, train_metrics),
-                      baseline_unloadable=baseline_unloadable)
+                      baseline_unloadable=baseline_unloadable,
+                      placeholder_fidelity=fidelity["placeholder_fidelity"],
+                      min_placeholder_fidelity=config.min_placeholder_fidelity)
     evaluation = {
         "split": split,
         "examples": len(sources),
         **scores.to_dict(),
+        **fidelity,
+        "fidelity_spans": list(spans),
         "eval_loss": train_metrics.get("best_eval_loss", train_metrics.get("final_eval_loss")),
         "baseline_model": baseline_model,
-        "baseline": baseline_scores.to_dict() if baseline_scores else None,
+        "baseline": {**baseline_scores.to_dict(), **baseline_fidelity} if baseline_scores else None,
         "baseline_unloadable": baseline_unloadable,
         "seconds": round(time.time() - started, 3),
     }
@@ -159,12 +207,20 @@ def run_evaluation(
                for s, r, c in zip(sources[:count], references[:count], candidate[:count])]
     attention = candidate_model.translate(sources[:1], with_attention=True)
     write_report(out, evaluation, blessing, samples, train_metrics.get("history", []),
-                 attention[0] if attention else None)
-    _log_verdict(scores, blessing)
+                 attention[0] if attention else None,
+                 offenders=worst_offenders(offenders, sources, hypotheses, references, spans))
+    _log_verdict(scores, fidelity, blessing)
     return {"evaluation": evaluation, "blessing": blessing.to_dict(), "samples": samples}
 
 
-def _log_verdict(scores: Scores, blessing: Blessing) -> None:
+def _percent(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.1f}%"
+
+
+def _log_verdict(scores: Scores, fidelity: dict[str, Any], blessing: Blessing) -> None:
     logger.info("BLEU %.2f  chrF %.2f  exact match %.1f%% on %d pairs", scores.bleu, scores.chrf,
                 scores.exact_match, scores.count)
+    logger.info("placeholder fidelity %s on %d sentences with spans  copy rate %s of %d identifiers",
+                _percent(fidelity["placeholder_fidelity"]), fidelity["placeholder_fidelity_count"],
+                _percent(fidelity["copy_rate"]), fidelity["copy_rate_count"])
     logger.info("%s: %s", "BLESSED" if blessing.blessed else "NOT BLESSED", blessing.reason)

@@ -20,18 +20,25 @@ class Blessing:
     non_finite: Optional[str] = None
     # "<path>: <reason>" when the served model could not be loaded or run: judged on min_bleu alone.
     baseline_unloadable: Optional[str] = None
+    # Percent of the eval sentences with protected spans whose output keeps them exactly (None: no
+    # such sentence), and the floor evaluator.min_placeholder_fidelity (0 = no floor).
+    placeholder_fidelity: Optional[float] = None
+    min_placeholder_fidelity: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def decide(candidate_bleu: float, baseline_bleu: Optional[float], tolerance: float, min_bleu: float,
-           non_finite: Optional[str] = None, baseline_unloadable: Optional[str] = None) -> Blessing:
-    """Bless when the candidate is finite, BLEU >= min_bleu and not lower than the served model's by
-    more than tolerance (an unloadable served model counts as none)."""
+           non_finite: Optional[str] = None, baseline_unloadable: Optional[str] = None,
+           placeholder_fidelity: Optional[float] = None, min_placeholder_fidelity: float = 0.0) -> Blessing:
+    """Bless when the candidate is finite, BLEU >= min_bleu, its placeholder fidelity is not below
+    min_placeholder_fidelity (when that is > 0 and there was a sentence to measure it on) and its
+    BLEU not lower than the served model's by more than tolerance (an unloadable served model
+    counts as none)."""
     def blessing(blessed: bool, reason: str) -> Blessing:
         return Blessing(blessed, reason, candidate_bleu, baseline_bleu, tolerance, min_bleu,
-                        non_finite, baseline_unloadable)
+                        non_finite, baseline_unloadable, placeholder_fidelity, min_placeholder_fidelity)
 
     if non_finite:
         return blessing(False, f"the candidate is not finite: {non_finite}")
@@ -39,6 +46,15 @@ def decide(candidate_bleu: float, baseline_bleu: Optional[float], tolerance: flo
         return blessing(False, f"the candidate is not finite: BLEU {candidate_bleu}")
     if candidate_bleu < min_bleu:
         return blessing(False, f"BLEU {candidate_bleu:.2f} is below evaluator.min_bleu {min_bleu:.2f}")
+    if min_placeholder_fidelity > 0 and placeholder_fidelity is not None \
+            and placeholder_fidelity < min_placeholder_fidelity:
+        floor = f"{min_placeholder_fidelity:.1f}" if round(min_placeholder_fidelity, 1) == min_placeholder_fidelity \
+            else f"{min_placeholder_fidelity:g}"
+        digits = 1  # enough digits that the two numbers read differently (99.95% is below 100.0%)
+        while digits < 4 and round(placeholder_fidelity, digits) >= min_placeholder_fidelity:
+            digits += 1
+        return blessing(False, f"placeholder fidelity {placeholder_fidelity:.{digits}f}% is below "
+                               f"evaluator.min_placeholder_fidelity {floor}%")
     if baseline_bleu is None and baseline_unloadable:
         return blessing(True, f"the served model could not be loaded ({baseline_unloadable}), so it is "
                               f"treated as absent; BLEU passes evaluator.min_bleu")

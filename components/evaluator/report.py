@@ -1,4 +1,5 @@
-"""A short Markdown report: metrics, verdict, loss curve, sample translations, one attention map."""
+"""A short Markdown report: metrics, verdict, loss curve, sample translations, placeholder offenders,
+one attention map."""
 from __future__ import annotations
 
 import logging
@@ -41,9 +42,29 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _code(span: str) -> str:
+    fence = "``" if "`" in span else "`"
+    pad = " " if fence == "``" else ""
+    return f"{fence}{pad}{_cell(span)}{pad}{fence}"
+
+
+def _span_changes(missing: Sequence[str], extra: Sequence[str]) -> str:
+    """"missing `%s`; extra `{0}`" (a span repeated as often as it is missing or extra)."""
+    parts = [f"{word} {', '.join(_code(span) for span in spans)}"
+             for word, spans in (("missing", missing), ("extra", extra)) if spans]
+    return "; ".join(parts)
+
+
+def _fidelity_cell(metrics: dict[str, Any], key: str) -> str:
+    value = metrics.get(key)
+    return "—" if value is None else f"{value:.2f} ({metrics.get(f'{key}_count', 0)})"
+
+
 def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: Sequence[dict[str, Any]],
-                 history: Sequence[dict[str, Any]], attention: Any = None) -> str:
-    """report.md (+ loss_curve.png, attention.png); `attention` is a Translation with attention."""
+                 history: Sequence[dict[str, Any]], attention: Any = None,
+                 offenders: Sequence[dict[str, Any]] = ()) -> str:
+    """report.md (+ loss_curve.png, attention.png); `attention` is a Translation with attention;
+    `offenders` are the worst placeholder offenders (source, reference, translation, missing, extra)."""
     from components.serving.plotting import plot_attention
 
     lines = [
@@ -57,8 +78,15 @@ def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: S
     for key in ("bleu", "chrf", "exact_match"):
         served = baseline.get(key)
         lines.append(f"| {key} | {evaluation[key]:.2f} | {'—' if served is None else f'{served:.2f}'} |")
+    for key in ("placeholder_fidelity", "copy_rate"):
+        lines.append(f"| {key} (counted) | {_fidelity_cell(evaluation, key)} | {_fidelity_cell(baseline, key)} |")
     if evaluation.get("eval_loss") is not None:
         lines.append(f"| eval_loss | {evaluation['eval_loss']:.4f} | — |")
+    if evaluation.get("fidelity_spans"):
+        lines += ["", "Placeholder fidelity: the percentage of the sentences whose source has protected spans "
+                  "and whose reference keeps them all that the translation keeps exactly too (spans: "
+                  f"{', '.join(_code(span) for span in evaluation['fidelity_spans'])}). Copy rate: the "
+                  "percentage of the source identifiers found in the reference that the translation has too."]
     lines += ["", f"**{'Blessed' if blessing.blessed else 'Not blessed'}**: {blessing.reason}", ""]
     if getattr(blessing, "non_finite", None):
         lines += [f"**Not finite**: {_cell(blessing.non_finite)}", ""]
@@ -69,6 +97,13 @@ def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: S
         lines += ["## Loss", "", "![loss curve](loss_curve.png)", ""]
     lines += ["## Samples", "", "| source | reference | hypothesis |", "|---|---|---|"]
     lines += [f"| {_cell(s['source'])} | {_cell(s['reference'])} | {_cell(s['translation'])} |" for s in samples]
+    if offenders:
+        lines += ["", "## Placeholder offenders", "",
+                  f"The {len(offenders)} worst of the counted sentences whose translation does not keep the "
+                  "source's protected spans exactly (most spans missing or extra first).", "",
+                  "| source | reference | hypothesis | spans |", "|---|---|---|---|"]
+        lines += [f"| {_cell(o['source'])} | {_cell(o['reference'])} | {_cell(o['translation'])} | "
+                  f"{_span_changes(o['missing'], o['extra'])} |" for o in offenders]
     if attention is not None and attention.tokens and attention.source_tokens:
         plot_attention(attention.source_tokens, attention.tokens, attention.attention, f"{out}/attention.png",
                        title=attention.source)

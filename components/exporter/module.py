@@ -3,9 +3,9 @@
 It holds the very `SequenceEncoder` the Beam job used (tokenizer + source vocabulary table read
 from the vocabulary FILE, so the file travels as a SavedModel asset), id->token tables for both
 vocabularies (also from their files), the target tokenizer (for detokenizing), the trained
-`Seq2Seq`, and decodes with the model library's `greedy_decode` (`GreedySearch` over the model's
-`encode`/`initial_state`/`step`, components/model/decoding.py), the one greedy decoder, which the
-trainer's tests also run on the trained model, so serving cannot drift from it.
+`Seq2Seq`, and translates with the model library's `translate_text` (components/model/translation.py):
+`GreedySearch` over the model's `encode`/`initial_state`/`step` under the protected-span rule, the
+one greedy decoder, which the trainer's dev metric also runs, so serving cannot drift from it.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Optional
 
 import tensorflow as tf
 
-from components.core.vocabulary import PAD_ID
-from components.model.decoding import greedy_decode
+from components.model.translation import target_slots, translate_text
 from components.serving.client import MAX_DECODE_LENGTH_LIMIT
-from components.text.encoding import SequenceEncoder, decode_ids, id_to_token_table
+from components.text.encoding import SequenceEncoder, id_to_token_table
+from components.text.subword import read_pieces
 from components.text.tokenizers import Tokenizer
 
 TEXT_SPEC = tf.TensorSpec([None], tf.string, name="text")
@@ -42,6 +42,8 @@ class ServingModule(tf.Module):
         self.target_tokenizer = target_tokenizer
         self.source_id_to_token = id_to_token_table(source_vocab_path)
         self.target_id_to_token = id_to_token_table(target_vocab_path)
+        # Which target tokens are protected-span sentinels (None without protection): a constant of the graph.
+        self.target_slots = target_slots(source_encoder, read_pieces(target_vocab_path))
         if not 1 <= int(max_decode_length) <= MAX_DECODE_LENGTH_LIMIT:
             raise ValueError(f"max_decode_length must be in [1, {MAX_DECODE_LENGTH_LIMIT}], got {max_decode_length}")
         self.max_decode_length = int(max_decode_length)
@@ -85,27 +87,8 @@ class ServingModule(tf.Module):
         return self._translate(text, tf.where(max_length > 0, max_length, default))
 
     def _translate(self, text: tf.Tensor, max_length: tf.Tensor) -> dict[str, tf.Tensor]:
-        encoded = self._encode(text)
-        source_length = encoded["source_length"]
-        empty = tf.equal(source_length, 0)
-        # An empty source would leave every attention score masked; decode it as one <pad> token
-        # so the arithmetic stays finite, then blank its outputs below.
-        decoded = greedy_decode(self.model, encoded["source_ids"], tf.maximum(source_length, 1), max_length)
-        keep = tf.logical_not(empty)
-        token_ids = tf.where(keep[:, None], decoded["token_ids"], tf.constant(PAD_ID, tf.int64))
-        length = tf.where(keep, decoded["length"], tf.constant(0, tf.int64))
-        score = tf.where(keep, decoded["score"], 0.0)
-        attention = tf.where(keep[:, None, None], decoded["attention"], 0.0)
-
-        tokens, translation = decode_ids(self.target_id_to_token, self.target_tokenizer, token_ids, length)
-        return {
-            "translation": translation,
-            "tokens": tokens,
-            "token_ids": token_ids,
-            "length": length,
-            "score": score,
-            "attention": attention,
-        }
+        return translate_text(self.model, self.source_encoder, self.target_id_to_token, self.target_tokenizer,
+                              self.target_slots, text, max_length)
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         return {

@@ -58,20 +58,106 @@ class DecodingStrategy(abc.ABC):
         """Decode from the initial `state` of `batch` rows over `source_steps` source positions."""
 
 
+class TokenConstraint(abc.ABC):
+    """A rule on which tokens a hypothesis may emit next, applied to the step's log-probabilities.
+
+    It keeps its own per-row state (a nest of tensors with the batch first), which a strategy
+    carries through its loop and, like the decoder state, may reorder by rows."""
+
+    @abc.abstractmethod
+    def initial(self) -> Any:
+        """The state before the first step."""
+
+    @abc.abstractmethod
+    def adjust(self, logits: tf.Tensor, state: Any) -> tf.Tensor:
+        """[B, V] logits -> [B, V] logits under the rule. Working on logits (log-probabilities up to
+        a per-row constant) leaves the scores of untouched tokens bit for bit as they were."""
+
+    @abc.abstractmethod
+    def update(self, state: Any, chosen: tf.Tensor) -> Any:
+        """The state after the rows emitted `chosen` [B]."""
+
+
+class Unconstrained(TokenConstraint):
+    def initial(self) -> Any:
+        return ()
+
+    def adjust(self, logits: tf.Tensor, state: Any) -> tf.Tensor:
+        return logits
+
+    def update(self, state: Any, chosen: tf.Tensor) -> Any:
+        return ()
+
+
+# Log-probability of a forbidden token: finite, so sums and softmaxes stay free of NaN.
+FORBIDDEN = -1e9
+
+
+class SpanConstraint(TokenConstraint):
+    """Every protected span of the source exactly once (components/text/spans.py).
+
+    The rule, per row: the sentinel of a span the source does not have, or of one already emitted,
+    is forbidden; while any of the source's spans is missing, <eos> is forbidden and its
+    probability goes to the missing spans' sentinels in proportion to theirs, so where the model
+    would stop, it emits the likeliest missing span instead. A hypothesis cut by max_length can
+    still miss spans: the exported model appends those after the text (docs/export.md).
+
+    `token_slots` [V] int32: the span slot of each target token (-1 for non-sentinels; a WordPiece
+    vocabulary has two tokens per slot, the plain and the `##` form). `required` [B, K] bool: the
+    slots each source fills.
+    """
+
+    def __init__(self, token_slots: tf.Tensor, required: tf.Tensor):
+        self.token_slots = tf.convert_to_tensor(token_slots, tf.int32)
+        self.required = tf.convert_to_tensor(required, tf.bool)
+        self.is_sentinel = self.token_slots >= 0
+        self.slots = tf.shape(self.required)[1]
+
+    def initial(self) -> tf.Tensor:
+        return tf.zeros_like(self.required)  # emitted [B, K]
+
+    def _per_token(self, per_slot: tf.Tensor) -> tf.Tensor:
+        """[B, K] bool per slot -> [B, V] bool per token (False for non-sentinel tokens)."""
+        return tf.gather(per_slot, tf.maximum(self.token_slots, 0), axis=1) & self.is_sentinel[None, :]
+
+    def adjust(self, logits: tf.Tensor, emitted: tf.Tensor) -> tf.Tensor:
+        blocked = self._per_token(emitted | tf.logical_not(self.required))
+        logits = tf.where(blocked, FORBIDDEN, logits)
+        missing = self._per_token(self.required & tf.logical_not(emitted))
+        any_missing = tf.reduce_any(missing, axis=1, keepdims=True)
+        # p'(s) = p(s) + p(eos) * share(s) over the missing sentinels s, p'(eos) = 0: the row's
+        # normalizer is unchanged, so in logits: log(exp(logit_s) + exp(logit_eos) * share(s)).
+        eos = logits[:, EOS_ID:EOS_ID + 1]
+        share = tf.nn.log_softmax(tf.where(missing, logits, FORBIDDEN), axis=-1)
+        redirected = tf.where(missing, tf.reduce_logsumexp(tf.stack([logits, eos + share]), axis=0), logits)
+        is_eos = tf.equal(tf.range(tf.shape(logits)[1]), EOS_ID)[None, :]
+        redirected = tf.where(is_eos, FORBIDDEN, redirected)
+        return tf.where(any_missing, redirected, logits)
+
+    def update(self, emitted: tf.Tensor, chosen: tf.Tensor) -> tf.Tensor:
+        slot = tf.gather(self.token_slots, chosen)
+        return emitted | tf.cast(tf.one_hot(tf.maximum(slot, 0), self.slots, dtype=tf.int32), tf.bool) & (slot >= 0)[:, None]
+
+
 class GreedySearch(DecodingStrategy):
     """The most likely token at every step, until every row has emitted <eos> or at max_length."""
+
+    def __init__(self, constraint: TokenConstraint | None = None):
+        self.constraint = constraint or Unconstrained()
 
     def search(self, model: StepModel, state: DecoderState, batch: tf.Tensor, source_steps: tf.Tensor,
                max_length: tf.Tensor) -> dict[str, tf.Tensor]:
         tokens_ta = tf.TensorArray(tf.int64, size=0, dynamic_size=True, element_shape=tf.TensorShape([None]))
         attention_ta = tf.TensorArray(tf.float32, size=0, dynamic_size=True,
                                       element_shape=tf.TensorShape([None, None]))
+        constraint = self.constraint
 
-        def keep_going(t, previous, state, finished, length, score, tokens, attention):
+        def keep_going(t, previous, state, rule, finished, length, score, tokens, attention):
             return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(finished)))
 
-        def body(t, previous, state, finished, length, score, tokens, attention):
+        def body(t, previous, state, rule, finished, length, score, tokens, attention):
             logits, state, weights = model.step(previous, state)
+            logits = constraint.adjust(logits, rule)
             log_probs = tf.nn.log_softmax(logits, axis=-1)
             chosen = tf.argmax(logits, axis=-1, output_type=tf.int64)
             chosen_log_prob = tf.gather(log_probs, chosen, batch_dims=1)
@@ -79,15 +165,16 @@ class GreedySearch(DecodingStrategy):
             score += tf.where(running, chosen_log_prob, 0.0)
             length += tf.cast(running, tf.int64)
             chosen = tf.where(running, chosen, tf.constant(PAD_ID, tf.int64))
+            rule = constraint.update(rule, chosen)
             weights = tf.where(running[:, None], weights, 0.0)
             finished = tf.logical_or(finished, tf.equal(chosen, EOS_ID))
-            return (t + 1, chosen, state, finished, length, score,
+            return (t + 1, chosen, state, rule, finished, length, score,
                     tokens.write(t, chosen), attention.write(t, weights))
 
-        initial = (tf.constant(0), tf.fill([batch], tf.constant(BOS_ID, tf.int64)), state,
+        initial = (tf.constant(0), tf.fill([batch], tf.constant(BOS_ID, tf.int64)), state, constraint.initial(),
                    tf.zeros([batch], tf.bool), tf.zeros([batch], tf.int64), tf.zeros([batch], tf.float32),
                    tokens_ta, attention_ta)
-        steps, _, _, _, length, score, tokens_ta, attention_ta = tf.while_loop(keep_going, body, initial)
+        steps, _, _, _, _, length, score, tokens_ta, attention_ta = tf.while_loop(keep_going, body, initial)
         # stack() of an empty TensorArray needs a fully known element shape, so max_length=0 is special.
         token_ids = tf.cond(steps > 0, lambda: tf.transpose(tokens_ta.stack()),
                             lambda: tf.zeros([batch, 0], tf.int64))
@@ -97,6 +184,6 @@ class GreedySearch(DecodingStrategy):
 
 
 def greedy_decode(model: StepModel, source_ids: tf.Tensor, source_length: tf.Tensor,
-                  max_length: Any) -> dict[str, tf.Tensor]:
-    """Greedy-decode a batch (see `DecodingStrategy` for the outputs)."""
-    return GreedySearch()(model, source_ids, source_length, max_length)
+                  max_length: Any, constraint: TokenConstraint | None = None) -> dict[str, tf.Tensor]:
+    """Greedy-decode a batch (see `DecodingStrategy` for the outputs), under `constraint` if given."""
+    return GreedySearch(constraint)(model, source_ids, source_length, max_length)

@@ -308,11 +308,12 @@ def build_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessC
     max_vocab_size applied.
     """
     from components.core.vocabulary import Vocabulary
+    from components.text.spans import reserved_tokens
 
     tokens = {}
     for side in SIDES:
         decoded = {(t.decode("utf-8") if isinstance(t, bytes) else t): n for t, n in counts.get(side, {}).items()}
-        vocabulary = Vocabulary.from_counts(decoded, p.min_frequency, p.max_vocab_size)
+        vocabulary = Vocabulary.from_counts(decoded, p.min_frequency, p.max_vocab_size, reserved_tokens(p, side))
         vocabulary.save(f"{staging}/{side}.vocab")
         tokens[side] = list(vocabulary.tokens)
     return tokens
@@ -348,14 +349,18 @@ def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: P
     """
     from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
 
+    from components.core.spans import has_sentinel
     from components.core.vocabulary import SPECIAL_TOKENS
+    from components.text.spans import reserved_tokens
 
     result = {}
     for side in p.wordpiece_sides:
         words = _sorted_words(counts, side)
-        pieces = learner.learn(words, vocab_size=p.wordpiece_vocab_size, reserved_tokens=list(SPECIAL_TOKENS),
+        reserved = list(SPECIAL_TOKENS) + reserved_tokens(p, side)
+        pieces = learner.learn(words, vocab_size=p.wordpiece_vocab_size, reserved_tokens=reserved,
                                lower_thresh=1, max_unique_chars=max(1000, p.wordpiece_vocab_size // 4))
-        pieces = list(pieces) if words else list(SPECIAL_TOKENS)
+        # The reserved tokens come first; the learner's own copies of sentinel characters are dropped.
+        pieces = reserved + [piece for piece in pieces if piece not in reserved and not has_sentinel(piece)]
         fs.write_text(f"{staging}/{WORDPIECE_VOCAB.format(side=side)}", "".join(t + "\n" for t in pieces))
         logger.info("learned a %d-piece WordPiece vocabulary for the %s side", len(pieces), side)
         result[side] = pieces
@@ -370,16 +375,19 @@ def learn_sentencepiece_models(counts: Mapping[str, Mapping[bytes, int]], p: Pre
     `train_sentencepiece` for the settings.
     """
     from components.core import io
+    from components.text.spans import reserved_tokens
 
     result = {}
     for side in p.sentencepiece_sides:
-        model = train_sentencepiece(_sorted_words(counts, side), p.wordpiece_vocab_size, side)
+        model = train_sentencepiece(_sorted_words(counts, side), p.wordpiece_vocab_size, side,
+                                    reserved_tokens(p, side))
         io.write_bytes_atomic(f"{staging}/{SENTENCEPIECE_MODEL.format(side=side)}", model)
         result[side] = model
     return result
 
 
-def train_sentencepiece(words: Sequence[tuple[str, int]], vocab_size: int, side: str = "") -> bytes:
+def train_sentencepiece(words: Sequence[tuple[str, int]], vocab_size: int, side: str = "",
+                        user_symbols: Sequence[str] = ()) -> bytes:
     """A SentencePiece unigram model (serialized) learned from (word, count) pairs.
 
     The words are normalized text already (the tokenizer normalizes before the model sees it), so
@@ -399,7 +407,8 @@ def train_sentencepiece(words: Sequence[tuple[str, int]], vocab_size: int, side:
     if not words:
         # No train words: the job then fails with a clear count error; this model is never used.
         words = [(UNK, 1)]
-    needed = len({c for w, _ in words for c in w}) + 2  # every character, the word-start mark, <unk>
+    # every character, the word-start mark, <unk>, the user symbols (protected-span sentinels)
+    needed = len({c for w, _ in words for c in w} | set(user_symbols)) + 2 + len(user_symbols)
     if vocab_size < needed:
         logger.warning("preprocess.wordpiece_vocab_size %d is smaller than the %d pieces the %s side's "
                        "characters need: learning a %d-piece SentencePiece model", vocab_size, needed, side, needed)
@@ -411,7 +420,7 @@ def train_sentencepiece(words: Sequence[tuple[str, int]], vocab_size: int, side:
         character_coverage=1.0, byte_fallback=False, normalization_rule_name="identity",
         remove_extra_whitespaces=False, split_digits=False,
         unk_id=0, unk_piece=UNK, bos_id=-1, eos_id=-1, pad_id=-1,
-        num_threads=SENTENCEPIECE_THREADS, minloglevel=2)
+        user_defined_symbols=list(user_symbols), num_threads=SENTENCEPIECE_THREADS, minloglevel=2)
     data = model.getvalue()
     logger.info("learned a %d-piece SentencePiece model for the %s side", _piece_count(data), side)
     return data

@@ -196,6 +196,7 @@ class _TokenizingFn(beam.DoFn):
         None uses each side's own from the config."""
         self.config = config
         self.side_tokenizers = {side: tokenizer or config.tokenizer_of(side) for side in SIDES}
+        self.words_only = tokenizer is not None
 
     def setup(self) -> None:
         from components.core.tftext import register_tensorflow_text_ops
@@ -223,6 +224,21 @@ class _TokenizingFn(beam.DoFn):
             else:  # a WordPiece vocabulary, or nothing learned
                 tokenizers[side] = make_tokenizer(name, self.config.lowercase, list(value) if value else None)
         return tokenizers
+
+    def _protect(self, sources, targets):
+        """Both sides with their protected spans masked (preprocess.protected_spans), in the graph,
+        as the encoders do; unchanged when protection is off."""
+        from components.text.spans import masker_for
+        from components.text.tokenizers import normalize
+
+        # The piece learners' words (a tokenizer override) hold each sentinel as a word of its own,
+        # so no learned piece glues a sentinel to text; the vocabulary reserves the sentinels.
+        separate = True if self.words_only else None
+        maskers = {side: masker_for(self.config, side, separate) for side in SIDES}
+        if maskers["source"] is None:
+            return sources, targets
+        masked_sources, spans = maskers["source"].mask(normalize(sources, lowercase=False))
+        return masked_sources, maskers["target"].mask_like(normalize(targets, lowercase=False), spans)
 
     def _split_flags(self, batch: RecordBatch) -> np.ndarray:
         if self.config.eval_fraction <= 0:
@@ -289,6 +305,7 @@ class CountTokensFn(_TokenizingFn):
         come from its first N words at most, and a side with more words than a limit has more pieces too.
         """
         tf = _tf()
+        sources, targets = self._protect(sources, targets)
         tokens = [self._tokenizers["source"].tokenize(sources), self._tokenizers["target"].tokenize(targets)]
         lengths = [t.row_lengths() for t in tokens]
         keep = train & (lengths[0] > 0) & (lengths[1] > 0)
@@ -411,14 +428,15 @@ class EncodeAndWriteFn(_TokenizingFn):
 
     def _build(self, vocabularies: Mapping[str, Sequence[str]], learned: Optional[Learned]) -> None:
         from components.text.encoding import SequenceEncoder
+        from components.text.spans import masker_for
 
         tf = _tf()
         tokenizers = self._make_tokenizers(learned)
         c = self.config
         source = SequenceEncoder(tokenizers["source"], list(vocabularies["source"]), c.max_source_length,
-                                 name="source_encoder")
+                                 name="source_encoder", masker=masker_for(c, "source"))
         target = SequenceEncoder(tokenizers["target"], list(vocabularies["target"]), c.max_target_length,
-                                 name="target_encoder")
+                                 name="target_encoder", masker=masker_for(c, "target"))
         self._modules = (source, target)  # keep the lookup tables alive
         spec = [tf.TensorSpec([None], tf.string)] * 2
         self._encoders = tf.function(self._encode_impl, input_signature=spec)
@@ -428,7 +446,7 @@ class EncodeAndWriteFn(_TokenizingFn):
         from components.text.tokenizers import normalize
 
         source, target = self._modules
-        return (source.encode_source(sources), target.encode_target(targets),
+        return (source.encode_source(sources), target.encode_target(targets, sources),
                 normalize(sources, self.config.lowercase), normalize(targets, self.config.lowercase))
 
     def process(self, batch: RecordBatch, vocabularies: Mapping[str, Sequence[str]],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from components.core.artifacts import PreprocessArtifact
 from components.text.encoding import SequenceEncoder
+from components.text.spans import masker_for
 from components.text.tokenizers import Tokenizer, make_tokenizer
 
 
@@ -20,4 +21,5 @@ def encoder_for(artifact: PreprocessArtifact, side: str) -> SequenceEncoder:
     """The same `SequenceEncoder` the Beam job used for this side, reading the vocab file."""
     p = artifact.preprocess
     width = p.max_source_length if side == "source" else p.max_target_length
-    return SequenceEncoder(tokenizer_for(artifact, side), artifact.vocab_path(side), width, name=f"{side}_encoder")
+    return SequenceEncoder(tokenizer_for(artifact, side), artifact.vocab_path(side), width, name=f"{side}_encoder",
+                           masker=masker_for(p, side))

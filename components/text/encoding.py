@@ -5,12 +5,13 @@ SavedModel's `encode` signature runs the same module, so `source_ids` match bit 
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import tensorflow as tf
 
 from components.core.vocabulary import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK, UNK_ID
-from components.text.tokenizers import Tokenizer
+from components.text.spans import SpanMasker, missing_spans, restore_spans
+from components.text.tokenizers import Tokenizer, normalize
 
 VocabSource = Union[str, Sequence[str]]
 
@@ -39,35 +40,68 @@ def id_to_token_table(vocab_path: str) -> tf.lookup.StaticHashTable:
 
 
 def decode_ids(table: tf.lookup.StaticHashTable, tokenizer: Tokenizer, token_ids: tf.Tensor,
-               length: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+               length: tf.Tensor, spans: Optional[tf.RaggedTensor] = None,
+               slots: Optional[tf.Tensor] = None) -> tuple[tf.Tensor, tf.Tensor]:
     """Decoded ids [B, T] and lengths [B] -> (tokens [B, T], '' past each length; texts [B]).
 
     The texts drop every special token (ids 0-3: <eos> and <unk> included) and are detokenized
-    with the target tokenizer. The exported model and the trainer's dev-metric both use this.
+    with the target tokenizer. With the sources' protected `spans` and the vocabulary's sentinel
+    `slots`, sentinels become their spans, and spans a row never emitted are appended to its text.
+    The exported model and the trainer's dev-metric both use this.
     """
     steps = tf.shape(token_ids, out_type=tf.int64)[1]
     valid = tf.sequence_mask(length, steps)
     tokens = tf.where(valid, table.lookup(token_ids), "")
+    if spans is not None:
+        tokens = restore_spans(tokens, token_ids, spans, slots)
     words = tf.ragged.boolean_mask(tokens, valid & (token_ids >= len(SPECIAL_TOKENS)))
-    return tokens, tokenizer.detokenize(words)
+    texts = tokenizer.detokenize(words)
+    if spans is not None:
+        texts = tf.strings.strip(tf.strings.join([texts, missing_spans(token_ids, length, spans, slots)], " "))
+    return tokens, texts
 
 
 class SequenceEncoder(tf.Module):
-    """Tokenize, map to ids (<unk> for unknown tokens), truncate and pad to a fixed width."""
+    """Mask protected spans (when a `SpanMasker` is given), tokenize, map to ids (<unk> for unknown
+    tokens), truncate and pad to a fixed width."""
 
-    def __init__(self, tokenizer: Tokenizer, vocab: VocabSource, width: int, name: str = "encoder"):
+    def __init__(self, tokenizer: Tokenizer, vocab: VocabSource, width: int, name: str = "encoder",
+                 masker: Optional[SpanMasker] = None):
         super().__init__(name=name)
         self.tokenizer = tokenizer
         self.table = lookup_table(vocab)
         self.width = int(width)
+        self.masker = masker
+
+    def protect(self, texts: tf.Tensor) -> tuple[tf.Tensor, Optional[tf.RaggedTensor]]:
+        """[B] source texts -> (texts with spans masked, spans [B, (n)]); unchanged and None without a masker.
+
+        Spans are found after whitespace normalization and before lowercasing, so they come back as written.
+        """
+        if self.masker is None:
+            return texts, None
+        return self.masker.mask(normalize(tf.convert_to_tensor(texts, tf.string), lowercase=False))
+
+    def protect_target(self, texts: tf.Tensor, sources: Optional[tf.Tensor]) -> tf.Tensor:
+        """[B] target texts with the spans of their sources masked (unchanged without a masker)."""
+        if self.masker is None:
+            return texts
+        if sources is None:
+            raise ValueError("masking a target's spans needs its source texts")
+        _, source_spans = self.protect(sources)
+        return self.masker.mask_like(normalize(tf.convert_to_tensor(texts, tf.string), lowercase=False), source_spans)
 
     def token_ids(self, texts: tf.Tensor) -> tf.RaggedTensor:
-        """[B] strings -> [B, (n)] int64 ids, untruncated."""
+        """[B] (masked) strings -> [B, (n)] int64 ids, untruncated."""
         tokens = self.tokenizer.tokenize(texts)
         return tf.ragged.map_flat_values(self.table.lookup, tokens)
 
     def encode_source(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
         """source_ids [B, width] (truncated, <pad>-padded), source_length [B], full_length [B]."""
+        return self.encode_masked_source(self.protect(texts)[0])
+
+    def encode_masked_source(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
+        """`encode_source` of texts `protect` has masked already."""
         ids = self.token_ids(texts)
         full_length = ids.row_lengths()
         kept = ids[:, : self.width]
@@ -77,9 +111,11 @@ class SequenceEncoder(tf.Module):
             "full_length": full_length,
         }
 
-    def encode_target(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
-        """target_input = <bos> y <eos>, target_output = y <eos>, both [B, width]; y keeps width-2 ids."""
-        ids = self.token_ids(texts)
+    def encode_target(self, texts: tf.Tensor, sources: Optional[tf.Tensor] = None) -> dict[str, tf.Tensor]:
+        """target_input = <bos> y <eos>, target_output = y <eos>, both [B, width]; y keeps width-2 ids.
+
+        With a masker, `sources` (the pairs' source texts) say which target spans become sentinels."""
+        ids = self.token_ids(self.protect_target(texts, sources))
         full_length = ids.row_lengths()
         kept = ids[:, : self.width - 2]
         batch = kept.nrows()

@@ -4,9 +4,9 @@ scored with chrF or BLEU against its reference texts (trainer.select_by).
 The teacher-forced eval loss rewards a model for predicting the next reference token; what ships is
 a greedy decoder that feeds itself its own tokens, and that loops, drops or invents words in ways
 the loss does not see. So the kept checkpoint can be chosen by what the exported model will do:
-the same in-graph greedy decoder (`components.model.decoding.greedy_decode`), the same id -> text
-step as the SavedModel (`components.text.encoding.decode_ids`), the same sacrebleu metrics as the
-evaluator (`components.text.metrics`).
+the SavedModel's own text -> text graph (`components.model.translation.translate_text`: the Beam
+job's encoder, greedy decoding under the protected-span rule, the id -> text step), on the eval
+split's source texts, and the same sacrebleu metrics as the evaluator (`components.text.metrics`).
 """
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ import tensorflow as tf
 
 from components.core.artifacts import PreprocessArtifact
 from components.model import Seq2Seq
-from components.model.decoding import greedy_decode
-from components.text.artifacts import tokenizer_for
-from components.text.encoding import decode_ids, id_to_token_table
+from components.model.translation import target_slots, translate_text
+from components.text.artifacts import encoder_for, tokenizer_for
+from components.text.encoding import id_to_token_table
 from components.text.metrics import Scores, score
+from components.text.subword import read_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +29,9 @@ logger = logging.getLogger(__name__)
 def read_sample(files: Sequence[str], artifact: PreprocessArtifact, size: int,
                 batch_size: int) -> list[dict[str, tf.Tensor]]:
     """The first `size` examples of the eval shards (in file order, so every evaluation of a run,
-    and a resumed run, scores the same sentences), batched: source ids and lengths, reference texts."""
+    and a resumed run, scores the same sentences), batched: source and reference texts."""
     spec = artifact.feature_spec()
-    wanted = {name: spec[name] for name in ("source_ids", "source_length", "target_text")}
+    wanted = {name: spec[name] for name in ("source_text", "target_text")}
     dataset = (tf.data.TFRecordDataset(list(files), compression_type="GZIP").take(size).batch(batch_size)
                .map(lambda records: tf.io.parse_example(records, wanted)))
     return list(dataset)
@@ -44,16 +45,14 @@ class DevScorer:
         self.references = [text.decode("utf-8") for batch in batches for text in batch["target_text"].numpy()]
         tokenizer = tokenizer_for(artifact, "target")
         table = id_to_token_table(artifact.vocab_path("target"))
-        max_length = artifact.preprocess.max_target_length
-        spec = {name: tf.TensorSpec([None, None] if name == "source_ids" else [None], tf.int64)
-                for name in ("source_ids", "source_length")}
+        encoder = encoder_for(artifact, "source")
+        slots = target_slots(encoder, read_pieces(artifact.vocab_path("target")))
+        max_length = tf.constant(artifact.preprocess.max_target_length, tf.int32)
+        self._keep_alive = (table, encoder)
 
-        @tf.function(input_signature=[spec])
-        def translate(batch):
-            # An empty source (a quarantine-free corner, but possible) decodes from one <pad>, as in
-            # the SavedModel.
-            decoded = greedy_decode(model, batch["source_ids"], tf.maximum(batch["source_length"], 1), max_length)
-            return decode_ids(table, tokenizer, decoded["token_ids"], decoded["length"])[1]
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def translate(texts):
+            return translate_text(model, encoder, table, tokenizer, slots, texts, max_length)["translation"]
 
         self._translate = translate
 
@@ -62,8 +61,7 @@ class DevScorer:
 
     def translations(self) -> list[str]:
         return [text.decode("utf-8") for batch in self.batches
-                for text in self._translate({"source_ids": batch["source_ids"],
-                                             "source_length": batch["source_length"]}).numpy()]
+                for text in self._translate(batch["source_text"]).numpy()]
 
     def score(self) -> Scores:
         return score(self.translations(), self.references)

@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
@@ -623,7 +624,9 @@ class Trainer:
         step = int(self.step.numpy())
         self.best_eval_loss.assign(min(evaluation["eval_loss"], float(self.best_eval_loss.numpy())))
         selection = self._selection_value(evaluation)
-        improved = selection > float(self.best_selection.numpy())
+        # Compared as the float32 the variable stores: a score equal to the best must not count as
+        # better because the stored copy was rounded down.
+        improved = bool(np.float32(selection) > self.best_selection.numpy())
         if improved:
             self.best_selection.assign(selection)
             self.bad_epochs.assign(0)

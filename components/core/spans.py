@@ -1,0 +1,101 @@
+"""Protected spans: placeholders and markup a translation must keep exactly.
+
+`preprocess.protected_spans` lists what counts as a span: names from `SPAN_KINDS` or regular
+expressions of one's own. The patterns are written in the syntax that RE2 (TensorFlow's regex ops,
+which mask the spans in the graph, components/text/spans.py) and Python's `re` (the evaluator's
+fidelity metric) read the same way, so training, serving and evaluation agree on what a span is.
+
+Each span of a source becomes a numbered sentinel token, one character of Unicode's Private Use
+Area (`sentinel(k)`), for the first `SPAN_SLOTS` spans of a text.
+"""
+from __future__ import annotations
+
+import collections
+import re
+from typing import Sequence
+
+# Order matters where two kinds can start at the same character: the first listed alternative wins
+# (`%(name)s` is Python format, not printf `%(`).
+SPAN_KINDS: dict[str, str] = {
+    # %(name)s, %(count)d, %(value)-8.2f
+    "python_format": r"%\([A-Za-z_][A-Za-z0-9_]*\)[-+0#]*[0-9]*(?:\.[0-9]+)?[diouxXeEfFgGcrsa]",
+    # %s, %d, %1$s, %-5.2f, %lld, %zu, %@ and the escaped percent %%. No space flag: "100% sure".
+    "printf": r"%%|%(?:[0-9]+\$)?[-+0#']*(?:[0-9]+|\*)?(?:\.(?:[0-9]+|\*))?(?:hh|ll|[hlLqjzt])?[diouxXeEfFgGaAcspn@]",
+    # {0}, {name}, {count}, {0:.2f}, {user.name}, {}
+    "braces": r"\{[A-Za-z0-9_]*(?:[.:!\[][^{}\s]*)?\}",
+    # <strong>, </strong>, <br/>, <a href="...">: a whole tag is one span, whatever it holds
+    "tags": r"</?[A-Za-z][A-Za-z0-9:-]*(?:\s+[^<>]*)?/?>",
+    # &amp; &lt; &#39; &#x2014;
+    "entities": r"&(?:[A-Za-z][A-Za-z0-9]*|#[0-9]+|#[xX][0-9A-Fa-f]+);",
+}
+ALL_SPAN_KINDS: tuple[str, ...] = tuple(SPAN_KINDS)
+
+# The spans of a text that get their own sentinel; later ones stay ordinary text.
+SPAN_SLOTS = 20
+# Sentinel k is U+E000 + k: a Private Use Area character no corpus text uses, that lowercasing,
+# whitespace normalization and every tokenizer leave alone.
+SENTINEL_BASE = 0xE000
+SENTINEL_CLASS = f"[\\x{{{SENTINEL_BASE:04X}}}-\\x{{{SENTINEL_BASE + SPAN_SLOTS - 1:04X}}}]"  # RE2 syntax
+_NAME = re.compile(r"[a-z_]+")
+
+
+def sentinel(slot: int) -> str:
+    """The sentinel token text of span slot `slot` (0-based)."""
+    if not 0 <= slot < SPAN_SLOTS:
+        raise ValueError(f"span slot must be in [0, {SPAN_SLOTS}), got {slot}")
+    return chr(SENTINEL_BASE + slot)
+
+
+def sentinels() -> list[str]:
+    return [sentinel(k) for k in range(SPAN_SLOTS)]
+
+
+def sentinel_tokens(continuation: bool) -> list[str]:
+    """The tokens a vocabulary reserves for the sentinels: each sentinel, and with `continuation`
+    (WordPiece tokenizers, where a sentinel can sit inside a word: `(%s)`) its `##` form too."""
+    tokens = sentinels()
+    return tokens + ["##" + t for t in tokens] if continuation else tokens
+
+
+def has_sentinel(text: str) -> bool:
+    return any(0 <= ord(c) - SENTINEL_BASE < SPAN_SLOTS for c in text)
+
+
+def slot_of(token: str) -> int:
+    """The span slot a sentinel token stands for (a `##` continuation form too), else -1."""
+    core = token[2:] if token.startswith("##") else token
+    if len(core) == 1 and 0 <= ord(core) - SENTINEL_BASE < SPAN_SLOTS:
+        return ord(core) - SENTINEL_BASE
+    return -1
+
+
+def validate_patterns(items: Sequence[str]) -> None:
+    """Raise ValueError naming the first item that is neither a span kind nor a usable regex."""
+    for item in items:
+        if item in SPAN_KINDS:
+            continue
+        if _NAME.fullmatch(item):
+            raise ValueError(f"unknown span kind {item!r}; kinds: {', '.join(SPAN_KINDS)} (or a regular expression)")
+        try:
+            compiled = re.compile(item)
+        except re.error as e:
+            raise ValueError(f"{item!r} is not a regular expression: {e}") from None
+        if compiled.groups:
+            raise ValueError(f"{item!r}: use non-capturing groups (?:...) in a span pattern")
+        if compiled.match(""):
+            raise ValueError(f"{item!r} matches the empty string")
+
+
+def combined_pattern(items: Sequence[str]) -> str:
+    """One alternation of the listed kinds and regexes, in order ('' when none)."""
+    return "|".join(f"(?:{SPAN_KINDS.get(item, item)})" for item in items)
+
+
+def find_spans(text: str, items: Sequence[str]) -> list[str]:
+    """The spans of `text`, left to right, non-overlapping (what the graph masks)."""
+    pattern = combined_pattern(items)
+    return re.findall(pattern, text) if pattern else []
+
+
+def span_multiset(text: str, items: Sequence[str]) -> collections.Counter:
+    return collections.Counter(find_spans(text, items))

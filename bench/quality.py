@@ -58,6 +58,7 @@ ABLATIONS: dict[str, dict[str, object]] = {
     "chrF selection": {"trainer.select_by": "loss"},
     "length bucketing": {"trainer.bucket_by_length": False},
     "protected spans": {"preprocess.protected_spans": "[]"},
+    "+ copy attention": {"model.copy_attention": True},
 }
 
 

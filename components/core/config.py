@@ -114,10 +114,14 @@ class ModelConfig:
     # replaced by <unk> with this probability.
     dropout: float = 0.0
     word_dropout: float = 0.0
+    # Pointer-generator (See et al., 2017): each output token mixes generating from the target
+    # vocabulary with copying a source token through the attention weights, by a learned gate, so
+    # source tokens the target vocabulary lacks (identifiers, file names, numbers) can be output.
+    copy_attention: bool = False
 
     # The keys the model's variables depend on: a checkpoint or served model whose values differ
     # cannot be restored into this model.
-    SHAPE_KEYS: ClassVar[tuple[str, ...]] = ("embedding_dim", "units", "attention", "bidirectional")
+    SHAPE_KEYS: ClassVar[tuple[str, ...]] = ("embedding_dim", "units", "attention", "bidirectional", "copy_attention")
 
     def shape(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self.SHAPE_KEYS}
@@ -334,6 +338,9 @@ def _validate(config: Any, prefix: str) -> None:
         for name in ("embedding_dim", "units"):
             if getattr(config, name) < 1:
                 raise bad(name, "must be positive")
+        if config.copy_attention and config.attention == "none":
+            raise bad("copy_attention", "copies through the attention weights: it needs model.attention "
+                      "bahdanau or luong")
         for name in ("dropout", "word_dropout"):
             if not 0 <= getattr(config, name) < 1:
                 raise bad(name, "must be in [0, 1)")

@@ -64,6 +64,49 @@ SIGNATURES: dict[str, Any] = {
 }
 
 
+# What the card and README say about protected spans (components/text/spans.py,
+# components/model/decoding.py SpanConstraint); docs/export.md, "Protected spans in the exported model".
+SPAN_ENFORCEMENT = (
+    "Each protected span of the source (the first {slots} of a sentence, left to right) becomes a numbered "
+    "sentinel token (span k: U+E000 + k) before tokenizing, in encode and in translation alike. Greedy decoding "
+    "emits the sentinel of every span of the source exactly once: the sentinel of a span the source does not "
+    "have, or of one "
+    "already emitted, is forbidden; while any span is missing, <eos> is forbidden and its probability goes to "
+    "the missing spans' sentinels in proportion to theirs. The sentinels of the output become the source's "
+    "spans again, character for character; spans still missing when decoding stops at max_length are "
+    "appended to the translation, space-separated, in source order. Core TensorFlow ops only."
+)
+SPAN_OUTPUTS = (
+    "translation and tokens hold the restored spans (a sentinel token of tokens becomes its span, a ## prefix "
+    "kept; spans appended after max_length are in translation only, not in tokens, token_ids or length); "
+    "token_ids, encode's source_ids and source_tokens show the sentinels themselves."
+)
+
+
+def protected_spans_entry(config, artifact) -> Optional[dict[str, Any]]:
+    """The card's `protected_spans`: what `preprocess.protected_spans` protects and how (None when off)."""
+    from components.core.spans import SENTINEL_BASE, SPAN_KINDS, SPAN_SLOTS, combined_pattern, slot_of
+    from components.text.subword import read_pieces
+
+    items = list(config.preprocess.protected_spans)
+    if not items:
+        return None
+    return {
+        "items": items,
+        "kinds": [item for item in items if item in SPAN_KINDS],
+        "regexes": [item for item in items if item not in SPAN_KINDS],
+        "pattern": combined_pattern(items),
+        "max_spans_per_text": SPAN_SLOTS,
+        "sentinels": f"U+{SENTINEL_BASE:04X}..U+{SENTINEL_BASE + SPAN_SLOTS - 1:04X}",
+        # The vocabulary ids of the sentinel tokens (a WordPiece side has a `##` form of each too).
+        "sentinel_ids": {side: [i for i, token in enumerate(read_pieces(artifact.vocab_path(side)))
+                                if slot_of(token) >= 0]
+                         for side in ("source", "target")},
+        "enforcement": SPAN_ENFORCEMENT.format(slots=SPAN_SLOTS),
+        "outputs": SPAN_OUTPUTS,
+    }
+
+
 def sha256_files(paths: list[str]) -> str:
     """One digest over the named files' bytes, in the given order (names excluded: copies hash equal)."""
     return "sha256:" + io.files_digest(paths)
@@ -132,6 +175,7 @@ def build_card(
         "vocabulary_sizes": vocab_sizes,
         "preprocess": {"max_source_length": p.max_source_length, "max_target_length": p.max_target_length,
                        "length_policy": p.length_policy, "tokenizer": p.tokenizer, "lowercase": p.lowercase},
+        "protected_spans": protected_spans_entry(config, artifact),
         "model": dataclasses.asdict(config.model),
         "decoding": {"algorithm": "greedy", "max_decode_length": max_decode_length,
                      "max_decode_length_limit": MAX_DECODE_LENGTH_LIMIT,
@@ -162,6 +206,9 @@ def render_readme(card: dict[str, Any]) -> str:
         + ("Loading needs `import tensorflow_text` first." if tok["needs_tensorflow_text"]
            else "Loading needs only `import tensorflow`."),
         "",
+    ]
+    lines += _render_spans(card.get("protected_spans"))
+    lines += [
         "## Signatures",
         "",
     ]
@@ -189,3 +236,20 @@ def render_readme(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _render_spans(spans: Optional[dict[str, Any]]) -> list[str]:
+    """The README's "Protected spans" section."""
+    lines = ["## Protected spans", ""]
+    if not spans:
+        return lines + ["Off (`preprocess.protected_spans: []`): placeholders and markup are ordinary text.", ""]
+    protected = [f"`{kind}`" for kind in spans["kinds"]] + [f"regex `{regex}`" for regex in spans["regexes"]]
+    return lines + [
+        f"Kept exactly: {', '.join(protected)} (at most {spans['max_spans_per_text']} spans a sentence; "
+        f"sentinels {spans['sentinels']}).",
+        "",
+        f"How it is enforced: {spans['enforcement']}",
+        "",
+        f"Outputs: {spans['outputs']}",
+        "",
+    ]

@@ -13,10 +13,9 @@ from typing import Optional
 
 import tensorflow as tf
 
-from components.model.translation import target_slots, translate_text
+from components.model.translation import TextTables, translate_text
 from components.serving.client import MAX_DECODE_LENGTH_LIMIT
 from components.text.encoding import SequenceEncoder, id_to_token_table
-from components.text.subword import read_pieces
 from components.text.tokenizers import Tokenizer
 
 TEXT_SPEC = tf.TensorSpec([None], tf.string, name="text")
@@ -41,9 +40,10 @@ class ServingModule(tf.Module):
         self.source_encoder = source_encoder
         self.target_tokenizer = target_tokenizer
         self.source_id_to_token = id_to_token_table(source_vocab_path)
-        self.target_id_to_token = id_to_token_table(target_vocab_path)
-        # Which target tokens are protected-span sentinels (None without protection): a constant of the graph.
-        self.target_slots = target_slots(source_encoder, read_pieces(target_vocab_path))
+        tables = TextTables.build(source_encoder, target_tokenizer, target_vocab_path)
+        # Tracked here, so the saver writes them (and their vocabulary file as an asset).
+        self.target_id_to_token, self.target_token_to_id = tables.id_to_token, tables.token_to_id
+        self._tables = tables
         if not 1 <= int(max_decode_length) <= MAX_DECODE_LENGTH_LIMIT:
             raise ValueError(f"max_decode_length must be in [1, {MAX_DECODE_LENGTH_LIMIT}], got {max_decode_length}")
         self.max_decode_length = int(max_decode_length)
@@ -52,12 +52,15 @@ class ServingModule(tf.Module):
             setattr(self, attribute, tf.saved_model.Asset(path))
 
     def _encode(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
-        encoded = self.source_encoder.encode_source(text)
-        return {"source_ids": encoded["source_ids"], "source_length": encoded["source_length"]}
+        masked, _ = self.source_encoder.protect(text)
+        encoded = self.source_encoder.encode_masked_source(masked)
+        return {"source_ids": encoded["source_ids"], "source_length": encoded["source_length"],
+                "source_copy_ids": self._tables.copy_ids(masked)[1]}
 
     @tf.function(input_signature=[TEXT_SPEC])
     def encode(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
-        """text [B] -> source_ids [B, max_source_length], source_length [B], as in the TFRecords."""
+        """text [B] -> source_ids and source_copy_ids [B, max_source_length], source_length [B], as
+        in the TFRecords."""
         return self._encode(text)
 
     @tf.function(input_signature=[TEXT_SPEC])
@@ -87,8 +90,7 @@ class ServingModule(tf.Module):
         return self._translate(text, tf.where(max_length > 0, max_length, default))
 
     def _translate(self, text: tf.Tensor, max_length: tf.Tensor) -> dict[str, tf.Tensor]:
-        return translate_text(self.model, self.source_encoder, self.target_id_to_token, self.target_tokenizer,
-                              self.target_slots, text, max_length)
+        return translate_text(self.model, self._tables, text, max_length)
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         return {

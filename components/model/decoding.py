@@ -13,7 +13,7 @@ eval loss is teacher-forced), but the trainer's tests decode the trained model w
 from __future__ import annotations
 
 import abc
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
 import tensorflow as tf
 
@@ -45,10 +45,13 @@ class DecodingStrategy(abc.ABC):
     """
 
     def __call__(self, model: StepModel, source_ids: tf.Tensor, source_length: tf.Tensor,
-                 max_length: Any) -> dict[str, tf.Tensor]:
+                 max_length: Any, source_copy_ids: Optional[tf.Tensor] = None) -> dict[str, tf.Tensor]:
+        """`source_copy_ids` [B, S]: the source tokens' extended ids, for a copy-attention model."""
         source_ids = tf.convert_to_tensor(source_ids, tf.int64)
         source_length = tf.convert_to_tensor(source_length, tf.int64)
-        state = model.initial_state(model.encode(source_ids, source_length))
+        encoded = (model.encode(source_ids, source_length) if source_copy_ids is None
+                   else model.encode(source_ids, source_length, copy_ids=source_copy_ids))
+        state = model.initial_state(encoded)
         return self.search(model, state, tf.shape(source_ids)[0], tf.shape(source_ids)[1],
                            tf.cast(max_length, tf.int32))
 
@@ -110,20 +113,24 @@ class SpanConstraint(TokenConstraint):
     def __init__(self, token_slots: tf.Tensor, required: tf.Tensor):
         self.token_slots = tf.convert_to_tensor(token_slots, tf.int32)
         self.required = tf.convert_to_tensor(required, tf.bool)
-        self.is_sentinel = self.token_slots >= 0
         self.slots = tf.shape(self.required)[1]
 
     def initial(self) -> tf.Tensor:
         return tf.zeros_like(self.required)  # emitted [B, K]
 
-    def _per_token(self, per_slot: tf.Tensor) -> tf.Tensor:
-        """[B, K] bool per slot -> [B, V] bool per token (False for non-sentinel tokens)."""
-        return tf.gather(per_slot, tf.maximum(self.token_slots, 0), axis=1) & self.is_sentinel[None, :]
+    def _slots(self, width: tf.Tensor) -> tf.Tensor:
+        """The slots of `width` ids: a copy-attention model's extended ids past V are no sentinels."""
+        return tf.pad(self.token_slots, [[0, width - tf.shape(self.token_slots)[0]]], constant_values=-1)
+
+    def _per_token(self, per_slot: tf.Tensor, slots: tf.Tensor) -> tf.Tensor:
+        """[B, K] bool per slot -> [B, width] bool per token (False for non-sentinel tokens)."""
+        return tf.gather(per_slot, tf.maximum(slots, 0), axis=1) & (slots >= 0)[None, :]
 
     def adjust(self, logits: tf.Tensor, emitted: tf.Tensor) -> tf.Tensor:
-        blocked = self._per_token(emitted | tf.logical_not(self.required))
+        slots = self._slots(tf.shape(logits)[1])
+        blocked = self._per_token(emitted | tf.logical_not(self.required), slots)
         logits = tf.where(blocked, FORBIDDEN, logits)
-        missing = self._per_token(self.required & tf.logical_not(emitted))
+        missing = self._per_token(self.required & tf.logical_not(emitted), slots)
         any_missing = tf.reduce_any(missing, axis=1, keepdims=True)
         # p'(s) = p(s) + p(eos) * share(s) over the missing sentinels s, p'(eos) = 0: the row's
         # normalizer is unchanged, so in logits: log(exp(logit_s) + exp(logit_eos) * share(s)).
@@ -135,7 +142,8 @@ class SpanConstraint(TokenConstraint):
         return tf.where(any_missing, redirected, logits)
 
     def update(self, emitted: tf.Tensor, chosen: tf.Tensor) -> tf.Tensor:
-        slot = tf.gather(self.token_slots, chosen)
+        vocab = tf.shape(self.token_slots, out_type=tf.int64)[0]
+        slot = tf.where(chosen < vocab, tf.gather(self.token_slots, tf.minimum(chosen, vocab - 1)), -1)
         return emitted | tf.cast(tf.one_hot(tf.maximum(slot, 0), self.slots, dtype=tf.int32), tf.bool) & (slot >= 0)[:, None]
 
 
@@ -184,6 +192,7 @@ class GreedySearch(DecodingStrategy):
 
 
 def greedy_decode(model: StepModel, source_ids: tf.Tensor, source_length: tf.Tensor,
-                  max_length: Any, constraint: TokenConstraint | None = None) -> dict[str, tf.Tensor]:
+                  max_length: Any, constraint: TokenConstraint | None = None,
+                  source_copy_ids: Optional[tf.Tensor] = None) -> dict[str, tf.Tensor]:
     """Greedy-decode a batch (see `DecodingStrategy` for the outputs), under `constraint` if given."""
-    return GreedySearch(constraint)(model, source_ids, source_length, max_length)
+    return GreedySearch(constraint)(model, source_ids, source_length, max_length, source_copy_ids)

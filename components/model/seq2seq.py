@@ -17,7 +17,7 @@ decoding.py); `compute_loss` is the training loss, with the training kernels by 
 """
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import tensorflow as tf
 
@@ -30,6 +30,13 @@ from components.model.state import DecoderState, Encoded
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 FIRST_WORD_ID = len(SPECIAL_TOKENS)
+# The log-probability of an extended id no source token holds (copy attention): finite, like the
+# decoders' forbidden tokens, so that sums and softmaxes stay free of NaN.
+IMPOSSIBLE = -1e9
+
+
+def mechanism_has_context(attention: str) -> bool:
+    return ATTENTIONS[attention].has_context
 
 
 class LossSums(NamedTuple):
@@ -80,7 +87,8 @@ class Seq2Seq(tf.Module):
 
     def __init__(self, source_vocab_size: int, target_vocab_size: int, embedding_dim: int, units: int,
                  attention: str, seed: int = 0, precision: str = "float32", name: str = "seq2seq",
-                 bidirectional: bool = False, dropout: float = 0.0, word_dropout: float = 0.0):
+                 bidirectional: bool = False, dropout: float = 0.0, word_dropout: float = 0.0,
+                 copy_attention: bool = False):
         super().__init__(name=name)
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
@@ -96,6 +104,9 @@ class Seq2Seq(tf.Module):
         self.units = int(units)
         self.attention = attention
         self.bidirectional = bool(bidirectional)
+        self.copy_attention = bool(copy_attention)
+        if self.copy_attention and not mechanism_has_context(attention):
+            raise ValueError("copy_attention copies through the attention weights: it needs an attention")
         # Applied only when `compute_loss` is given a training seed (see `Noise`).
         self.noise = Noise(float(dropout), float(word_dropout))
         mechanism = ATTENTIONS[attention]
@@ -143,6 +154,11 @@ class Seq2Seq(tf.Module):
         # (docs/training.md, "The train step").
         self.output_kernel = var(init.glorot([self.target_vocab_size, U]), "output_kernel")
         self.output_bias = var(init.zeros([self.target_vocab_size]), "output_bias")
+        if self.copy_attention:
+            # The generation gate p_gen = sigmoid(w · [decoder state; context] + b); created last, so
+            # every other variable draws the initial value it has without copy attention.
+            self.copy_gate_kernel = var(init.glorot([2 * U, 1])[:, 0], "copy_gate_kernel")
+            self.copy_gate_bias = var(init.zeros([1]), "copy_gate_bias")
 
     @classmethod
     def from_config(cls, model_config, source_vocab_size: int, target_vocab_size: int,
@@ -151,19 +167,22 @@ class Seq2Seq(tf.Module):
         return cls(source_vocab_size, target_vocab_size, model_config.embedding_dim, model_config.units,
                    model_config.attention, seed=seed, precision=model_config.precision,
                    bidirectional=model_config.bidirectional, dropout=model_config.dropout,
-                   word_dropout=model_config.word_dropout)
+                   word_dropout=model_config.word_dropout, copy_attention=model_config.copy_attention)
 
     def shape_summary(self) -> dict[str, object]:
         """The hyperparameters a checkpoint depends on (compared on restore)."""
         return {"source_vocab_size": self.source_vocab_size, "target_vocab_size": self.target_vocab_size,
                 "embedding_dim": self.embedding_dim, "units": self.units, "attention": self.attention,
-                "bidirectional": self.bidirectional, "precision": self.precision}
+                "bidirectional": self.bidirectional, "copy_attention": self.copy_attention,
+                "precision": self.precision}
 
     # ---------------------------------------------------------------- encoder
 
     def encode(self, source_ids: tf.Tensor, source_length: tf.Tensor, kernels: Kernels = REFERENCE,
-               seed: Optional[tf.Tensor] = None) -> Encoded:
-        """[B, S] int64 ids and [B] lengths -> `Encoded` (states, final state, mask, attention keys).
+               seed: Optional[tf.Tensor] = None, copy_ids: Optional[tf.Tensor] = None) -> Encoded:
+        """[B, S] int64 ids and [B] lengths -> `Encoded` (states, final state, mask, attention keys,
+        copy ids). A copy-attention model needs `copy_ids` [B, S], the source tokens' extended
+        target ids (components/text/copying.py).
 
         With a training `seed`, word dropout on the ids and dropout on the embeddings and states.
         """
@@ -184,7 +203,13 @@ class Seq2Seq(tf.Module):
                                         self.compute_dtype, self.bridge_bias))
             final_state = tf.where((source_length > 0)[:, None], final_state, 0.0)
         states = noise.dropout(states, 2) * tf.cast(mask, tf.float32)[:, :, None]
-        return Encoded(states, final_state, mask, self.attention_mechanism.keys(states))
+        if self.copy_attention:
+            if copy_ids is None:
+                raise ValueError("a copy-attention model needs the source's copy ids (source_copy_ids)")
+            copy_ids = tf.convert_to_tensor(copy_ids, tf.int64)
+        else:
+            copy_ids = source_ids[:, :0]
+        return Encoded(states, final_state, mask, self.attention_mechanism.keys(states), copy_ids)
 
     def _encoder_gru(self, embedded: tf.Tensor, source_length: tf.Tensor, kernels: Kernels,
                      backward: bool) -> tuple[tf.Tensor, tf.Tensor]:
@@ -251,17 +276,45 @@ class Seq2Seq(tf.Module):
         return DecoderState(encoded.final_state, encoded, self.step_weights())
 
     def step(self, previous_ids: tf.Tensor, state: DecoderState) -> StepOutput:
-        """[B] previous tokens -> (logits [B, V], the next state, attention weights [B, S])."""
+        """[B] previous tokens -> (logits [B, V], the next state, attention weights [B, S]).
+
+        With copy attention the logits are [B, V + S], the log-probabilities of the extended
+        vocabulary (components/text/copying.py), and a previous extended id reads as <unk>.
+        """
         weights = state.weights
-        embedded = tf.gather(self.target_embedding, tf.convert_to_tensor(previous_ids, tf.int64))
+        previous_ids = tf.convert_to_tensor(previous_ids, tf.int64)
+        if self.copy_attention:
+            previous_ids = tf.where(previous_ids >= self.target_vocab_size, tf.constant(UNK_ID, tf.int64), previous_ids)
+        embedded = tf.gather(self.target_embedding, previous_ids)
         x_proj = matmul(embedded, self.decoder_kernel, self.compute_dtype) + self.decoder_bias
 
         def multiply(name: str, x: tf.Tensor) -> tf.Tensor:
             return matmul(x, weights[name], self.compute_dtype)
 
-        hidden, attention, _ = self._decoder_cell(x_proj, state.hidden, weights["state_bias"], state.memory,
-                                                  weights, multiply)
-        return StepOutput(self.project(hidden), state._replace(hidden=hidden), attention)
+        hidden, attention, context = self._decoder_cell(x_proj, state.hidden, weights["state_bias"], state.memory,
+                                                        weights, multiply)
+        logits = self.project(hidden)
+        if self.copy_attention:
+            logits = self._extended_log_probs(logits, hidden, context, attention, state.memory.copy_ids)
+        return StepOutput(logits, state._replace(hidden=hidden), attention)
+
+    def _generation_gate(self, hidden: tf.Tensor, context: tf.Tensor) -> tf.Tensor:
+        """p_gen [N] from decoder states and context vectors [N, U]."""
+        features = tf.concat([hidden, context], axis=-1)
+        return tf.sigmoid(tf.linalg.matvec(features, self.copy_gate_kernel) + self.copy_gate_bias)
+
+    def _extended_log_probs(self, logits: tf.Tensor, hidden: tf.Tensor, context: tf.Tensor, attention: tf.Tensor,
+                            copy_ids: tf.Tensor) -> tf.Tensor:
+        """log(p_gen · softmax(logits) + (1 - p_gen) · attention summed per copy id): [B, V + S]."""
+        gate = self._generation_gate(hidden, context)[:, None]
+        batch, source_steps = tf.shape(copy_ids)[0], tf.shape(copy_ids)[1]
+        width = self.target_vocab_size + source_steps
+        generated = tf.pad(gate * tf.nn.softmax(logits, axis=-1), [[0, 0], [0, source_steps]])
+        rows = tf.cast(tf.range(batch)[:, None] * width, tf.int64)
+        copied = tf.math.unsorted_segment_sum(tf.reshape((1.0 - gate) * attention, [-1]),
+                                              tf.reshape(rows + copy_ids, [-1]), batch * width)
+        mixture = generated + tf.reshape(copied, [batch, width])
+        return tf.where(mixture > 0, tf.math.log(tf.maximum(mixture, 1e-30)), IMPOSSIBLE)
 
     def decode_step(self, token_ids: tf.Tensor, state: tf.Tensor, encoded: Encoded,
                     step_weights: Optional[dict[str, tf.Tensor]] = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -277,13 +330,16 @@ class Seq2Seq(tf.Module):
         return tf.reshape(logits, tf.concat([tf.shape(states)[:-1], [self.target_vocab_size]], 0))
 
     def decoder_states(self, encoded: Encoded, target_input: tf.Tensor, with_attention: bool = True,
-                       kernels: Kernels = REFERENCE,
-                       seed: Optional[tf.Tensor] = None) -> tuple[tf.Tensor, Optional[tf.Tensor]]:
-        """Teacher forcing: [B, T] decoder inputs -> (states [B, T, U], attention [B, T, S] or None).
+                       kernels: Kernels = REFERENCE, seed: Optional[tf.Tensor] = None,
+                       with_context: bool = False) -> tuple[tf.Tensor, Any]:
+        """Teacher forcing: [B, T] decoder inputs -> (states [B, T, U], attention [B, T, S] or None;
+        with `with_context`, (attention, context vectors [B, T, U])).
 
         With a training `seed`, word dropout on the inputs and dropout on the embeddings and states.
         """
         target_input = tf.convert_to_tensor(target_input, tf.int64)
+        if self.copy_attention:  # a copied (extended) id is read as <unk>
+            target_input = tf.where(target_input >= self.target_vocab_size, tf.constant(UNK_ID, tf.int64), target_input)
         noise = self.noise.seeded(seed, salt=1)
         batch, steps = tf.shape(target_input)[0], tf.shape(target_input)[1]
         embedded = noise.dropout(tf.gather(self.target_embedding, noise.word_dropout(target_input)), 1)
@@ -301,12 +357,16 @@ class Seq2Seq(tf.Module):
                 inputs["x_proj"], hidden, inputs["state_bias"], memory[0], memory[1], multiply)
             return hidden, {"attention": attention, "context": context}
 
+        widths = {"attention": None, "context": self.units} if with_context else {"attention": None}
         outputs = kernels.recurrence(step, sequences, encoded.final_state, (encoded, params), loop_kernels,
-                                     {"attention": None} if with_attention else {}, self.compute_dtype)
+                                     widths if with_attention else {}, self.compute_dtype)
         states = noise.dropout(tf.ensure_shape(tf.transpose(outputs["state"], [1, 0, 2]), [None, None, self.units]), 2)
         if not with_attention:
             return states, None
-        return states, tf.transpose(outputs["attention"], [1, 0, 2])
+        attention = tf.transpose(outputs["attention"], [1, 0, 2])
+        if with_context:
+            return states, (attention, tf.transpose(outputs["context"], [1, 0, 2]))
+        return states, attention
 
     # ---------------------------------------------------------------- training
 
@@ -320,6 +380,8 @@ class Seq2Seq(tf.Module):
         deterministically from it; `label_smoothing` smooths the targets. Without them the loss
         is the plain cross-entropy of the deterministic model, the one that is exported.
         """
+        if self.copy_attention:
+            return self._copy_loss(batch, kernels, seed, label_smoothing)
         encoded = self.encode(batch["source_ids"], batch["source_length"], kernels, seed=seed)
         states, _ = self.decoder_states(encoded, batch["target_input"], with_attention=False, kernels=kernels,
                                         seed=seed)
@@ -328,6 +390,40 @@ class Seq2Seq(tf.Module):
                                                 tf.boolean_mask(batch["target_output"], mask),
                                                 self.output_kernel, self.output_bias, self.compute_dtype,
                                                 label_smoothing)
+        return LossSums(tf.reduce_sum(losses), tf.cast(tf.size(losses), tf.float32), tf.reduce_sum(correct))
+
+    def _copy_loss(self, batch: Mapping[str, tf.Tensor], kernels: Kernels, seed: Optional[tf.Tensor],
+                   label_smoothing: float) -> LossSums:
+        """The pointer-generator loss: -log(p_gen · P_vocab(y) + (1 - p_gen) · Σ attention on source
+        tokens with y's extended id), y from target_copy_output; label smoothing applies to the
+        generation distribution."""
+        encoded = self.encode(batch["source_ids"], batch["source_length"], kernels, seed=seed,
+                              copy_ids=batch["source_copy_ids"])
+        states, (attention, context) = self.decoder_states(encoded, batch["target_input"], kernels=kernels,
+                                                           seed=seed, with_context=True)
+        labels = batch["target_copy_output"]
+        mask = tf.sequence_mask(batch["target_length"], tf.shape(labels)[1])
+        rows = tf.where(mask)[:, 0]
+        states, attention, context = (tf.boolean_mask(x, mask) for x in (states, attention, context))
+        labels, copy_ids = tf.boolean_mask(labels, mask), tf.gather(encoded.copy_ids, rows)
+        logits = project(states, self.output_kernel, self.output_bias, self.compute_dtype)
+        gate = self._generation_gate(states, context)
+        vocab_size = self.target_vocab_size
+        vocab_probs = tf.nn.softmax(logits, axis=-1)
+        generated = tf.where(labels < vocab_size, tf.gather(vocab_probs, tf.minimum(labels, vocab_size - 1),
+                                                            batch_dims=1), 0.0)
+        copied = tf.reduce_sum(attention * tf.cast(tf.equal(copy_ids, labels[:, None]), tf.float32), axis=1)
+        label_prob = gate * generated + (1.0 - gate) * copied
+        losses = -tf.math.log(label_prob + 1e-9)
+        if label_smoothing:
+            uniform = tf.reduce_logsumexp(logits, axis=-1) - tf.reduce_mean(logits, axis=-1)
+            losses = (1.0 - label_smoothing) * losses + label_smoothing * uniform
+        # Correct when no token is likelier: the best generated token, or any source token's id.
+        same = tf.cast(tf.equal(copy_ids[:, :, None], copy_ids[:, None, :]), tf.float32)
+        copy_candidates = (1.0 - gate)[:, None] * tf.linalg.matvec(same, attention) + gate[:, None] * tf.where(
+            copy_ids < vocab_size, tf.gather(vocab_probs, tf.minimum(copy_ids, vocab_size - 1), batch_dims=1), 0.0)
+        best = tf.maximum(gate * tf.reduce_max(vocab_probs, axis=-1), tf.reduce_max(copy_candidates, axis=-1))
+        correct = tf.cast(label_prob >= best * (1.0 - 1e-6), tf.float32)
         return LossSums(tf.reduce_sum(losses), tf.cast(tf.size(losses), tf.float32), tf.reduce_sum(correct))
 
     def __call__(self, source_ids: tf.Tensor, source_length: tf.Tensor, target_input: tf.Tensor,

@@ -16,6 +16,8 @@ class Encoded(NamedTuple):
     final_state: tf.Tensor  # [B, U] state after each row's last real token
     mask: tf.Tensor         # [B, S] bool, True at real source tokens
     keys: tf.Tensor         # [B, S, K] the attention's precomputed keys (K = 0 without attention)
+    copy_ids: tf.Tensor     # [B, S] int64 extended target ids of the source tokens (copy attention;
+                            # [B, 0] for a model without it)
 
 
 class DecoderState(NamedTuple):

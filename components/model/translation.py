@@ -3,50 +3,77 @@ trainer's dev metric (trainer.select_by) scores, so the two cannot differ.
 
 The source is encoded by the Beam job's `SequenceEncoder` (protected spans masked when configured),
 decoded by a strategy under the span rule (`SpanConstraint`: each of the source's spans exactly
-once), and the ids become text with the spans restored (`components.text.encoding.decode_ids`).
+once), and the ids become text (`components.text.encoding.decode_ids`): spans restored, copied
+tokens (copy attention) and <unk> (replaced by the most attended source token) as the source
+spells them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import tensorflow as tf
 
 from components.core.vocabulary import PAD_ID
 from components.model.decoding import DecodingStrategy, GreedySearch, SpanConstraint
-from components.text.encoding import SequenceEncoder, decode_ids
+from components.model.seq2seq import Seq2Seq
+from components.text.copying import source_copy_ids, source_surface
+from components.text.encoding import SequenceEncoder, decode_ids, id_to_token_table, lookup_table
 from components.text.spans import SPAN_SLOTS, token_slots
+from components.text.subword import read_pieces
 from components.text.tokenizers import Tokenizer
 
 
-def target_slots(encoder: SequenceEncoder, target_tokens: list[str]) -> Optional[tf.Tensor]:
-    """The target vocabulary's sentinel slots ([V] int32) when the encoder protects spans, else None."""
-    return token_slots(target_tokens) if encoder.masker is not None else None
+@dataclass(frozen=True)
+class TextTables:
+    """What turns text into a model's input and its output back into text. The tables are created
+    by `build` and must stay referenced by a tracked object (the SavedModel's module) to be saved."""
+
+    encoder: SequenceEncoder                        # source side, as the Beam job encoded it
+    tokenizer: Tokenizer                            # target side, for detokenizing
+    id_to_token: tf.lookup.StaticHashTable           # target id -> token
+    token_to_id: tf.lookup.StaticHashTable           # target token -> id (copy ids)
+    slots: Optional[tf.Tensor]                      # [V] sentinel slot of each target token, or None
+
+    @classmethod
+    def build(cls, encoder: SequenceEncoder, tokenizer: Tokenizer, target_vocab_path: str) -> "TextTables":
+        slots = token_slots(read_pieces(target_vocab_path)) if encoder.masker is not None else None
+        return cls(encoder, tokenizer, id_to_token_table(target_vocab_path), lookup_table(target_vocab_path), slots)
+
+    def copy_ids(self, masked: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(source surface texts [B, S], the source tokens' extended ids [B, S]) of masked texts."""
+        surface, valid = source_surface(self.encoder, masked)
+        return surface, source_copy_ids(surface, valid, self.token_to_id)
 
 
-def translate_text(model, encoder: SequenceEncoder, target_table: tf.lookup.StaticHashTable,
-                   target_tokenizer: Tokenizer, slots: Optional[tf.Tensor], text: tf.Tensor,
-                   max_length: tf.Tensor, strategy: Optional[type[DecodingStrategy]] = None) -> dict[str, tf.Tensor]:
+def translate_text(model: Seq2Seq, tables: TextTables, text: tf.Tensor, max_length: tf.Tensor,
+                   strategy: Optional[type[DecodingStrategy]] = None) -> dict[str, tf.Tensor]:
     """[B] raw texts -> translation [B], tokens/token_ids [B, T], length [B], score [B],
     attention [B, T, S]. An empty source translates to '' (length 0)."""
-    masked, spans = encoder.protect(text)
-    encoded = encoder.encode_masked_source(masked)
+    masked, spans = tables.encoder.protect(text)
+    encoded = tables.encoder.encode_masked_source(masked)
     source_length = encoded["source_length"]
+    surface, copy_ids = tables.copy_ids(masked)
     constraint = None
     if spans is not None:
-        constraint = SpanConstraint(slots, tf.sequence_mask(spans.row_lengths(), SPAN_SLOTS))
+        constraint = SpanConstraint(tables.slots, tf.sequence_mask(spans.row_lengths(), SPAN_SLOTS))
     # An empty source would leave every attention score masked; decode it as one <pad> token so the
     # arithmetic stays finite, then blank its outputs below.
     decoded = (strategy or GreedySearch)(constraint)(model, encoded["source_ids"], tf.maximum(source_length, 1),
-                                                     max_length)
+                                                     max_length, copy_ids if model.copy_attention else None)
     keep = tf.not_equal(source_length, 0)
     token_ids = tf.where(keep[:, None], decoded["token_ids"], tf.constant(PAD_ID, tf.int64))
     length = tf.where(keep, decoded["length"], tf.constant(0, tf.int64))
-    tokens, translation = decode_ids(target_table, target_tokenizer, token_ids, length, spans, slots)
+    attention = tf.where(keep[:, None, None], decoded["attention"], 0.0)
+    # Without attention there is no source token to put in place of an <unk>.
+    replace_unknown = attention if model.attention != "none" else None
+    tokens, translation = decode_ids(tables.id_to_token, tables.tokenizer, token_ids, length, spans, tables.slots,
+                                     surface, replace_unknown)
     return {
         "translation": translation,
         "tokens": tokens,
         "token_ids": token_ids,
         "length": length,
         "score": tf.where(keep, decoded["score"], 0.0),
-        "attention": tf.where(keep[:, None, None], decoded["attention"], 0.0),
+        "attention": attention,
     }

@@ -443,10 +443,16 @@ class EncodeAndWriteFn(_TokenizingFn):
 
     def _encode_impl(self, sources, targets):
         """Both sides in one traced function (tracing tensorflow-text tokenizers takes seconds)."""
+        from components.text.copying import source_copy_ids, source_surface, target_copy_output
         from components.text.tokenizers import normalize
 
         source, target = self._modules
-        return (source.encode_source(sources), target.encode_target(targets, sources),
+        encoded_source, encoded_target = source.encode_source(sources), target.encode_target(targets, sources)
+        surface, valid = source_surface(source, source.protect(sources)[0])
+        encoded_source["source_copy_ids"] = source_copy_ids(surface, valid, target.table)
+        encoded_target["target_copy_output"] = target_copy_output(
+            target, target.protect_target(targets, sources), surface, valid)
+        return (encoded_source, encoded_target,
                 normalize(sources, self.config.lowercase), normalize(targets, self.config.lowercase))
 
     def process(self, batch: RecordBatch, vocabularies: Mapping[str, Sequence[str]],
@@ -478,6 +484,7 @@ class EncodeAndWriteFn(_TokenizingFn):
                 "source_ids": src["source_ids"][rows], "source_length": src["source_length"][rows],
                 "target_input": tgt["target_input"][rows], "target_output": tgt["target_output"][rows],
                 "target_length": tgt["target_length"][rows],
+                "source_copy_ids": src["source_copy_ids"][rows], "target_copy_output": tgt["target_copy_output"][rows],
             }, {"source_text": source_text[rows].tolist(), "target_text": target_text[rows].tolist()})
             for shard in np.unique(shards[rows]).tolist():
                 writer = self._writer(split, shard)

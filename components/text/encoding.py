@@ -41,24 +41,47 @@ def id_to_token_table(vocab_path: str) -> tf.lookup.StaticHashTable:
 
 def decode_ids(table: tf.lookup.StaticHashTable, tokenizer: Tokenizer, token_ids: tf.Tensor,
                length: tf.Tensor, spans: Optional[tf.RaggedTensor] = None,
-               slots: Optional[tf.Tensor] = None) -> tuple[tf.Tensor, tf.Tensor]:
+               slots: Optional[tf.Tensor] = None, source: Optional[tf.Tensor] = None,
+               attention: Optional[tf.Tensor] = None) -> tuple[tf.Tensor, tf.Tensor]:
     """Decoded ids [B, T] and lengths [B] -> (tokens [B, T], '' past each length; texts [B]).
 
     The texts drop every special token (ids 0-3: <eos> and <unk> included) and are detokenized
     with the target tokenizer. With the sources' protected `spans` and the vocabulary's sentinel
     `slots`, sentinels become their spans, and spans a row never emitted are appended to its text.
+    With the source tokens' surface texts `source` [B, S], an extended id V + i (copy attention)
+    is source token i; with `attention` [B, T, S] too, an <unk> becomes the most attended source
+    token (OpenNMT's replace_unknown_target) and is kept in the text.
     The exported model and the trainer's dev-metric both use this.
     """
     steps = tf.shape(token_ids, out_type=tf.int64)[1]
     valid = tf.sequence_mask(length, steps)
     tokens = tf.where(valid, table.lookup(token_ids), "")
+    shown = token_ids >= len(SPECIAL_TOKENS)
+    if source is not None:
+        tokens, shown = _source_tokens(tokens, shown, token_ids, valid, table, source, attention)
     if spans is not None:
         tokens = restore_spans(tokens, token_ids, spans, slots)
-    words = tf.ragged.boolean_mask(tokens, valid & (token_ids >= len(SPECIAL_TOKENS)))
+    words = tf.ragged.boolean_mask(tokens, valid & shown)
     texts = tokenizer.detokenize(words)
     if spans is not None:
         texts = tf.strings.strip(tf.strings.join([texts, missing_spans(token_ids, length, spans, slots)], " "))
     return tokens, texts
+
+
+def _source_tokens(tokens: tf.Tensor, shown: tf.Tensor, token_ids: tf.Tensor, valid: tf.Tensor,
+                   table: tf.lookup.StaticHashTable, source: tf.Tensor,
+                   attention: Optional[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """Copied (extended) ids and, given attention, <unk> as source tokens; see `decode_ids`."""
+    vocab_size = tf.cast(table.size(), tf.int64)
+    copied = valid & (token_ids >= vocab_size)
+    position = token_ids - vocab_size
+    if attention is not None:
+        unknown = valid & tf.equal(token_ids, UNK_ID)
+        position = tf.where(unknown, tf.argmax(attention, axis=-1), position)
+        copied |= unknown
+    # `source` is as wide as the source encoder (at least one position).
+    position = tf.clip_by_value(position, 0, tf.cast(tf.shape(source)[1], tf.int64) - 1)
+    return tf.where(copied, tf.gather(source, position, batch_dims=1), tokens), shown | copied
 
 
 class SequenceEncoder(tf.Module):

@@ -127,6 +127,12 @@ def token_slots(tokens: Sequence[str]) -> tf.Tensor:
     return tf.constant([slot_of(token) for token in tokens], tf.int32)
 
 
+def slots_of(slots: tf.Tensor, token_ids: tf.Tensor) -> tf.Tensor:
+    """The span slot of each id (-1 for non-sentinels and for a copy model's extended ids past V)."""
+    vocab = tf.shape(slots, out_type=tf.int64)[0]
+    return tf.where(token_ids < vocab, tf.gather(slots, tf.minimum(token_ids, vocab - 1)), -1)
+
+
 def span_table(spans: tf.RaggedTensor) -> tf.Tensor:
     """[B, (n)] spans -> [B, SPAN_SLOTS], '' where a source has fewer spans."""
     return spans.to_tensor("", shape=[None, SPAN_SLOTS])
@@ -135,7 +141,7 @@ def span_table(spans: tf.RaggedTensor) -> tf.Tensor:
 def restore_spans(tokens: tf.Tensor, token_ids: tf.Tensor, spans: tf.RaggedTensor, slots: tf.Tensor) -> tf.Tensor:
     """Decoded tokens [B, T] with each sentinel token replaced by its source span (a `##` prefix kept,
     so the detokenizer glues it as it would have glued the sentinel)."""
-    slot = tf.gather(slots, token_ids)
+    slot = slots_of(slots, token_ids)
     span_text = tf.gather(span_table(spans), tf.maximum(slot, 0), batch_dims=1)
     restored = tf.strings.regex_replace(tokens, SENTINEL_CLASS, "") + span_text
     return tf.where((slot >= 0) & tf.not_equal(tokens, ""), restored, tokens)
@@ -144,7 +150,7 @@ def restore_spans(tokens: tf.Tensor, token_ids: tf.Tensor, spans: tf.RaggedTenso
 def missing_spans(token_ids: tf.Tensor, length: tf.Tensor, spans: tf.RaggedTensor, slots: tf.Tensor) -> tf.Tensor:
     """[B] the source spans a decoded row lacks, space-joined in source order ('' when none)."""
     valid = tf.sequence_mask(length, tf.shape(token_ids, out_type=tf.int64)[1])
-    slot = tf.where(valid, tf.gather(slots, token_ids), -1)
+    slot = tf.where(valid, slots_of(slots, token_ids), -1)
     emitted = tf.reduce_any(tf.one_hot(slot, SPAN_SLOTS, on_value=True, off_value=False, dtype=tf.bool), axis=1)
     required = tf.sequence_mask(spans.row_lengths(), SPAN_SLOTS)
     table = span_table(spans)

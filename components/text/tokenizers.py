@@ -49,6 +49,12 @@ def normalize(texts: tf.Tensor, lowercase: bool) -> tf.Tensor:
     return texts
 
 
+def join_wordpieces(joined: tf.Tensor) -> tf.Tensor:
+    """Space-joined WordPiece pieces -> text: a continuation piece joins the piece before it; one
+    that opens a text (a decoder may start with one) just loses its `##`."""
+    return tf.strings.regex_replace(joined, f"^{WORDPIECE_SUFFIX}| {WORDPIECE_SUFFIX}", "")
+
+
 class Tokenizer(tf.Module):
     """Base class; subclasses implement `_split` on normalized text."""
 
@@ -63,12 +69,25 @@ class Tokenizer(tf.Module):
         """[B] raw strings -> [B, (n)] string tokens."""
         return self._split(normalize(tf.convert_to_tensor(texts, tf.string), self.lowercase))
 
+    def tokenize_with_surface(self, texts: tf.Tensor) -> tuple[tf.RaggedTensor, tf.RaggedTensor]:
+        """(tokens, surface) [B, (n)]: `surface` is the text each token stands for, which differs
+        from the token where the tokenizer emitted <unk> (a WordPiece word no piece spells: the
+        word itself). Copying (model.copy_attention) and <unk> replacement output the surface."""
+        tokens = self.tokenize(texts)
+        return tokens, tokens
+
     def detokenize(self, tokens: tf.RaggedTensor) -> tf.Tensor:
         """[B, (n)] string tokens -> [B] strings (space-joined)."""
         return tf.strings.reduce_join(tokens, axis=-1, separator=" ")
 
     def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _unknown_words_as_surface(pieces: tf.RaggedTensor, words: tf.Tensor) -> tf.RaggedTensor:
+    """[N words, (pieces)] and the [N] words -> the pieces with each <unk> replaced by its whole word."""
+    word_of_piece = tf.gather(words, pieces.value_rowids())
+    return pieces.with_flat_values(tf.where(tf.equal(pieces.flat_values, UNK), word_of_piece, pieces.flat_values))
 
 
 class WhitespaceTokenizer(Tokenizer):
@@ -118,12 +137,20 @@ class WordpieceTokenizer(Tokenizer):
         )
 
     def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:
-        words = tf.strings.split(texts)
-        return self._impl.tokenize(words).merge_dims(-2, -1)
+        return self._pieces(texts).merge_dims(-2, -1)
+
+    def _pieces(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        """[B] normalized texts -> [B, (words), (pieces)]."""
+        return self._impl.tokenize(tf.strings.split(texts))
+
+    def tokenize_with_surface(self, texts: tf.Tensor) -> tuple[tf.RaggedTensor, tf.RaggedTensor]:
+        words = tf.strings.split(normalize(tf.convert_to_tensor(texts, tf.string), self.lowercase))
+        pieces = self._impl.tokenize(words)
+        surface = pieces.with_values(_unknown_words_as_surface(pieces.values, words.flat_values)).merge_dims(-2, -1)
+        return pieces.merge_dims(-2, -1), surface
 
     def detokenize(self, tokens: tf.RaggedTensor) -> tf.Tensor:
-        joined = super().detokenize(tokens)
-        return tf.strings.regex_replace(joined, " " + WORDPIECE_SUFFIX, "")
+        return join_wordpieces(super().detokenize(tokens))
 
 
 class SubwordTokenizer(Tokenizer):
@@ -138,13 +165,23 @@ class SubwordTokenizer(Tokenizer):
         self._impl = CoreWordpiece(read_pieces(vocab), unknown_token=UNK)
 
     def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        return self._pieces(texts).merge_dims(-2, -1)
+
+    def _pieces(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        """[B] normalized texts -> [B, (words), (pieces)]."""
         words = tf.strings.split(texts)
         pieces = self._impl.tokenize(words.flat_values)
-        return tf.RaggedTensor.from_row_splits(pieces, words.row_splits, validate=False).merge_dims(-2, -1)
+        return tf.RaggedTensor.from_row_splits(pieces, words.row_splits, validate=False)
+
+    def tokenize_with_surface(self, texts: tf.Tensor) -> tuple[tf.RaggedTensor, tf.RaggedTensor]:
+        normalized = normalize(tf.convert_to_tensor(texts, tf.string), self.lowercase)
+        pieces = self._pieces(normalized)
+        words = tf.strings.split(normalized).flat_values
+        surface = pieces.with_values(_unknown_words_as_surface(pieces.values, words)).merge_dims(-2, -1)
+        return pieces.merge_dims(-2, -1), surface
 
     def detokenize(self, tokens: tf.RaggedTensor) -> tf.Tensor:
-        joined = super().detokenize(tokens)
-        return tf.strings.regex_replace(joined, " " + WORDPIECE_SUFFIX, "")
+        return join_wordpieces(super().detokenize(tokens))
 
 
 class SentencepieceTokenizer(Tokenizer):
@@ -178,6 +215,17 @@ class SentencepieceTokenizer(Tokenizer):
 
     def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:
         return self._impl.id_to_string(self._impl.tokenize(texts))
+
+    def tokenize_with_surface(self, texts: tf.Tensor) -> tuple[tf.RaggedTensor, tf.RaggedTensor]:
+        normalized = normalize(tf.convert_to_tensor(texts, tf.string), self.lowercase)
+        ids = self._impl.tokenize(normalized)
+        # The op's own pieces spell an uncovered stretch of text as it is; id_to_string says <unk>.
+        _, starts, ends = self._impl.tokenize_with_offsets(normalized)
+        surface = tf.strings.substr(tf.gather(normalized, ids.value_rowids()), starts.flat_values,
+                                    ends.flat_values - starts.flat_values)
+        pieces = self._impl.id_to_string(ids)
+        is_unknown = tf.equal(pieces.flat_values, UNK)
+        return pieces, pieces.with_flat_values(tf.where(is_unknown, surface, pieces.flat_values))
 
     def detokenize(self, tokens: tf.RaggedTensor) -> tf.Tensor:
         joined = tf.strings.reduce_join(tokens, axis=-1)

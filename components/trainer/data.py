@@ -14,6 +14,8 @@ logger = logging.getLogger(__name__)
 
 # The features the trainer reads; the schema may carry more (e.g. reference texts for evaluation).
 FEATURES = ("source_ids", "source_length", "target_input", "target_output", "target_length")
+# What a copy-attention model (model.copy_attention) reads besides (components/text/copying.py).
+COPY_FEATURES = ("source_copy_ids", "target_copy_output")
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -41,13 +43,9 @@ def cut_to_longest(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """Slice the padded features to the longest real sequence in the batch."""
     source_width = tf.maximum(tf.reduce_max(batch["source_length"]), 1)
     target_width = tf.maximum(tf.reduce_max(batch["target_length"]), 1)
-    return {
-        "source_ids": batch["source_ids"][:, :source_width],
-        "source_length": batch["source_length"],
-        "target_input": batch["target_input"][:, :target_width],
-        "target_output": batch["target_output"][:, :target_width],
-        "target_length": batch["target_length"],
-    }
+    widths = {"source_ids": source_width, "source_copy_ids": source_width, "target_input": target_width,
+              "target_output": target_width, "target_copy_output": target_width}
+    return {name: value[:, :widths[name]] if name in widths else value for name, value in batch.items()}
 
 
 def make_dataset(
@@ -60,6 +58,7 @@ def make_dataset(
     shuffle_buffer: int = 10000,
     bucket_by_length: bool = False,
     prefetch: bool = True,
+    features: Sequence[str] = FEATURES,
 ) -> tf.data.Dataset:
     """Batches of {source_ids [B,S], source_length [B], target_input/output [B,T], target_length [B]}.
 
@@ -67,7 +66,7 @@ def make_dataset(
     same batches in the same order and can skip the ones already trained on.
     """
     full_spec = artifact.feature_spec()
-    spec = {name: full_spec[name] for name in FEATURES}
+    spec = {name: full_spec[name] for name in features}
     dataset = tf.data.Dataset.from_tensor_slices(list(files))
     if training and len(files) > 1:
         dataset = dataset.shuffle(len(files), seed=seed)
@@ -97,7 +96,7 @@ def make_dataset(
 def find_unreadable_shard(files: Sequence[str], artifact: PreprocessArtifact) -> Optional[str]:
     """After a read error, read each shard alone to name the broken one (with the reason)."""
     full_spec = artifact.feature_spec()
-    spec = {name: full_spec[name] for name in FEATURES}
+    spec = {name: full_spec[name] for name in FEATURES + COPY_FEATURES}
     for path in files:
         try:
             for records in tf.data.TFRecordDataset(path, compression_type="GZIP").batch(1024):

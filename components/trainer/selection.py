@@ -17,11 +17,9 @@ import tensorflow as tf
 
 from components.core.artifacts import PreprocessArtifact
 from components.model import Seq2Seq
-from components.model.translation import target_slots, translate_text
+from components.model.translation import TextTables, translate_text
 from components.text.artifacts import encoder_for, tokenizer_for
-from components.text.encoding import id_to_token_table
 from components.text.metrics import Scores, score
-from components.text.subword import read_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +41,14 @@ class DevScorer:
     def __init__(self, model: Seq2Seq, artifact: PreprocessArtifact, batches: list[dict[str, tf.Tensor]]):
         self.batches = batches
         self.references = [text.decode("utf-8") for batch in batches for text in batch["target_text"].numpy()]
-        tokenizer = tokenizer_for(artifact, "target")
-        table = id_to_token_table(artifact.vocab_path("target"))
-        encoder = encoder_for(artifact, "source")
-        slots = target_slots(encoder, read_pieces(artifact.vocab_path("target")))
+        tables = TextTables.build(encoder_for(artifact, "source"), tokenizer_for(artifact, "target"),
+                                  artifact.vocab_path("target"))
         max_length = tf.constant(artifact.preprocess.max_target_length, tf.int32)
-        self._keep_alive = (table, encoder)
+        self._tables = tables
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def translate(texts):
-            return translate_text(model, encoder, table, tokenizer, slots, texts, max_length)["translation"]
+            return translate_text(model, tables, texts, max_length)["translation"]
 
         self._translate = translate
 

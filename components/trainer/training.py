@@ -22,7 +22,7 @@ from components.core.errors import ArtifactError, UserError
 from components.core.threads import configure_cpu_threads, resolve_sub_batches
 from components.model import Seq2Seq
 from components.model import checkpoints as ck
-from components.trainer.data import AUTOTUNE, input_error, make_dataset, shard_files
+from components.trainer.data import AUTOTUNE, COPY_FEATURES, FEATURES, input_error, make_dataset, shard_files
 from components.trainer.loss import token_loss
 from components.trainer.optimizer import Adam, clip_by_global_norm, learning_rate
 from components.trainer.selection import DevScorer, read_sample
@@ -184,6 +184,7 @@ class Trainer:
         # The run's config records the preprocess settings the TFRecords were written with.
         self.config = dataclasses.replace(config, preprocess=self.artifact.preprocess)
         self.t = self.config.trainer
+        self.features = FEATURES + (COPY_FEATURES if self.config.model.copy_attention else ())
         self.source_vocab_size, self.target_vocab_size = ck.vocabulary_sizes(self.artifact)
         self.train_files = shard_files(self.artifact, "train")
         self.eval_files = self.artifact.split_files("eval")
@@ -301,7 +302,7 @@ class Trainer:
         # Built once: re-iterating a dataset is cheaper than rebuilding (and retracing) it every epoch,
         # and a small eval split is kept in memory, which also skips the iterator start-up.
         self.eval_dataset = self._distribute(
-            make_dataset(self.eval_files, self.artifact, self.t.batch_size, training=False))
+            make_dataset(self.eval_files, self.artifact, self.t.batch_size, training=False, features=self.features))
         spec = self.eval_dataset.element_spec
         if self.t.distribution == "none" and self._eval_examples() <= EVAL_IN_MEMORY_EXAMPLES:
             try:
@@ -481,7 +482,7 @@ class Trainer:
         def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
             dataset = make_dataset(self.train_files, self.artifact, self.t.batch_size, training=True,
                                    seed=self.t.seed + epoch, shuffle_buffer=self.t.shuffle_buffer,
-                                   bucket_by_length=self.t.bucket_by_length, prefetch=False)
+                                   bucket_by_length=self.t.bucket_by_length, prefetch=False, features=self.features)
             return dataset.skip(tf.where(tf.equal(epoch, start), tf.constant(skip, tf.int64), 0))
 
         if self.t.distribution == "none":

@@ -169,6 +169,9 @@ class TrainerConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     max_decode_length: Optional[int] = None  # None = preprocess.max_target_length
+    # An output <unk> becomes the most attended source token (OpenNMT's replace_unknown_target),
+    # in the graph; models without attention keep dropping it.
+    replace_unknown: bool = True
 
 
 @dataclass(frozen=True)

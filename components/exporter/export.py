@@ -64,7 +64,8 @@ def _restore(train_dir: str):
     model, _, artifact = restore_model(train_dir)
     return model, artifact, getattr(model, "restored_from", None)
 
-def build_module(model, artifact, max_length: int, extra_assets: Optional[dict[str, str]] = None):
+def build_module(model, artifact, max_length: int, extra_assets: Optional[dict[str, str]] = None,
+                 replace_unknown: bool = True):
     """The `ServingModule` for a restored model and its preprocess output."""
     from components.exporter.module import ServingModule
 
@@ -76,6 +77,7 @@ def build_module(model, artifact, max_length: int, extra_assets: Optional[dict[s
         target_vocab_path=artifact.vocab_path("target"),
         max_decode_length=max_length,
         extra_assets=extra_assets,
+        replace_unknown=replace_unknown,
     )
 
 
@@ -135,7 +137,8 @@ def export_model(model, artifact, out: str, config: Optional[PipelineConfig] = N
                       checkpoint=checkpoint, metrics=metrics)
     logger.info("export: tracing and saving (tokenizer %s, max decode length %d)",
                 config.preprocess.tokenizer, max_length)
-    return save_module(lambda assets: build_module(model, artifact, max_length, assets), card, out, overwrite)
+    return save_module(lambda assets: build_module(model, artifact, max_length, assets,
+                                                   config.export.replace_unknown), card, out, overwrite)
 
 
 def run_export(model_dir: str, out: str, overrides: Sequence[str] = (), overwrite: bool = False,

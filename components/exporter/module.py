@@ -34,6 +34,7 @@ class ServingModule(tf.Module):
         target_vocab_path: str,
         max_decode_length: int,
         extra_assets: Optional[dict[str, str]] = None,
+        replace_unknown: bool = True,
     ):
         super().__init__(name="translator")
         self.model = model
@@ -44,6 +45,7 @@ class ServingModule(tf.Module):
         # Tracked here, so the saver writes them (and their vocabulary file as an asset).
         self.target_id_to_token, self.target_token_to_id = tables.id_to_token, tables.token_to_id
         self._tables = tables
+        self.replace_unknown = bool(replace_unknown)
         if not 1 <= int(max_decode_length) <= MAX_DECODE_LENGTH_LIMIT:
             raise ValueError(f"max_decode_length must be in [1, {MAX_DECODE_LENGTH_LIMIT}], got {max_decode_length}")
         self.max_decode_length = int(max_decode_length)
@@ -90,7 +92,7 @@ class ServingModule(tf.Module):
         return self._translate(text, tf.where(max_length > 0, max_length, default))
 
     def _translate(self, text: tf.Tensor, max_length: tf.Tensor) -> dict[str, tf.Tensor]:
-        return translate_text(self.model, self._tables, text, max_length)
+        return translate_text(self.model, self._tables, text, max_length, replace_unknown=self.replace_unknown)
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         return {

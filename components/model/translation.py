@@ -47,9 +47,11 @@ class TextTables:
 
 
 def translate_text(model: Seq2Seq, tables: TextTables, text: tf.Tensor, max_length: tf.Tensor,
-                   strategy: Optional[type[DecodingStrategy]] = None) -> dict[str, tf.Tensor]:
+                   strategy: Optional[type[DecodingStrategy]] = None,
+                   replace_unknown: bool = True) -> dict[str, tf.Tensor]:
     """[B] raw texts -> translation [B], tokens/token_ids [B, T], length [B], score [B],
-    attention [B, T, S]. An empty source translates to '' (length 0)."""
+    attention [B, T, S]. An empty source translates to '' (length 0). `replace_unknown`: an <unk>
+    becomes the most attended source token (export.replace_unknown)."""
     masked, spans = tables.encoder.protect(text)
     encoded = tables.encoder.encode_masked_source(masked)
     source_length = encoded["source_length"]
@@ -66,9 +68,9 @@ def translate_text(model: Seq2Seq, tables: TextTables, text: tf.Tensor, max_leng
     length = tf.where(keep, decoded["length"], tf.constant(0, tf.int64))
     attention = tf.where(keep[:, None, None], decoded["attention"], 0.0)
     # Without attention there is no source token to put in place of an <unk>.
-    replace_unknown = attention if model.attention != "none" else None
+    focus = attention if replace_unknown and model.attention != "none" else None
     tokens, translation = decode_ids(tables.id_to_token, tables.tokenizer, token_ids, length, spans, tables.slots,
-                                     surface, replace_unknown)
+                                     surface, focus)
     return {
         "translation": translation,
         "tokens": tokens,

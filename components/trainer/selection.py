@@ -38,7 +38,8 @@ def read_sample(files: Sequence[str], artifact: PreprocessArtifact, size: int,
 class DevScorer:
     """Greedy-decodes the sample with the model being trained and scores it (chrF and BLEU)."""
 
-    def __init__(self, model: Seq2Seq, artifact: PreprocessArtifact, batches: list[dict[str, tf.Tensor]]):
+    def __init__(self, model: Seq2Seq, artifact: PreprocessArtifact, batches: list[dict[str, tf.Tensor]],
+                 replace_unknown: bool = True):
         self.batches = batches
         self.references = [text.decode("utf-8") for batch in batches for text in batch["target_text"].numpy()]
         tables = TextTables.build(encoder_for(artifact, "source"), tokenizer_for(artifact, "target"),
@@ -48,7 +49,7 @@ class DevScorer:
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def translate(texts):
-            return translate_text(model, tables, texts, max_length)["translation"]
+            return translate_text(model, tables, texts, max_length, replace_unknown=replace_unknown)["translation"]
 
         self._translate = translate
 

@@ -366,7 +366,7 @@ class Trainer:
                 sample = read_sample(self.eval_files, self.artifact, t.select_sample, t.batch_size)
             except tf.errors.OpError as e:
                 raise self._input_error(e, self.eval_files) from None
-            self.dev_scorer = DevScorer(model, self.artifact, sample)
+            self.dev_scorer = DevScorer(model, self.artifact, sample, self.config.export.replace_unknown)
             logger.info("checkpoints are chosen by %s on %d eval sentences", self._selection_name(),
                         len(self.dev_scorer))
 

@@ -216,3 +216,23 @@ def test_the_encode_signature_gives_the_copy_ids_of_the_tfrecords(copy_runs):
 
 def lookup_vocab(artifact) -> list[str]:
     return artifact.vocabulary("target").tokens
+
+
+def test_shared_pieces_split_a_word_of_both_sides_the_same_way(tmp_path):
+    from components.core.artifacts import PreprocessArtifact
+    from components.preprocess import run_preprocess
+    from components.text.artifacts import tokenizer_for
+
+    pairs = [(f"{verb} {name}", f"{name} {VERBS[verb]}") for verb, name in
+             zip(sorted(VERBS) * 20, (identifier(random.Random(i)) for i in range(100)))]
+    data = write_tsv(tmp_path / "c.tsv", pairs)
+    config = load_config(None, ["preprocess.tokenizer=subword", "preprocess.wordpiece_vocab_size=120",
+                                "preprocess.eval_fraction=0", "preprocess.shared_pieces=true"])
+    run_preprocess(str(data), str(tmp_path / "out"), config, beam_args=BEAM_ARGS)
+    shared = PreprocessArtifact.load(str(tmp_path / "out"))
+    source_pieces = Path(shared.wordpiece_vocab_path("source")).read_text(encoding="utf-8").split()
+    assert source_pieces == Path(shared.wordpiece_vocab_path("target")).read_text(encoding="utf-8").split()
+    assert {"삭", "##제", "delete"} <= set(source_pieces)  # learned from both sides' words
+    words = tf.constant([name for _, name in (p[0].split(" ", 1) for p in pairs)])
+    split = {side: tokenizer_for(shared, side).tokenize(words).to_list() for side in ("source", "target")}
+    assert split["source"] == split["target"]

@@ -70,6 +70,11 @@ class PreprocessConfig:
     # Pieces learned per side from the train split: the WordPiece vocabulary (wordpiece, subword)
     # or the SentencePiece model (sentencepiece).
     wordpiece_vocab_size: int = 8000
+    # One piece inventory (WordPiece vocabulary or SentencePiece model) learned from both sides' train
+    # words, so a word both sides hold (an identifier, a number, a file name) splits into the same
+    # pieces on both: what copy attention needs to copy it piece by piece. Both sides must use the same
+    # learned tokenizer.
+    shared_pieces: bool = False
     num_shards: int = 0  # 0 = let the runner decide
     tokenize_batch_size: int = 2048
     vocabulary: Literal["rebuild", "reuse_served"] = "rebuild"
@@ -333,6 +338,10 @@ def _validate(config: Any, prefix: str) -> None:
             raise bad("target_field", "must differ from preprocess.source_field")
         if config.source_suffix == config.target_suffix:
             raise bad("target_suffix", "must differ from preprocess.source_suffix")
+        if config.shared_pieces and (config.tokenizer_of("source") != config.tokenizer_of("target")
+                                     or config.tokenizer_of("source") not in LEARNED_TOKENIZERS):
+            raise bad("shared_pieces", "needs both sides on the same learned tokenizer "
+                      f"({', '.join(LEARNED_TOKENIZERS)})")
         try:
             validate_patterns(config.protected_spans)
         except ValueError as e:

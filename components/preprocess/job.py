@@ -336,9 +336,15 @@ def learn_tokenizers(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessCon
     return learned
 
 
-def _sorted_words(counts: Mapping[str, Mapping[bytes, int]], side: str) -> list[tuple[str, int]]:
+def _sorted_words(counts: Mapping[str, Mapping[bytes, int]], side: str, p: PreprocessConfig) -> list[tuple[str, int]]:
+    """A side's train words and counts, or with preprocess.shared_pieces both sides' summed."""
+    merged: dict[str, int] = {}
+    for name in (SIDES if p.shared_pieces else (side,)):
+        for word, count in counts.get(name, {}).items():
+            key = word.decode("utf-8") if isinstance(word, bytes) else word
+            merged[key] = merged.get(key, 0) + count
     # Sorted input: a learner's output must not depend on the order the counts arrived in.
-    return sorted(((w.decode("utf-8") if isinstance(w, bytes) else w), n) for w, n in counts.get(side, {}).items())
+    return sorted(merged.items())
 
 
 def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str
@@ -353,14 +359,17 @@ def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: P
     from components.core.vocabulary import SPECIAL_TOKENS
     from components.text.spans import reserved_tokens
 
-    result = {}
+    result: dict[str, list[str]] = {}
     for side in p.wordpiece_sides:
-        words = _sorted_words(counts, side)
-        reserved = list(SPECIAL_TOKENS) + reserved_tokens(p, side)
-        pieces = learner.learn(words, vocab_size=p.wordpiece_vocab_size, reserved_tokens=reserved,
-                               lower_thresh=1, max_unique_chars=max(1000, p.wordpiece_vocab_size // 4))
-        # The reserved tokens come first; the learner's own copies of sentinel characters are dropped.
-        pieces = reserved + [piece for piece in pieces if piece not in reserved and not has_sentinel(piece)]
+        if p.shared_pieces and result:  # one inventory for both sides: learned once
+            pieces = next(iter(result.values()))
+        else:
+            words = _sorted_words(counts, side, p)
+            reserved = list(SPECIAL_TOKENS) + reserved_tokens(p, side)
+            pieces = learner.learn(words, vocab_size=p.wordpiece_vocab_size, reserved_tokens=reserved,
+                                   lower_thresh=1, max_unique_chars=max(1000, p.wordpiece_vocab_size // 4))
+            # The reserved tokens come first; the learner's own copies of sentinel characters are dropped.
+            pieces = reserved + [piece for piece in pieces if piece not in reserved and not has_sentinel(piece)]
         fs.write_text(f"{staging}/{WORDPIECE_VOCAB.format(side=side)}", "".join(t + "\n" for t in pieces))
         logger.info("learned a %d-piece WordPiece vocabulary for the %s side", len(pieces), side)
         result[side] = pieces
@@ -377,10 +386,13 @@ def learn_sentencepiece_models(counts: Mapping[str, Mapping[bytes, int]], p: Pre
     from components.core import io
     from components.text.spans import reserved_tokens
 
-    result = {}
+    result: dict[str, bytes] = {}
     for side in p.sentencepiece_sides:
-        model = train_sentencepiece(_sorted_words(counts, side), p.wordpiece_vocab_size, side,
-                                    reserved_tokens(p, side))
+        if p.shared_pieces and result:  # one model for both sides: learned once
+            model = next(iter(result.values()))
+        else:
+            model = train_sentencepiece(_sorted_words(counts, side, p), p.wordpiece_vocab_size, side,
+                                        reserved_tokens(p, side))
         io.write_bytes_atomic(f"{staging}/{SENTENCEPIECE_MODEL.format(side=side)}", model)
         result[side] = model
     return result

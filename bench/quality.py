@@ -4,6 +4,7 @@
     .venv/bin/python bench/quality.py --data ../shared/data/dev-en-de.tsv --minutes 10
     .venv/bin/python bench/quality.py --recipes new --ablate            # each new element off in turn
     .venv/bin/python bench/quality.py --recipes new --ablate --only "protected spans"
+    .venv/bin/python bench/quality.py --recipes new --beam-widths 4       # greedy against beam 4 too
 
 For each recipe, in its own process and one after the other (so each has the machine): preprocess the
 TSV (the pipeline's own hash split, eval_fraction 0.05), train under `trainer.max_minutes`, export the
@@ -34,6 +35,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "dev-en-ko.tsv"
 EVAL_FRACTION = 0.05
+# Beam widths compared with greedy decoding on each recipe's export (--beam-widths; empty = none).
+BEAM_WIDTHS: list[int] = []
 
 # Today's defaults (pipeline/default.yaml before the quality work), written out in full.
 TODAY = {
@@ -111,7 +114,8 @@ def run_one(data: str, workdir: Path, settings: list[str]) -> dict[str, object]:
     result = run_evaluation(str(workdir / "export"), str(examples), str(workdir / "evaluate"),
                             config.evaluator)
     evaluation = result["evaluation"]
-    return {"bleu": evaluation["bleu"], "chrf": evaluation["chrf"], "exact_match": evaluation["exact_match"],
+    decoders = compare_decoders(str(workdir / "export"), str(examples), BEAM_WIDTHS) if BEAM_WIDTHS else {}
+    return {"decoders": decoders, "bleu": evaluation["bleu"], "chrf": evaluation["chrf"], "exact_match": evaluation["exact_match"],
             "placeholder_fidelity": evaluation.get("placeholder_fidelity"),
             "placeholder_sentences": evaluation.get("placeholder_fidelity_count"),
             "copy_rate": evaluation.get("copy_rate"), "copy_count": evaluation.get("copy_rate_count"),
@@ -120,13 +124,67 @@ def run_one(data: str, workdir: Path, settings: list[str]) -> dict[str, object]:
             "epochs": metrics.get("epochs"), "examples": evaluation["examples"]}
 
 
+def repeated_trigram_share(texts: list[str]) -> float:
+    """Percent of outputs in which some word trigram occurs twice (a decoding loop)."""
+    def loops(text: str) -> bool:
+        words = text.split()
+        grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+        return len(grams) != len(set(grams))
+    return 100.0 * sum(map(loops, texts)) / max(1, len(texts))
+
+
+def compare_decoders(export: str, examples: str, widths: list[int]) -> dict[str, object]:
+    """Greedy against beam search of each width on the eval split, with the exported model."""
+    from components.evaluator import load_references, translate_batches
+    from components.serving import BeamOptions, load_translator
+    from components.text.metrics import score
+
+    _, sources, references = load_references(examples)
+    translator = load_translator(export)
+    rows: dict[str, object] = {}
+    for width in [0, *widths]:
+        name = "greedy" if width == 0 else f"beam {width}"
+        started = time.monotonic()
+        if width == 0:
+            outputs = translate_batches(translator, sources)
+        else:
+            beam = BeamOptions(beam_width=width, n_best=1)
+            outputs = translate_batches(_Beam(translator, beam), sources)
+        texts = [o.translation for o in outputs]
+        scores = score(texts, references)
+        rows[name] = {"bleu": scores.bleu, "chrf": scores.chrf, "repeated_trigrams": repeated_trigram_share(texts),
+                      "seconds": round(time.monotonic() - started, 1)}
+    return rows
+
+
+class _Beam:
+    """A translator whose `translate` decodes with the given beam options (for translate_batches)."""
+
+    def __init__(self, translator, beam):
+        self.translator, self.beam = translator, beam
+
+    def translate(self, texts):
+        return self.translator.translate(texts, beam=self.beam)
+
+
 def run_in_subprocess(name: str, data: str, workdir: Path, settings: list[str]) -> dict[str, object]:
     out = workdir / "row.json"
     command = [sys.executable, __file__, "--_one", str(out), "--data", data, "--workdir", str(workdir),
-               "--settings", json.dumps(settings)]
+               "--settings", json.dumps(settings), "--beam-widths", ",".join(map(str, BEAM_WIDTHS))]
     print(f"[{name}] {' '.join(settings)}", flush=True)
     subprocess.run(command, check=True, cwd=REPO)
     return json.loads(out.read_text())
+
+
+def print_decoders(rows: dict[str, dict[str, object]]) -> None:
+    if not any(row.get("decoders") for row in rows.values()):
+        return
+    print("\n| recipe | decoder | BLEU | chrF | outputs with a repeated trigram % | seconds |")
+    print("|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        for decoder, d in (row.get("decoders") or {}).items():
+            print(f"| {name} | {decoder} | {d['bleu']:.2f} | {d['chrf']:.2f} | {d['repeated_trigrams']:.1f} | "
+                  f"{d['seconds']} |")
 
 
 def print_table(rows: dict[str, dict[str, object]], data: str, minutes: float) -> None:
@@ -157,10 +215,13 @@ def main() -> None:
                         f"(of: {', '.join(ABLATIONS)})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change the `new` recipe (and its ablations), as `seq2seq --set` would")
+    parser.add_argument("--beam-widths", default="",
+                        help="comma-separated beam widths to compare with greedy decoding on each export, e.g. 4")
     parser.add_argument("--workdir", default="/tmp/bench-quality")
     parser.add_argument("--_one", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    BEAM_WIDTHS[:] = [int(w) for w in args.beam_widths.split(",") if w.strip()]
     if args._one:
         # The pipeline's own progress lines (step, loss, tokens/s, dev chrF), also kept in WORKDIR/log.txt.
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
@@ -184,6 +245,7 @@ def main() -> None:
         rows[name] = run_in_subprocess(name, args.data, workdir, overrides(recipe, args.minutes))
         print(json.dumps({name: rows[name]}), flush=True)
     print_table(rows, args.data, args.minutes)
+    print_decoders(rows)
 
 
 if __name__ == "__main__":

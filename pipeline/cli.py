@@ -128,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="*", help="sentences; with none, read lines from stdin")
     p.add_argument("--max-length", type=_decode_length, default=None, metavar="N",
                    help="maximum decoded tokens, 1 to 1024 (MAX_DECODE_LENGTH_LIMIT); default: the model's")
+    p.add_argument("--beam-width", type=int, default=None, metavar="K",
+                   help="decode with beam search (the model's beam_search_with_options signature), K "
+                        "hypotheses per sentence; default: greedy (serving_default)")
+    p.add_argument("--n-best", type=int, default=None, metavar="N",
+                   help="with beam search: print the N best translations of each sentence (N <= K): "
+                        "'RANK<TAB>SCORE<TAB>TRANSLATION' lines and an empty line after each sentence; "
+                        "with --json, an n_best list. Default: the model's (export.n_best)")
+    p.add_argument("--length-penalty", type=float, default=None, metavar="A",
+                   help="with beam search: GNMT length penalty alpha >= 0 (0 ranks by log-probability); "
+                        "default: the model's (export.length_penalty)")
     p.add_argument("--batch-size", type=int, default=64, help="lines per batch when reading stdin")
     p.add_argument("--json", action="store_true", help="one JSON object per line: translation, tokens, score")
     p.add_argument("--attention-plot", metavar="FILE.png", help="draw the attention of the first sentence")

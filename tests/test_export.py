@@ -79,7 +79,8 @@ def test_layout_assets_and_model_card(seed_run):
     assert card["vocabulary_sizes"] == {"source": lines(examples / "source.vocab"),
                                         "target": lines(examples / "target.vocab")}
     assert card["decoding"]["max_decode_length"] == 22  # embedded.yaml's preprocess.max_target_length
-    assert set(card["signatures"]) == {"serving_default", "translate_with_max_length", "encode", "source_tokens"}
+    assert set(card["signatures"]) == {"serving_default", "translate_with_max_length", "encode", "source_tokens",
+                                      "beam_search", "beam_search_with_options"}
     assert set(card["signatures"]["serving_default"]["outputs"]) == {
         "translation", "tokens", "token_ids", "length", "score", "attention"}
     from components.exporter.card import sha256_files

@@ -177,6 +177,13 @@ class ExportConfig:
     # An output <unk> becomes the most attended source token (OpenNMT's replace_unknown_target),
     # in the graph; models without attention keep dropping it.
     replace_unknown: bool = True
+    # The defaults of the SavedModel's beam_search signatures (serving_default stays greedy):
+    # beams kept per sentence, GNMT length penalty alpha (0 = rank by raw log-probability),
+    # hypotheses returned (at most beam_width), n-gram size never repeated in a hypothesis (0 = off).
+    beam_width: int = 4
+    length_penalty: float = 0.6
+    n_best: int = 1
+    no_repeat_ngram_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,11 @@ class EvaluatorConfig:
     # Refuse to bless a model that keeps the source's protected spans exactly in fewer than this
     # percentage of the eval sentences whose reference keeps them (0 = never refuse).
     min_placeholder_fidelity: float = 0.0
+    # How the candidate and the served baseline are decoded: serving_default (greedy), or the
+    # SavedModel's beam_search_with_options at beam_width (length penalty and n-gram blocking: the
+    # exported defaults). A baseline exported before beam signatures existed is decoded greedily.
+    decoder: Literal["greedy", "beam"] = "greedy"
+    beam_width: int = 4
 
 
 @dataclass(frozen=True)
@@ -374,14 +386,21 @@ def _validate(config: Any, prefix: str) -> None:
             raise bad("select_sample", "must be positive")
         if config.max_minutes is not None and config.max_minutes <= 0:
             raise bad("max_minutes", "must be positive (or null for no budget)")
-    elif isinstance(config, ExportConfig) and config.max_decode_length is not None \
-            and not 1 <= config.max_decode_length <= MAX_DECODE_LENGTH_LIMIT:
-        raise bad("max_decode_length", f"must be in [1, {MAX_DECODE_LENGTH_LIMIT}]")
+    elif isinstance(config, ExportConfig):
+        if config.max_decode_length is not None and not 1 <= config.max_decode_length <= MAX_DECODE_LENGTH_LIMIT:
+            raise bad("max_decode_length", f"must be in [1, {MAX_DECODE_LENGTH_LIMIT}]")
+        if config.beam_width < 1:
+            raise bad("beam_width", "must be at least 1")
+        if not 1 <= config.n_best <= config.beam_width:
+            raise bad("n_best", f"must be in [1, export.beam_width = {config.beam_width}]")
+        _check_not_negative(config, ("length_penalty", "no_repeat_ngram_size"), bad)
     elif isinstance(config, EvaluatorConfig):
         _check_not_negative(config, ("tolerance", "num_samples"), bad)
         for name in ("min_bleu", "min_placeholder_fidelity"):
             if not 0.0 <= getattr(config, name) <= 100.0:
                 raise bad(name, "must be in [0, 100]")
+        if config.beam_width < 1:
+            raise bad("beam_width", "must be at least 1")
     elif isinstance(config, PusherConfig) and config.keep < 1:
         raise bad("keep", "must be at least 1")
 

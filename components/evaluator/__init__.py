@@ -6,6 +6,7 @@ blessing.json, report.md, and when there is something to plot loss_curve.png and
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from components.core.errors import ArtifactError
 from components.core.spans import ALL_SPAN_KINDS
 from components.evaluator.metrics import Blessing, Scores, decide, score
 from components.evaluator.report import write_report
-from components.serving import load_translator
+from components.serving import BeamOptions, load_translator
 from components.text.metrics import copy_rate, placeholder_fidelity, span_difference
 
 logger = logging.getLogger(__name__)
@@ -50,25 +51,37 @@ def load_references(examples_dir: str) -> tuple[str, list[str], list[str]]:
 
 
 def translate_all(model_dir: str, sources: list[str], batch_size: int = TRANSLATE_BATCH,
-                  workers: Optional[int] = None) -> list[Any]:
-    """Translate every source with the SavedModel's serving_default, as a downstream service would."""
-    return translate_batches(load_translator(model_dir), sources, batch_size, workers)
+                  workers: Optional[int] = None, beam: Optional[BeamOptions] = None) -> list[Any]:
+    """Translate every source with the SavedModel's serving_default (with `beam`, its
+    beam_search_with_options), as a downstream service would."""
+    return translate_batches(load_translator(model_dir), sources, batch_size, workers, beam)
+
+
+def beam_options(config: EvaluatorConfig) -> Optional[BeamOptions]:
+    """evaluator.decoder's settings: None for greedy, else the width (other settings: the model's)."""
+    return BeamOptions(beam_width=config.beam_width, n_best=1) if config.decoder == "beam" else None
+
+
+def decoder_entry(beam: Optional[BeamOptions]) -> dict[str, Any]:
+    """How a model was decoded, for evaluation.json: {decoder, beam_width}."""
+    return {"decoder": "beam" if beam else "greedy", "beam_width": beam.beam_width if beam else None}
 
 
 def translate_batches(translator: Any, sources: list[str], batch_size: int = TRANSLATE_BATCH,
-                      workers: Optional[int] = None) -> list[Any]:
+                      workers: Optional[int] = None, beam: Optional[BeamOptions] = None) -> list[Any]:
     """`translator.translate` over `sources` in batches, `workers` batches at a time (default: one
     per core), results in the order of `sources`.
 
     A greedy decode is a chain of small ops that keeps about one core busy, and `seq2seq run` pins
     TensorFlow to one thread per op when the trainer's batch splits into sub-batches, so batches
-    decode side by side (docs/export.md has the measurement).
+    decode side by side (docs/export.md has the measurement). `beam`: beam search instead.
     """
+    translate = translator.translate if beam is None else functools.partial(translator.translate, beam=beam)
     batches = [sources[start:start + batch_size] for start in range(0, len(sources), batch_size)]
     workers = max(1, min(workers or cpu_cores(), len(batches)))
     results: list[Any] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="translate") as pool:
-        for done, translations in enumerate(pool.map(translator.translate, batches), start=1):
+        for done, translations in enumerate(pool.map(translate, batches), start=1):
             results += translations
             if done % PROGRESS_EVERY_BATCHES == 0:
                 logger.info("translated %d/%d sentences", len(results), len(sources))
@@ -134,11 +147,25 @@ def worst_offenders(offenders: list[int], sources: list[str], hypotheses: list[s
     return rows[:limit]
 
 
-def translate_baseline(baseline_model: str, sources: list[str]) -> tuple[Optional[list[str]], Optional[str]]:
+def translate_baseline(baseline_model: str, sources: list[str], beam: Optional[BeamOptions] = None,
+                       decoded: Optional[dict[str, Any]] = None) -> tuple[Optional[list[str]], Optional[str]]:
     """(the served model's translations, None), or (None, "<path>: <reason>") when it cannot be
-    loaded or run: a cut saved_model.pb or variables file must not block every later candidate."""
+    loaded or run: a cut saved_model.pb or variables file must not block every later candidate.
+
+    With `beam`, a served model exported before the beam signatures is decoded greedily, with a
+    warning; `decoded` (a dict) receives how it was decoded (`decoder_entry`, plus a note)."""
     try:
-        baseline = translate_all(baseline_model, sources)
+        translator = load_translator(baseline_model)
+        if beam is not None and not translator.has_beam_search:
+            logger.warning("the served model %s has no beam_search_with_options signature (exported before beam "
+                           "search): its translations are greedy, the candidate's beam search (width %d)",
+                           baseline_model, beam.beam_width)
+            if decoded is not None:
+                decoded["note"] = "no beam_search_with_options signature: decoded greedily"
+            beam = None
+        if decoded is not None:
+            decoded.update(decoder_entry(beam))
+        baseline = translate_batches(translator, sources, beam=beam)
     except Exception as e:  # noqa: BLE001 - whatever breaks the served model, the candidate is judged alone
         reason = f"{baseline_model}: {_first_line(e)}"
         logger.warning("the served model %s cannot be loaded or run (%s): it is treated as absent, and the "
@@ -170,15 +197,19 @@ def run_evaluation(
                 "" if split == "eval" else ": there is no eval split, so these are training pairs")
     spans = fidelity_spans(examples)
     candidate_model = load_translator(saved_model)
-    candidate = translate_batches(candidate_model, sources)
+    beam = beam_options(config)
+    logger.info("decoding with %s", f"beam search (width {beam.beam_width})" if beam else "greedy search")
+    candidate = translate_batches(candidate_model, sources, beam=beam)
     hypotheses = [c.translation for c in candidate]
     scores = score(hypotheses, references)
     fidelity, offenders = fidelity_metrics(sources, hypotheses, references, spans)
     baseline_scores: Optional[Scores] = None
     baseline_fidelity: Optional[dict[str, Any]] = None
     baseline_unloadable: Optional[str] = None
+    baseline_decoder: Optional[dict[str, Any]] = None
     if baseline_model:
-        baseline_hypotheses, baseline_unloadable = translate_baseline(baseline_model, sources)
+        baseline_decoder = {}
+        baseline_hypotheses, baseline_unloadable = translate_baseline(baseline_model, sources, beam, baseline_decoder)
         if baseline_hypotheses is not None:
             baseline_scores = score(baseline_hypotheses, references)
             baseline_fidelity, _ = fidelity_metrics(sources, baseline_hypotheses, references, spans)
@@ -194,10 +225,12 @@ def run_evaluation(
         **scores.to_dict(),
         **fidelity,
         "fidelity_spans": list(spans),
+        **decoder_entry(beam),
         "eval_loss": train_metrics.get("best_eval_loss", train_metrics.get("final_eval_loss")),
         "baseline_model": baseline_model,
         "baseline": {**baseline_scores.to_dict(), **baseline_fidelity} if baseline_scores else None,
         "baseline_unloadable": baseline_unloadable,
+        "baseline_decoder": baseline_decoder or None,
         "seconds": round(time.time() - started, 3),
     }
     Evaluation(out).write(evaluation, {**blessing.to_dict(), "candidate_model": saved_model,

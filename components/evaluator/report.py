@@ -60,6 +60,23 @@ def _fidelity_cell(metrics: dict[str, Any], key: str) -> str:
     return "—" if value is None else f"{value:.2f} ({metrics.get(f'{key}_count', 0)})"
 
 
+def _decoder_name(entry: dict[str, Any]) -> str:
+    if entry.get("decoder") == "beam":
+        return f"beam search (width {entry.get('beam_width')})"
+    return "greedy search"
+
+
+def _decoder_line(evaluation: dict[str, Any]) -> str:
+    """Which decoder translated the candidate and the served model (evaluator.decoder)."""
+    line = f"Decoder: {_decoder_name(evaluation)} for the candidate"
+    served = evaluation.get("baseline_decoder")
+    if served:
+        line += f", {_decoder_name(served)} for the served model"
+        if served.get("note"):
+            line += f" ({served['note']})"
+    return line + "."
+
+
 def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: Sequence[dict[str, Any]],
                  history: Sequence[dict[str, Any]], attention: Any = None,
                  offenders: Sequence[dict[str, Any]] = ()) -> str:
@@ -72,6 +89,7 @@ def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: S
         f"Scored the exported SavedModel on the **{evaluation['split']}** split "
         f"({evaluation['examples']} pairs)"
         + ("." if evaluation["split"] == "eval" else ": there is no eval split, so these are training pairs."),
+        "", _decoder_line(evaluation),
         "", "| metric | candidate | served |", "|---|---|---|",
     ]
     baseline = evaluation.get("baseline") or {}

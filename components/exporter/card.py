@@ -46,6 +46,40 @@ SIGNATURES: dict[str, Any] = {
         },
         "outputs": "as serving_default",
     },
+    "beam_search": {
+        "description": "Beam search translation with the exported defaults (decoding.beam); serving_default "
+                       "stays greedy. TF2 signatures have no optional inputs: beam_search_with_options takes "
+                       "each setting per call.",
+        "inputs": {"text": {"dtype": "string", "shape": [None], "meaning": "raw source sentences"}},
+        "outputs": {
+            "translations": {"dtype": "string", "shape": [None, "n_best"],
+                             "meaning": "every hypothesis as text, best first; translations[:, 0] is translation. "
+                                        "Only the best keeps its attention, so in the others an <unk> is dropped "
+                                        "instead of replaced by a source token; '' for a missing hypothesis"},
+            "scores": {"dtype": "float32", "shape": [None, "n_best"],
+                       "meaning": "the ranking (descending): score / ((5 + length) / 6)^length_penalty, length "
+                                  "counting <eos>; -inf for a missing hypothesis, 0 for empty input"},
+        },
+    },
+    "beam_search_with_options": {
+        "description": "As beam_search, with the settings chosen per call (each has a value meaning the "
+                       "exported default); bad requests fail with InvalidArgumentError before decoding.",
+        "inputs": {
+            "text": {"dtype": "string", "shape": [None], "meaning": "raw source sentences"},
+            "beam_width": {"dtype": "int32", "shape": [], "meaning": "hypotheses kept per sentence; <= 0: default"},
+            "length_penalty": {"dtype": "float32", "shape": [],
+                               "meaning": "GNMT alpha (0: rank by raw log-probability); < 0: default"},
+            "max_length": {"dtype": "int32", "shape": [],
+                           "meaning": "maximum decoded tokens, at most decoding.max_decode_length_limit; "
+                                      "<= 0: default"},
+            "n_best": {"dtype": "int32", "shape": [],
+                       "meaning": "hypotheses returned, at most beam_width; <= 0: default (capped at beam_width)"},
+            "no_repeat_ngram_size": {"dtype": "int32", "shape": [],
+                                     "meaning": "no n-gram of this size twice in a hypothesis (0: off); "
+                                                "< 0: default"},
+        },
+        "outputs": "as beam_search",
+    },
     "encode": {
         "description": "The preprocessing of a source sentence, exactly as written to the training TFRecords.",
         "inputs": {"text": {"dtype": "string", "shape": [None], "meaning": "raw source sentences"}},
@@ -63,13 +97,19 @@ SIGNATURES: dict[str, Any] = {
     },
 }
 
+# beam_search's outputs: serving_default's, for the best hypothesis, then the n-best lists.
+SIGNATURES["beam_search"]["outputs"] = {
+    **{key: dict(spec, meaning=f"{spec['meaning']} (of the best hypothesis)")
+       for key, spec in SIGNATURES["serving_default"]["outputs"].items()},
+    **SIGNATURES["beam_search"]["outputs"],
+}
 
 # What the card and README say about protected spans (components/text/spans.py,
 # components/model/decoding.py SpanConstraint); docs/export.md, "Protected spans in the exported model".
 SPAN_ENFORCEMENT = (
     "Each protected span of the source (the first {slots} of a sentence, left to right) becomes a numbered "
-    "sentinel token (span k: U+E000 + k) before tokenizing, in encode and in translation alike. Greedy decoding "
-    "emits the sentinel of every span of the source exactly once: the sentinel of a span the source does not "
+    "sentinel token (span k: U+E000 + k) before tokenizing, in encode and in translation alike. Decoding (greedy and beam search "
+    "alike) emits the sentinel of every span of the source exactly once: the sentinel of a span the source does not "
     "have, or of one "
     "already emitted, is forbidden; while any span is missing, <eos> is forbidden and its probability goes to "
     "the missing spans' sentinels in proportion to theirs. The sentinels of the output become the source's "
@@ -81,6 +121,14 @@ SPAN_OUTPUTS = (
     "kept; spans appended after max_length are in translation only, not in tokens, token_ids or length); "
     "token_ids, encode's source_ids and source_tokens show the sentinels themselves."
 )
+
+
+def beam_entry(export) -> dict[str, Any]:
+    """The card's decoding.beam: the beam_search signatures' defaults (export.*) and how they rank."""
+    return {"beam_width": export.beam_width, "length_penalty": export.length_penalty, "n_best": export.n_best,
+            "no_repeat_ngram_size": export.no_repeat_ngram_size,
+            "ranking": "score / ((5 + length) / 6)^length_penalty (GNMT), length counting <eos>",
+            "stops_when": "no sentence's n-best can change any more, or max_decode_length steps"}
 
 
 def protected_spans_entry(config, artifact) -> Optional[dict[str, Any]]:
@@ -179,7 +227,10 @@ def build_card(
         "model": dataclasses.asdict(config.model),
         "decoding": {"algorithm": "greedy", "max_decode_length": max_decode_length,
                      "max_decode_length_limit": MAX_DECODE_LENGTH_LIMIT,
-                     "stops_when": "every sentence has emitted <eos>, or max_decode_length steps"},
+                     "stops_when": "every sentence has emitted <eos>, or max_decode_length steps",
+                     "signatures": {"greedy": ["serving_default", "translate_with_max_length"],
+                                    "beam": ["beam_search", "beam_search_with_options"]},
+                     "beam": beam_entry(config.export)},
         "checkpoint": checkpoint,
         "training_data": training_data_fingerprint(artifact),
         "eval_metrics": metrics,
@@ -193,8 +244,12 @@ def render_readme(card: dict[str, Any]) -> str:
     lines = [
         "# seq2seq-pipeline SavedModel",
         "",
-        "Greedy attention seq2seq translator. Raw strings in, translations out: tokenizer, vocabularies,",
+        "Attention seq2seq translator. Raw strings in, translations out: tokenizer, vocabularies,",
         "encoder, decoder and the decoding loop are all inside the graph.",
+        "",
+        "Two decoders: greedy (`serving_default`, `translate_with_max_length`) and beam search",
+        "(`beam_search` with the exported defaults, `beam_search_with_options` with per-call settings;",
+        "a TF2 signature has no optional inputs, hence two).",
         "",
         "## Load",
         "",
@@ -228,6 +283,7 @@ def render_readme(card: dict[str, Any]) -> str:
         "",
         f"- vocabulary sizes: {json.dumps(card['vocabulary_sizes'])}",
         f"- max decode length: {card['decoding']['max_decode_length']}",
+        f"- beam search defaults: {json.dumps(_beam_defaults(card))}",
         f"- training data: {card['training_data'].get('vocabulary_sha256')} (vocabularies), "
         f"{card['training_data'].get('train_records_sha256')} (train records)",
         f"- eval metrics: {json.dumps(card['eval_metrics']) if card['eval_metrics'] else 'not known at export'}",
@@ -236,6 +292,12 @@ def render_readme(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _beam_defaults(card: dict[str, Any]) -> dict[str, Any]:
+    beam = card["decoding"].get("beam") or {}
+    return {key: beam[key] for key in ("beam_width", "length_penalty", "n_best", "no_repeat_ngram_size")
+            if key in beam}
 
 
 def _render_spans(spans: Optional[dict[str, Any]]) -> list[str]:

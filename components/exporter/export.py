@@ -65,10 +65,12 @@ def _restore(train_dir: str):
     return model, artifact, getattr(model, "restored_from", None)
 
 def build_module(model, artifact, max_length: int, extra_assets: Optional[dict[str, str]] = None,
-                 replace_unknown: bool = True):
-    """The `ServingModule` for a restored model and its preprocess output."""
+                 replace_unknown: bool = True, export: Optional[ExportConfig] = None):
+    """The `ServingModule` for a restored model and its preprocess output; `export` (default: the
+    ExportConfig defaults) gives the beam_search signatures' defaults."""
     from components.exporter.module import ServingModule
 
+    export = export or ExportConfig()
     return ServingModule(
         model=model,
         source_encoder=encoder_for(artifact, "source"),
@@ -78,6 +80,10 @@ def build_module(model, artifact, max_length: int, extra_assets: Optional[dict[s
         max_decode_length=max_length,
         extra_assets=extra_assets,
         replace_unknown=replace_unknown,
+        beam_width=export.beam_width,
+        length_penalty=export.length_penalty,
+        n_best=export.n_best,
+        no_repeat_ngram_size=export.no_repeat_ngram_size,
     )
 
 
@@ -138,7 +144,8 @@ def export_model(model, artifact, out: str, config: Optional[PipelineConfig] = N
     logger.info("export: tracing and saving (tokenizer %s, max decode length %d)",
                 config.preprocess.tokenizer, max_length)
     return save_module(lambda assets: build_module(model, artifact, max_length, assets,
-                                                   config.export.replace_unknown), card, out, overwrite)
+                                                   config.export.replace_unknown, config.export),
+                       card, out, overwrite)
 
 
 def run_export(model_dir: str, out: str, overrides: Sequence[str] = (), overwrite: bool = False,

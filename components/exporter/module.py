@@ -1,4 +1,4 @@
-"""The exported `tf.Module`: raw strings in, greedy translations out, everything in the graph.
+"""The exported `tf.Module`: raw strings in, translations out, everything in the graph.
 
 It holds the very `SequenceEncoder` the Beam job used (tokenizer + source vocabulary table read
 from the vocabulary FILE, so the file travels as a SavedModel asset), id->token tables for both
@@ -6,6 +6,16 @@ vocabularies (also from their files), the target tokenizer (for detokenizing), t
 `Seq2Seq`, and translates with the model library's `translate_text` (components/model/translation.py):
 `GreedySearch` over the model's `encode`/`initial_state`/`step` under the protected-span rule, the
 one greedy decoder, which the trainer's dev metric also runs, so serving cannot drift from it.
+serving_default is that greedy decoder.
+
+Beam search (`BeamSearch`, same `translate_text`, same span rule) is offered by two more signatures.
+A TF2 signature has no optional inputs, so "optional with defaults" is two signatures:
+  beam_search(text): every setting at its exported default (export.beam_width, length_penalty,
+    n_best, no_repeat_ngram_size, max decode length);
+  beam_search_with_options(text, beam_width, length_penalty, max_length, n_best,
+    no_repeat_ngram_size): each setting per call, a sentinel value meaning the exported default
+    (<= 0 for beam_width, max_length and n_best; < 0 for length_penalty and no_repeat_ngram_size).
+Both return serving_default's outputs for the best hypothesis plus translations and scores [B, N].
 """
 from __future__ import annotations
 
@@ -13,6 +23,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from components.model.beam_search import BeamSearch
 from components.model.translation import TextTables, translate_text
 from components.serving.client import MAX_DECODE_LENGTH_LIMIT
 from components.text.encoding import SequenceEncoder, id_to_token_table
@@ -20,6 +31,14 @@ from components.text.tokenizers import Tokenizer
 
 TEXT_SPEC = tf.TensorSpec([None], tf.string, name="text")
 MAX_LENGTH_SPEC = tf.TensorSpec([], tf.int32, name="max_length")
+BEAM_OPTION_SPECS = [
+    TEXT_SPEC,
+    tf.TensorSpec([], tf.int32, name="beam_width"),
+    tf.TensorSpec([], tf.float32, name="length_penalty"),
+    MAX_LENGTH_SPEC,
+    tf.TensorSpec([], tf.int32, name="n_best"),
+    tf.TensorSpec([], tf.int32, name="no_repeat_ngram_size"),
+]
 
 
 class ServingModule(tf.Module):
@@ -35,6 +54,10 @@ class ServingModule(tf.Module):
         max_decode_length: int,
         extra_assets: Optional[dict[str, str]] = None,
         replace_unknown: bool = True,
+        beam_width: int = 4,
+        length_penalty: float = 0.6,
+        n_best: int = 1,
+        no_repeat_ngram_size: int = 0,
     ):
         super().__init__(name="translator")
         self.model = model
@@ -49,6 +72,12 @@ class ServingModule(tf.Module):
         if not 1 <= int(max_decode_length) <= MAX_DECODE_LENGTH_LIMIT:
             raise ValueError(f"max_decode_length must be in [1, {MAX_DECODE_LENGTH_LIMIT}], got {max_decode_length}")
         self.max_decode_length = int(max_decode_length)
+        if not 1 <= int(n_best) <= int(beam_width) or length_penalty < 0 or no_repeat_ngram_size < 0:
+            raise ValueError(f"bad beam defaults: beam_width {beam_width}, n_best {n_best} (1 <= n_best <= "
+                             f"beam_width), length_penalty {length_penalty}, no_repeat_ngram_size "
+                             f"{no_repeat_ngram_size} (both >= 0)")
+        self.beam_width, self.n_best = int(beam_width), int(n_best)
+        self.length_penalty, self.no_repeat_ngram_size = float(length_penalty), int(no_repeat_ngram_size)
         # README.md / model_card.json: tracked so the saver copies them into assets/.
         for attribute, path in (extra_assets or {}).items():
             setattr(self, attribute, tf.saved_model.Asset(path))
@@ -91,6 +120,48 @@ class ServingModule(tf.Module):
         default = tf.constant(self.max_decode_length, tf.int32)
         return self._translate(text, tf.where(max_length > 0, max_length, default))
 
+    @tf.function(input_signature=[TEXT_SPEC])
+    def beam_search(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Beam search with every setting at its exported default: serving_default's outputs for the
+        best hypothesis, plus translations and scores [B, n_best]."""
+        return self._beam(text, tf.constant(self.beam_width), tf.constant(self.length_penalty),
+                          tf.constant(self.max_decode_length), tf.constant(self.n_best),
+                          tf.constant(self.no_repeat_ngram_size))
+
+    @tf.function(input_signature=BEAM_OPTION_SPECS)
+    def beam_search_with_options(self, text: tf.Tensor, beam_width: tf.Tensor, length_penalty: tf.Tensor,
+                                 max_length: tf.Tensor, n_best: tf.Tensor,
+                                 no_repeat_ngram_size: tf.Tensor) -> dict[str, tf.Tensor]:
+        """As `beam_search`, each setting chosen per call: beam_width, max_length, n_best <= 0 and
+        length_penalty, no_repeat_ngram_size < 0 mean the exported default (a default n_best is
+        capped at the beam width). InvalidArgumentError, before anything is decoded, for
+        max_length above MAX_DECODE_LENGTH_LIMIT or n_best above the beam width."""
+        width = tf.where(beam_width > 0, beam_width, self.beam_width)
+        n_best = tf.where(n_best > 0, n_best, tf.minimum(self.n_best, width))
+        checks = [
+            tf.debugging.assert_less_equal(
+                max_length, tf.constant(MAX_DECODE_LENGTH_LIMIT, tf.int32),
+                message=f"beam_search_with_options: max_length must be at most {MAX_DECODE_LENGTH_LIMIT} "
+                        f"(the model's MAX_DECODE_LENGTH_LIMIT); <= 0 means the exported default"),
+            tf.debugging.assert_less_equal(
+                n_best, width, message="beam_search_with_options: n_best must be at most beam_width "
+                                       "(a beam keeps beam_width hypotheses); <= 0 means the exported default"),
+        ]
+        with tf.control_dependencies(checks):
+            width, n_best = tf.identity(width), tf.identity(n_best)
+        return self._beam(
+            text, width, tf.where(length_penalty >= 0, length_penalty, self.length_penalty),
+            tf.where(max_length > 0, max_length, self.max_decode_length), n_best,
+            tf.where(no_repeat_ngram_size >= 0, no_repeat_ngram_size, self.no_repeat_ngram_size))
+
+    def _beam(self, text: tf.Tensor, width: tf.Tensor, alpha: tf.Tensor, max_length: tf.Tensor,
+              n_best: tf.Tensor, ngram: tf.Tensor) -> dict[str, tf.Tensor]:
+        def strategy(constraint):
+            return BeamSearch(width, alpha, n_best, ngram, constraint)
+
+        return translate_text(self.model, self._tables, text, max_length, strategy,
+                              replace_unknown=self.replace_unknown)
+
     def _translate(self, text: tf.Tensor, max_length: tf.Tensor) -> dict[str, tf.Tensor]:
         return translate_text(self.model, self._tables, text, max_length, replace_unknown=self.replace_unknown)
 
@@ -100,4 +171,6 @@ class ServingModule(tf.Module):
             "translate_with_max_length": self.translate_with_max_length.get_concrete_function(),
             "encode": self.encode.get_concrete_function(),
             "source_tokens": self.source_tokens.get_concrete_function(),
+            "beam_search": self.beam_search.get_concrete_function(),
+            "beam_search_with_options": self.beam_search_with_options.get_concrete_function(),
         }

@@ -27,7 +27,6 @@ reachable, is no better than the pool's worst (log-probabilities are <= 0, so ra
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, NamedTuple
 
 import tensorflow as tf
@@ -36,7 +35,6 @@ from components.core.vocabulary import BOS_ID, EOS_ID, PAD_ID
 from components.model.decoding import (
     FORBIDDEN,
     DecodingStrategy,
-    SpanConstraint,
     StepModel,
     TokenConstraint,
     Unconstrained,
@@ -110,20 +108,6 @@ def _best(pool: Hypotheses, extra: Hypotheses, n: tf.Tensor) -> Hypotheses:
     merged = Hypotheses(*[tf.concat([a, b], axis=1) for a, b in zip(pool, extra)])
     _, keep = tf.math.top_k(merged.normalized, n)
     return Hypotheses(*[tf.gather(x, keep, batch_dims=1) for x in merged])
-
-
-def _tile_constraint(constraint: TokenConstraint, tile) -> TokenConstraint:
-    """The constraint for the beam rows.
-
-    Its state is tiled by the caller, but a constraint may also keep per-row tensors of its own:
-    `SpanConstraint.required` [B, K], tiled here on a shallow copy (its token slots are per
-    vocabulary). Any other constraint with such tensors tiles itself with a `map_rows(fn)`."""
-    if hasattr(constraint, "map_rows"):
-        return constraint.map_rows(tile)
-    if isinstance(constraint, SpanConstraint):
-        constraint = copy.copy(constraint)
-        constraint.required = tile(constraint.required)
-    return constraint
 
 
 def _row_invariants(state: Any) -> Any:
@@ -204,7 +188,7 @@ class BeamSearch(DecodingStrategy):
         def tile(x: tf.Tensor) -> tf.Tensor:
             return tf.repeat(x, width, axis=0)
 
-        constraint = _tile_constraint(self.constraint, tile)
+        constraint = self.constraint.map_rows(tile)  # its own per-row tensors (the state: below)
         rows = batch * width
         # Only beam 0 holds a hypothesis (the empty one) at first: the others would duplicate it.
         alive_score = tf.concat([tf.zeros([batch, 1]), tf.fill(tf.stack([batch, width - 1]), NO_HYPOTHESIS)], 1)

@@ -13,7 +13,7 @@ eval loss is teacher-forced), but the trainer's tests decode the trained model w
 from __future__ import annotations
 
 import abc
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import tensorflow as tf
 
@@ -80,6 +80,12 @@ class TokenConstraint(abc.ABC):
     def update(self, state: Any, chosen: tf.Tensor) -> Any:
         """The state after the rows emitted `chosen` [B]."""
 
+    def map_rows(self, fn: Callable[[tf.Tensor], tf.Tensor]) -> "TokenConstraint":
+        """The constraint for rows `fn` makes of the batch's rows (a beam search tiles each source
+        row into its beams). Only per-row tensors the constraint keeps itself are mapped; its state
+        is mapped by the strategy. Default: no per-row tensors, the constraint itself."""
+        return self
+
 
 class Unconstrained(TokenConstraint):
     def initial(self) -> Any:
@@ -114,6 +120,10 @@ class SpanConstraint(TokenConstraint):
         self.token_slots = tf.convert_to_tensor(token_slots, tf.int32)
         self.required = tf.convert_to_tensor(required, tf.bool)
         self.slots = tf.shape(self.required)[1]
+
+    def map_rows(self, fn: Callable[[tf.Tensor], tf.Tensor]) -> "SpanConstraint":
+        """`required` mapped by rows; the token slots are per vocabulary, shared."""
+        return SpanConstraint(self.token_slots, fn(self.required))
 
     def initial(self) -> tf.Tensor:
         return tf.zeros_like(self.required)  # emitted [B, K]

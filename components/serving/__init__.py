@@ -3,6 +3,6 @@
 A library shared by the evaluator, the pusher's check, `seq2seq translate` and the tests; it knows
 the ExportedModel artifact, not the component that wrote it.
 """
-from components.serving.client import Translation, Translator, load_translator, read_model_card
+from components.serving.client import BeamOptions, Translation, Translator, load_translator, read_model_card
 
-__all__ = ["Translation", "Translator", "load_translator", "read_model_card"]
+__all__ = ["BeamOptions", "Translation", "Translator", "load_translator", "read_model_card"]

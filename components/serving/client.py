@@ -40,6 +40,46 @@ def check_max_length(value: int, name: str = "--max-length") -> int:
     return int(value)
 
 
+class BeamOptionError(UserError):
+    """A beam search setting out of range: a usage error (exit 2)."""
+
+    exit_code = 2
+
+
+class NoBeamSearchError(UserError):
+    """Beam search asked of a SavedModel exported before the beam_search signatures existed."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class BeamOptions:
+    """Per-call beam search settings for the beam_search_with_options signature; None: the exported
+    default (sent as the signature's "default" value: 0 or -1)."""
+
+    beam_width: Optional[int] = None
+    n_best: Optional[int] = None
+    length_penalty: Optional[float] = None
+    no_repeat_ngram_size: Optional[int] = None
+
+    def check(self) -> "BeamOptions":
+        """Itself, or a UserError (exit 2) for a setting out of range."""
+        if self.beam_width is not None and self.beam_width < 1:
+            raise BeamOptionError(f"--beam-width must be at least 1, got {self.beam_width}")
+        if self.n_best is not None and self.n_best < 1:
+            raise BeamOptionError(f"--n-best must be at least 1, got {self.n_best}")
+        if self.n_best is not None and self.beam_width is not None and self.n_best > self.beam_width:
+            raise BeamOptionError(f"--n-best {self.n_best} must be at most --beam-width {self.beam_width}")
+        if self.length_penalty is not None and not self.length_penalty >= 0:
+            raise BeamOptionError(f"--length-penalty must be >= 0, got {self.length_penalty}")
+        if self.no_repeat_ngram_size is not None and self.no_repeat_ngram_size < 0:
+            raise BeamOptionError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
+        return self
+
+
+BEAM_SIGNATURE = "beam_search_with_options"
+
+
 @dataclass
 class Translation:
     """One sentence's result, trimmed to its real lengths."""
@@ -51,10 +91,17 @@ class Translation:
     score: float
     source_tokens: list[str] = field(default_factory=list)  # as the model sees them (<unk>, truncated)
     attention: Optional[np.ndarray] = None  # [len(tokens), len(source_tokens)]
+    # Beam search only: every hypothesis' text and length-penalized score, best first (the best is
+    # `translation`, and `score` its raw log-probability); empty for greedy decoding.
+    translations: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "translation": self.translation, "tokens": self.tokens,
-                "score": self.score, "length": len(self.tokens)}
+        result = {"source": self.source, "translation": self.translation, "tokens": self.tokens,
+                  "score": self.score, "length": len(self.tokens)}
+        if len(self.translations) > 1:
+            result["n_best"] = [{"translation": t, "score": s} for t, s in zip(self.translations, self.scores)]
+        return result
 
 
 def read_model_card(saved_model_dir: str) -> dict[str, Any]:
@@ -75,15 +122,37 @@ class Translator:
     def max_decode_length(self) -> int:
         return int(self.card["decoding"]["max_decode_length"])
 
-    def outputs(self, texts: Sequence[str], max_length: Optional[int] = None) -> dict[str, np.ndarray]:
-        """The raw serving_default outputs (or translate_with_max_length's) as numpy arrays."""
+    @property
+    def has_beam_search(self) -> bool:
+        """Whether the model has the beam_search signatures (models exported before them do not)."""
+        return BEAM_SIGNATURE in self._signatures
+
+    def outputs(self, texts: Sequence[str], max_length: Optional[int] = None,
+                beam: Optional[BeamOptions] = None) -> dict[str, np.ndarray]:
+        """The raw serving_default outputs (or translate_with_max_length's; with `beam`,
+        beam_search_with_options') as numpy arrays."""
         import tensorflow as tf
 
         text = tf.constant(list(texts), tf.string)
-        if max_length is None:
+        if max_length is not None:
+            check_max_length(max_length)
+        if beam is not None:
+            beam.check()
+            if not self.has_beam_search:
+                raise NoBeamSearchError(f"{self.directory} has no {BEAM_SIGNATURE} signature (exported before beam "
+                                        f"search was added): re-export it, or translate without beam options")
+            result = self._signatures[BEAM_SIGNATURE](
+                text=text,
+                beam_width=tf.constant(beam.beam_width or 0, tf.int32),
+                length_penalty=tf.constant(-1.0 if beam.length_penalty is None else beam.length_penalty,
+                                           tf.float32),
+                max_length=tf.constant(max_length or 0, tf.int32),
+                n_best=tf.constant(beam.n_best or 0, tf.int32),
+                no_repeat_ngram_size=tf.constant(
+                    -1 if beam.no_repeat_ngram_size is None else beam.no_repeat_ngram_size, tf.int32))
+        elif max_length is None:
             result = self._signatures["serving_default"](text=text)
         else:
-            check_max_length(max_length)
             result = self._signatures["translate_with_max_length"](
                 text=text, max_length=tf.constant(max_length, tf.int32))
         return {key: value.numpy() for key, value in result.items()}
@@ -101,12 +170,13 @@ class Translator:
         return [[t.decode("utf-8") for t in row if t] for row in padded.numpy()]
 
     def translate(self, texts: Sequence[str], max_length: Optional[int] = None,
-                  with_attention: bool = False) -> list[Translation]:
-        """Translate a batch; `with_attention` adds source tokens and trimmed attention matrices."""
+                  with_attention: bool = False, beam: Optional[BeamOptions] = None) -> list[Translation]:
+        """Translate a batch; `with_attention` adds source tokens and trimmed attention matrices;
+        `beam` decodes with beam search (the best hypothesis, and the n-best lists)."""
         texts = list(texts)
         if not texts:
             return []
-        out = self.outputs(texts, max_length)
+        out = self.outputs(texts, max_length, beam)
         sources = self.source_tokens(texts) if with_attention else [[] for _ in texts]
         results = []
         for i, text in enumerate(texts):
@@ -119,6 +189,8 @@ class Translator:
                 score=float(out["score"][i]),
                 source_tokens=sources[i],
                 attention=out["attention"][i][:n, : len(sources[i])] if with_attention else None,
+                translations=[t.decode("utf-8") for t in out["translations"][i]] if "translations" in out else [],
+                scores=[float(s) for s in out["scores"][i]] if "scores" in out else [],
             ))
         return results
 

@@ -102,9 +102,22 @@ def _write(results: Iterable, as_json: bool, out: TextIO) -> None:
     for result in results:
         if as_json:
             out.write(json_line(without_non_finite(result.to_json())))
+        elif len(result.translations) > 1:  # beam search's n-best list, then an empty line
+            out.write("".join(f"{rank}\t{score:.4f}\t{text}\n" for rank, (text, score)
+                              in enumerate(zip(result.translations, result.scores), start=1)) + "\n")
         else:
             out.write(result.translation + "\n")
     out.flush()
+
+
+def beam_options(args: argparse.Namespace):
+    """BeamOptions when any of --beam-width, --n-best, --length-penalty is given (else None: greedy)."""
+    from components.serving.client import BeamOptions
+
+    values = {name: getattr(args, name, None) for name in ("beam_width", "n_best", "length_penalty")}
+    if all(value is None for value in values.values()):
+        return None
+    return BeamOptions(**values).check()
 
 
 def _plot_first(result, path: str) -> None:
@@ -131,7 +144,8 @@ def _write_in_order(batch: list[Line], results: list, as_json: bool, out: TextIO
 
 def translate_main(args: argparse.Namespace, stdin: Optional[TextIO] = None,
                    stdout: Optional[TextIO] = None) -> int:
-    """Translate args.text, or stdin lines when there are none; one line (or JSON object) per input.
+    """Translate args.text, or stdin lines when there are none; one line (or JSON object) per input
+    (with beam search and an n-best list of more than one, a block of lines per input).
 
     A stdin line that is not UTF-8 is reported on stderr with its number and answered with an empty
     line; the rest of the stream is translated, and the exit code is then 1 (InputError's)."""
@@ -143,6 +157,7 @@ def translate_main(args: argparse.Namespace, stdin: Optional[TextIO] = None,
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_length is not None:
         check_max_length(args.max_length)
+    beam = beam_options(args)
     translator = load_translator(args.model)
     batches = _chunks(list(args.text), args.batch_size) if args.text else stream_batches(stdin, args.batch_size)
     plot_path = getattr(args, "attention_plot", None)
@@ -155,7 +170,7 @@ def translate_main(args: argparse.Namespace, stdin: Optional[TextIO] = None,
                 logger.error("%s; its output line is empty", line)
                 bad.append(line)
         want_plot = bool(plot_path) and count == 0 and bool(good)
-        results = translator.translate(good, args.max_length, with_attention=want_plot)
+        results = translator.translate(good, args.max_length, with_attention=want_plot, beam=beam)
         if want_plot:
             _plot_first(results[0], plot_path)
         _write_in_order(batch, results, args.json, stdout)

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "dev-en-ko.tsv"
 EVAL_FRACTION = 0.05
 # Beam widths compared with greedy decoding on each recipe's export (--beam-widths; empty = none).
-BEAM_WIDTHS: list[int] = []
+BEAM_WIDTHS: list[str] = []
 
 # Today's defaults (pipeline/default.yaml before the quality work), written out in full.
 TODAY = {
@@ -133,8 +133,9 @@ def repeated_trigram_share(texts: list[str]) -> float:
     return 100.0 * sum(map(loops, texts)) / max(1, len(texts))
 
 
-def compare_decoders(export: str, examples: str, widths: list[int]) -> dict[str, object]:
-    """Greedy against beam search of each width on the eval split, with the exported model."""
+def compare_decoders(export: str, examples: str, widths: list[str]) -> dict[str, object]:
+    """Greedy against beam search on the eval split, with the exported model: each of `widths` is
+    a width ("4") or a width and an n-gram size to block ("4:3")."""
     from components.evaluator import load_references, translate_batches
     from components.serving import BeamOptions, load_translator
     from components.text.metrics import score
@@ -142,13 +143,14 @@ def compare_decoders(export: str, examples: str, widths: list[int]) -> dict[str,
     _, sources, references = load_references(examples)
     translator = load_translator(export)
     rows: dict[str, object] = {}
-    for width in [0, *widths]:
-        name = "greedy" if width == 0 else f"beam {width}"
+    for setting in ["greedy", *widths]:
         started = time.monotonic()
-        if width == 0:
-            outputs = translate_batches(translator, sources)
+        if setting == "greedy":
+            name, outputs = "greedy", translate_batches(translator, sources)
         else:
-            beam = BeamOptions(beam_width=width, n_best=1)
+            width, _, ngram = setting.partition(":")
+            beam = BeamOptions(beam_width=int(width), n_best=1, no_repeat_ngram_size=int(ngram or 0))
+            name = f"beam {width}" + (f", no repeated {ngram}-grams" if ngram else "")
             outputs = translate_batches(_Beam(translator, beam), sources)
         texts = [o.translation for o in outputs]
         scores = score(texts, references)
@@ -170,7 +172,7 @@ class _Beam:
 def run_in_subprocess(name: str, data: str, workdir: Path, settings: list[str]) -> dict[str, object]:
     out = workdir / "row.json"
     command = [sys.executable, __file__, "--_one", str(out), "--data", data, "--workdir", str(workdir),
-               "--settings", json.dumps(settings), "--beam-widths", ",".join(map(str, BEAM_WIDTHS))]
+               "--settings", json.dumps(settings), "--beam-widths", ",".join(BEAM_WIDTHS)]
     print(f"[{name}] {' '.join(settings)}", flush=True)
     subprocess.run(command, check=True, cwd=REPO)
     return json.loads(out.read_text())
@@ -216,12 +218,13 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change the `new` recipe (and its ablations), as `seq2seq --set` would")
     parser.add_argument("--beam-widths", default="",
-                        help="comma-separated beam widths to compare with greedy decoding on each export, e.g. 4")
+                        help="beam settings to compare with greedy decoding on each export: widths, or "
+                             "WIDTH:N to also block repeated N-grams, e.g. 4,4:3")
     parser.add_argument("--workdir", default="/tmp/bench-quality")
     parser.add_argument("--_one", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    BEAM_WIDTHS[:] = [int(w) for w in args.beam_widths.split(",") if w.strip()]
+    BEAM_WIDTHS[:] = [w.strip() for w in args.beam_widths.split(",") if w.strip()]
     if args._one:
         # The pipeline's own progress lines (step, loss, tokens/s, dev chrF), also kept in WORKDIR/log.txt.
         Path(args.workdir).mkdir(parents=True, exist_ok=True)

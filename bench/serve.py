@@ -11,6 +11,9 @@ SavedModel with a plain `tf.saved_model.load` and measures, on serving_default:
 - p50/p95 latency of single-sentence requests, and the p50 of those that decoded exactly STEPS
   tokens (an untrained model rarely emits <eos>, so almost all do);
 
+then the same on beam_search_with_options at widths 1, 4 and 8 (--beam-widths): decoded tokens/s
+of the best hypothesis at batch 64, and the single-sentence p50 latency at width 4;
+
 and in the same run executes ../shared/bench/seed_baseline.py --decode-steps STEPS on the same
 corpus with the same sizes: its per-sentence eager `prediction` loop decodes exactly STEPS tokens
 per sentence. Ratios: our batch-64 tokens/s over the seed's tokens/s (target >= 100x), and the
@@ -124,6 +127,37 @@ def measure_served(saved_model: str, sources: list[str], steps: int, batches: in
     }
 
 
+def measure_beam(saved_model: str, sources: list[str], widths: list[int], batches: int, singles: int,
+                 latency_width: int = 4) -> dict:
+    """Beam search (beam_search_with_options) beside greedy: decoded tokens/s of the best hypothesis
+    at batch 64 for each width, and the single-sentence p50 latency at `latency_width`."""
+    import tensorflow as tf
+
+    beam = tf.saved_model.load(saved_model).signatures["beam_search_with_options"]
+
+    def call(batch: list[str], width: int):
+        return beam(text=tf.constant(batch, tf.string), beam_width=tf.constant(width), n_best=tf.constant(1),
+                    length_penalty=tf.constant(-1.0), max_length=tf.constant(0),
+                    no_repeat_ngram_size=tf.constant(-1))
+
+    results: dict[str, dict] = {}
+    for width in widths:
+        call(sources[:BATCH], width)  # warm-up
+        tokens, started = 0, time.perf_counter()
+        for i in range(batches):
+            batch = [sources[(i * BATCH + j) % len(sources)] for j in range(BATCH)]
+            tokens += int(call(batch, width)["length"].numpy().sum())
+        results[f"width_{width}"] = {"batch_tokens_per_s": tokens / (time.perf_counter() - started)}
+    call(sources[:1], latency_width)
+    latencies = []
+    for i in range(singles):
+        begin = time.perf_counter()
+        call([sources[i % len(sources)]], latency_width)
+        latencies.append(time.perf_counter() - begin)
+    results[f"single_width_{latency_width}_p50_ms"] = 1000 * percentile(latencies, 50)
+    return results
+
+
 def run_seed(script: Path, corpus: Path, steps: int, decode: int) -> dict:
     """The seed's eager per-sentence greedy loop, same corpus and sizes, exactly `steps` tokens each."""
     command = [sys.executable, str(script), str(corpus), "--batches", "1", "--batch-size", str(BATCH),
@@ -147,6 +181,7 @@ def main() -> int:
     parser.add_argument("--train-epochs", type=int, default=0, help="train briefly first (0 = untrained)")
     parser.add_argument("--seed-baseline", type=Path, default=DEFAULT_SEED_BASELINE)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the corpus and models here")
+    parser.add_argument("--beam-widths", default="1,4,8", help="beam widths timed beside greedy ('' = none)")
     args = parser.parse_args()
     if not args.seed_baseline.exists():
         raise SystemExit(f"seed baseline {args.seed_baseline} not found (pass --seed-baseline)")
@@ -158,6 +193,8 @@ def main() -> int:
         sources = make_corpus(corpus, args.pairs)
         saved_model = build_export(work, corpus, args.steps, args.train_epochs)
         ours = measure_served(saved_model, sources, args.steps, args.batches, args.singles)
+        widths = [int(w) for w in args.beam_widths.split(",") if w.strip()]
+        beam = measure_beam(saved_model, sources, widths, args.batches, args.singles) if widths else {}
         seed = run_seed(args.seed_baseline, corpus, args.steps, args.seed_decode)
 
     seed_latency_ms = 1000.0 / seed["seed_greedy_sentences_per_s"]
@@ -165,7 +202,7 @@ def main() -> int:
     report = {
         "model": "embedding 128, units 256, bahdanau, " + (
             f"trained {args.train_epochs} epoch(s)" if args.train_epochs else "untrained"),
-        "steps": args.steps, "ours": ours, "seed": seed,
+        "steps": args.steps, "ours": ours, "beam": beam, "seed": seed,
         "seed_mean_latency_ms": seed_latency_ms,
         "tokens_per_s_ratio": ours["batch_tokens_per_s"] / seed["seed_greedy_tokens_per_s"],
         "latency_ratio": seed_latency_ms / our_latency_ms,
@@ -180,6 +217,14 @@ def main() -> int:
     print(f"ratio decoded tokens/s (ours batch {BATCH} / seed): {report['tokens_per_s_ratio']:.1f}x (target >= 100x)")
     print(f"ratio single-sentence latency (seed / ours p50, {args.steps} tokens): "
           f"{report['latency_ratio']:.1f}x (target >= 10x)")
+    for width in widths:
+        rate = beam[f"width_{width}"]["batch_tokens_per_s"]
+        print(f"beam width {width}, batch {BATCH}: {rate:.0f} decoded tokens/s "
+              f"({100 * rate / ours['batch_tokens_per_s']:.0f}% of greedy's; target >= 25% at width 4)")
+    if beam:
+        latency = beam["single_width_4_p50_ms"]
+        print(f"beam width 4, single sentence: p50 {latency:.2f} ms "
+              f"({latency / ours['single_p50_ms']:.2f}x greedy's p50; target <= 3x)")
     print("json:", json.dumps(report))
     return 0
 

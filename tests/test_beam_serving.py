@@ -19,7 +19,7 @@ from test_export import VENV_BIN, clean_env, run_fresh_python
 
 pytestmark = pytest.mark.slow
 
-DEFAULTS = {"beam_width": 0, "length_penalty": -1.0, "max_length": 0, "n_best": 0, "no_repeat_ngram_size": -1}
+DEFAULTS = {"beam_width": -1, "length_penalty": -1.0, "max_length": 0, "n_best": -1, "no_repeat_ngram_size": -1}
 
 
 def options(signatures, texts, **settings):
@@ -84,7 +84,13 @@ def test_bad_requests_fail_with_clear_messages(loaded):
         options(loaded.signatures, ["w1 w2"], beam_width=2, n_best=3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_length must be at most 1024"):
         options(loaded.signatures, ["w1 w2"], max_length=5000)
-    # beam_width 0 is the default (4): n_best 3 fits it.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="beam_width must be at least 1"):
+        options(loaded.signatures, ["w1 w2"], beam_width=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="n_best must be at least 1"):
+        options(loaded.signatures, ["w1 w2"], n_best=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_length must not be negative"):
+        options(loaded.signatures, ["w1 w2"], max_length=-3)
+    # beam_width -1 is the default (4): n_best 3 fits it.
     assert options(loaded.signatures, ["w1 w2"], n_best=3)["scores"].shape == (1, 3)
 
 

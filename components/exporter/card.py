@@ -66,14 +66,14 @@ SIGNATURES: dict[str, Any] = {
                        "exported default); bad requests fail with InvalidArgumentError before decoding.",
         "inputs": {
             "text": {"dtype": "string", "shape": [None], "meaning": "raw source sentences"},
-            "beam_width": {"dtype": "int32", "shape": [], "meaning": "hypotheses kept per sentence; <= 0: default"},
+            "beam_width": {"dtype": "int32", "shape": [], "meaning": "hypotheses kept per sentence, at least 1; -1: default"},
             "length_penalty": {"dtype": "float32", "shape": [],
                                "meaning": "GNMT alpha (0: rank by raw log-probability); < 0: default"},
             "max_length": {"dtype": "int32", "shape": [],
                            "meaning": "maximum decoded tokens, at most decoding.max_decode_length_limit; "
-                                      "<= 0: default"},
+                                      "0: default; negative: an error"},
             "n_best": {"dtype": "int32", "shape": [],
-                       "meaning": "hypotheses returned, at most beam_width; <= 0: default (capped at beam_width)"},
+                       "meaning": "hypotheses returned, 1 to beam_width; -1: default (capped at beam_width)"},
             "no_repeat_ngram_size": {"dtype": "int32", "shape": [],
                                      "meaning": "no n-gram of this size twice in a hypothesis (0: off); "
                                                 "< 0: default"},

@@ -14,7 +14,8 @@ A TF2 signature has no optional inputs, so "optional with defaults" is two signa
     n_best, no_repeat_ngram_size, max decode length);
   beam_search_with_options(text, beam_width, length_penalty, max_length, n_best,
     no_repeat_ngram_size): each setting per call, a sentinel value meaning the exported default
-    (<= 0 for beam_width, max_length and n_best; < 0 for length_penalty and no_repeat_ngram_size).
+    (-1 for beam_width and n_best, 0 for max_length, < 0 for length_penalty and no_repeat_ngram_size);
+    beam_width 0 or a negative max_length is an error.
 Both return serving_default's outputs for the best hypothesis plus translations and scores [B, N].
 """
 from __future__ import annotations
@@ -132,20 +133,28 @@ class ServingModule(tf.Module):
     def beam_search_with_options(self, text: tf.Tensor, beam_width: tf.Tensor, length_penalty: tf.Tensor,
                                  max_length: tf.Tensor, n_best: tf.Tensor,
                                  no_repeat_ngram_size: tf.Tensor) -> dict[str, tf.Tensor]:
-        """As `beam_search`, each setting chosen per call: beam_width, max_length, n_best <= 0 and
-        length_penalty, no_repeat_ngram_size < 0 mean the exported default (a default n_best is
-        capped at the beam width). InvalidArgumentError, before anything is decoded, for
-        max_length above MAX_DECODE_LENGTH_LIMIT or n_best above the beam width."""
-        width = tf.where(beam_width > 0, beam_width, self.beam_width)
-        n_best = tf.where(n_best > 0, n_best, tf.minimum(self.n_best, width))
+        """As `beam_search`, each setting chosen per call; -1 for beam_width or n_best, 0 for
+        max_length and a negative length_penalty or no_repeat_ngram_size mean the exported default
+        (a default n_best is capped at the beam width). InvalidArgumentError, before anything is
+        decoded, for beam_width or n_best below 1, n_best above the beam width, and max_length
+        negative or above MAX_DECODE_LENGTH_LIMIT."""
+        name = "beam_search_with_options"
+        width = tf.where(tf.equal(beam_width, -1), self.beam_width, beam_width)
+        n_best = tf.where(tf.equal(n_best, -1), tf.minimum(self.n_best, width), n_best)
         checks = [
+            tf.debugging.assert_greater_equal(
+                width, 1, message=f"{name}: beam_width must be at least 1 (-1 means the exported default)"),
+            tf.debugging.assert_greater_equal(
+                n_best, 1, message=f"{name}: n_best must be at least 1 (-1 means the exported default)"),
+            tf.debugging.assert_less_equal(
+                n_best, width, message=f"{name}: n_best must be at most beam_width (a beam keeps beam_width "
+                                       "hypotheses)"),
+            tf.debugging.assert_non_negative(
+                max_length, message=f"{name}: max_length must not be negative (0 means the exported default)"),
             tf.debugging.assert_less_equal(
                 max_length, tf.constant(MAX_DECODE_LENGTH_LIMIT, tf.int32),
-                message=f"beam_search_with_options: max_length must be at most {MAX_DECODE_LENGTH_LIMIT} "
-                        f"(the model's MAX_DECODE_LENGTH_LIMIT); <= 0 means the exported default"),
-            tf.debugging.assert_less_equal(
-                n_best, width, message="beam_search_with_options: n_best must be at most beam_width "
-                                       "(a beam keeps beam_width hypotheses); <= 0 means the exported default"),
+                message=f"{name}: max_length must be at most {MAX_DECODE_LENGTH_LIMIT} "
+                        f"(the model's MAX_DECODE_LENGTH_LIMIT); 0 means the exported default"),
         ]
         with tf.control_dependencies(checks):
             width, n_best = tf.identity(width), tf.identity(n_best)

@@ -55,7 +55,7 @@ class NoBeamSearchError(UserError):
 @dataclass(frozen=True)
 class BeamOptions:
     """Per-call beam search settings for the beam_search_with_options signature; None: the exported
-    default (sent as the signature's "default" value: 0 or -1)."""
+    default (sent as the signature's "default" value: -1, or 0 for max_length)."""
 
     beam_width: Optional[int] = None
     n_best: Optional[int] = None
@@ -143,11 +143,11 @@ class Translator:
                                         f"search was added): re-export it, or translate without beam options")
             result = self._signatures[BEAM_SIGNATURE](
                 text=text,
-                beam_width=tf.constant(beam.beam_width or 0, tf.int32),
+                beam_width=tf.constant(-1 if beam.beam_width is None else beam.beam_width, tf.int32),
                 length_penalty=tf.constant(-1.0 if beam.length_penalty is None else beam.length_penalty,
                                            tf.float32),
                 max_length=tf.constant(max_length or 0, tf.int32),
-                n_best=tf.constant(beam.n_best or 0, tf.int32),
+                n_best=tf.constant(-1 if beam.n_best is None else beam.n_best, tf.int32),
                 no_repeat_ngram_size=tf.constant(
                     -1 if beam.no_repeat_ngram_size is None else beam.no_repeat_ngram_size, tf.int32))
         elif max_length is None:

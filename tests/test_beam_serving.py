@@ -36,7 +36,7 @@ def loaded(synthetic_run):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def texts(synthetic_corpus):  # noqa: F811
-    return [s for s, _ in synthetic_corpus[:24]] + ["", "   "]
+    return [s for s, _ in synthetic_corpus[:100]] + ["", "   "]
 
 
 def test_width_one_equals_serving_default(loaded, texts):

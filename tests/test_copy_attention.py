@@ -236,3 +236,19 @@ def test_shared_pieces_split_a_word_of_both_sides_the_same_way(tmp_path):
     words = tf.constant([name for _, name in (p[0].split(" ", 1) for p in pairs)])
     split = {side: tokenizer_for(shared, side).tokenize(words).to_list() for side in ("source", "target")}
     assert split["source"] == split["target"]
+
+
+@pytest.mark.slow
+def test_beam_search_serves_a_copy_attention_model(copy_runs):
+    """Beam search decodes over the extended vocabulary too: width 1 is greedy, and width 4 copies."""
+    loaded = tf.saved_model.load(copy_runs["copy"])
+    held_out = copy_pairs(12, seed=4)
+    texts = tf.constant([s for s, _ in held_out])
+    greedy = loaded.signatures["serving_default"](text=texts)
+    options = {"beam_width": 1, "length_penalty": 0.0, "max_length": 0, "n_best": 1, "no_repeat_ngram_size": 0}
+    beam = loaded.signatures["beam_search_with_options"](
+        text=texts, **{k: tf.constant(v, tf.float32 if k == "length_penalty" else tf.int32) for k, v in options.items()})
+    np.testing.assert_array_equal(beam["token_ids"].numpy(), greedy["token_ids"].numpy())
+    np.testing.assert_array_equal(beam["translation"].numpy(), greedy["translation"].numpy())
+    wide = loaded.signatures["beam_search"](text=texts)["translation"].numpy()
+    assert sum(w.decode() == t for w, (_, t) in zip(wide, held_out)) >= 10

@@ -1,7 +1,6 @@
 """Copy attention (model.copy_attention, a pointer-generator) and <unk> replacement: the extended
 ids, the loss and its gradients, decoding over the extended vocabulary, and a model that learns to
 copy identifiers it has never seen, exported and served by plain TensorFlow."""
-import json
 import random
 import subprocess
 from pathlib import Path
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from export_fixtures import BEAM_ARGS, write_tsv
-from test_export import VENV_BIN, clean_env, run_fresh_python
+from test_export import VENV_BIN, clean_env, plain_tensorflow_translations
 
 from components.core.vocabulary import EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
 from components.model import FAST, REFERENCE, Seq2Seq
@@ -183,14 +182,7 @@ def test_a_copy_attention_model_serves_with_plain_tensorflow_and_saved_model_cli
     texts = [s for s, _ in copy_pairs(6, seed=3)]
     served = tf.saved_model.load(copy_runs["copy"]).signatures["serving_default"]
     expected = [t.decode("utf-8") for t in served(text=tf.constant(texts))["translation"].numpy()]
-    out = run_fresh_python("""
-        import json, sys
-        import tensorflow as tf
-        model = tf.saved_model.load(sys.argv[1])
-        out = model.signatures["serving_default"](text=tf.constant(json.loads(sys.argv[2])))
-        print(json.dumps({"translations": [t.decode("utf-8") for t in out["translation"].numpy()],
-                          "tensorflow_text_loaded": "tensorflow_text" in sys.modules}))
-    """, tmp_path, copy_runs["copy"], json.dumps(texts))
+    out = plain_tensorflow_translations(copy_runs["copy"], texts, tmp_path)
     assert out == {"translations": expected, "tensorflow_text_loaded": False}
     run = subprocess.run([str(VENV_BIN / "saved_model_cli"), "run", "--dir", copy_runs["copy"], "--tag_set", "serve",
                           "--signature_def", "serving_default", "--input_exprs", f'text=["{texts[0]}"]'],

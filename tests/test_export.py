@@ -56,6 +56,19 @@ def run_fresh_python(script: str, cwd: Path, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def plain_tensorflow_translations(export: str, texts: list[str], cwd: Path) -> dict:
+    """serving_default's translations of `texts` in a fresh interpreter that imports only
+    tensorflow, and whether tensorflow_text got loaded there."""
+    return run_fresh_python("""
+        import json, sys
+        import tensorflow as tf
+        model = tf.saved_model.load(sys.argv[1])
+        out = model.signatures["serving_default"](text=tf.constant(json.loads(sys.argv[2])))
+        print(json.dumps({"translations": [t.decode("utf-8") for t in out["translation"].numpy()],
+                          "tensorflow_text_loaded": "tensorflow_text" in sys.modules}))
+    """, cwd, export, json.dumps(texts))
+
+
 def parse_records(files: list[str], spec: dict) -> dict[str, np.ndarray]:
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1024)
     parts = [tf.io.parse_example(batch, spec) for batch in dataset]

@@ -3,7 +3,6 @@ ops, a bidirectional encoder, dropout, word dropout, label smoothing, the cosine
 checkpoint selection by chrF; then the export, loaded in-process, by plain TensorFlow in a fresh
 process and by the real saved_model_cli.
 """
-import json
 import random
 import subprocess
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from export_fixtures import BEAM_ARGS, write_tsv
-from test_export import VENV_BIN, clean_env, run_fresh_python
+from test_export import VENV_BIN, clean_env, plain_tensorflow_translations
 
 from pipeline.config import load_config
 
@@ -120,14 +119,7 @@ def test_default_recipe_model_loads_and_translates_with_plain_tensorflow(recipe_
     texts = [s for s, _ in corpus(12, seed=13)] + ["open %(name)s", ""]
     served = tf.saved_model.load(recipe_run["export"]).signatures["serving_default"]
     expected = [t.decode("utf-8") for t in served(text=tf.constant(texts))["translation"].numpy()]
-    out = run_fresh_python("""
-        import json, sys
-        import tensorflow as tf
-        model = tf.saved_model.load(sys.argv[1])
-        out = model.signatures["serving_default"](text=tf.constant(json.loads(sys.argv[2])))
-        print(json.dumps({"translations": [t.decode("utf-8") for t in out["translation"].numpy()],
-                          "tensorflow_text_loaded": "tensorflow_text" in sys.modules}))
-    """, tmp_path, recipe_run["export"], json.dumps(texts))
+    out = plain_tensorflow_translations(recipe_run["export"], texts, tmp_path)
     assert out == {"translations": expected, "tensorflow_text_loaded": False}
     assert expected[-1] == ""
 

@@ -4,6 +4,7 @@
     .venv/bin/python bench/train.py --precision mixed_bfloat16
     .venv/bin/python bench/train.py --lengths uniform --vocab 5000    # the corpus of the first measurements
     .venv/bin/python bench/train.py --pairs 40000 --epochs 2 --no-seed
+    .venv/bin/python bench/train.py --workers 2 --pairs 4000 --no-seed   # 1 process against 2 workers
 
 1. Generates a synthetic parallel corpus: Zipf-distributed words from a vocabulary of --vocab
    words, a word-for-word "translation" with local reordering, and sentence lengths like those of
@@ -26,6 +27,13 @@ S/T the mean real source/target lengths (T counts <eos>):
               + 4*S*U (scores V·tanh(.) and context over S positions) + 2U*V (vocabulary projection)
     encoder   (S/T) * (2E*3U + 2U*3U + 2U*U)     (input, recurrent, attention keys W1·enc)
 Elementwise work (gates, tanh, softmax) and padding are not counted: the figure is useful FLOPs.
+
+With --workers N, the same training also runs as N local workers of a multi-worker cluster
+(trainer.distribution=multi_worker, TF_CONFIG on loopback ports, one core each, the same global
+batch), and the bench prints both tokens/s and the all-reduce share of a step: the time one
+all-reduce of the model's gradients takes between the workers (timed alone in the same cluster
+shape), over the mean step time of the workers' run. On one machine the workers split the same
+cores the single process uses, so this shows the overhead of distribution, not a speed-up.
 """
 from __future__ import annotations
 
@@ -139,6 +147,62 @@ def mean_lengths(examples: str) -> tuple[float, float, int]:
     return sources / count, targets / count, len(artifact.vocabulary("target"))
 
 
+def gradient_shapes(train_dir: Path) -> list[list[int]]:
+    """The shapes of the model's variables (what a train step all-reduces), from a checkpoint."""
+    import tensorflow as tf
+
+    checkpoint = tf.train.latest_checkpoint(str(train_dir / "checkpoints"))
+    return [shape for name, shape in tf.train.list_variables(checkpoint)
+            if name.startswith("model/") and name.endswith("/.ATTRIBUTES/VARIABLE_VALUE")]
+
+
+def _allreduce_seconds(shapes_json: str, repeats: int = 50) -> None:
+    """In a worker of a cluster (TF_CONFIG): time an all-reduce of tensors of SHAPES, as a train
+    step reduces its gradients; the chief prints the mean seconds."""
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    tensors = [tf.ones(shape) for shape in json.loads(shapes_json)]
+
+    @tf.function
+    def reduce_all():
+        return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tensors))
+
+    for _ in range(5):
+        reduce_all()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        tf.nest.map_structure(lambda t: t.numpy(), strategy.experimental_local_results(reduce_all()))
+    if strategy.cluster_resolver.task_id == 0:
+        print(f"ALLREDUCE_SECONDS {(time.perf_counter() - start) / repeats}")
+
+
+def run_workers(workers: int, prep: Path, out: Path, overrides: list[str], target_tokens: float) -> dict[str, float]:
+    """Train as WORKERS local workers; tokens/s from the chief's metrics.json and the all-reduce
+    share of a step."""
+    from pipeline.local_cluster import LocalCluster, train_command
+
+    args = ["--examples", str(prep), "--out", str(out)] + [a for o in overrides for a in ("--set", o)]
+    with LocalCluster(train_command(args), workers, out.parent / f"{out.name}-logs", cwd=REPO) as cluster:
+        cluster.start()
+        if cluster.wait_all(timeout=7200) != [0] * workers:
+            raise SystemExit(f"the workers failed:\n{cluster.log(0)[-3000:]}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    shapes = json.dumps(gradient_shapes(out))
+    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.train import _allreduce_seconds; " \
+           f"_allreduce_seconds({shapes!r})"
+    with LocalCluster(["-c", code], workers, out.parent / f"{out.name}-allreduce", cwd=REPO) as cluster:
+        cluster.start()
+        if cluster.wait_all(timeout=600) != [0] * workers:
+            raise SystemExit(f"the all-reduce timing failed:\n{cluster.log(0)[-3000:]}")
+        allreduce = float(cluster.log(0).split("ALLREDUCE_SECONDS ")[1].split()[0])
+    tokens_per_second = metrics["train_tokens_per_second"]
+    step_seconds = target_tokens / tokens_per_second
+    return {"tokens_per_second": tokens_per_second, "allreduce_seconds": allreduce, "step_seconds": step_seconds,
+            "allreduce_share": allreduce / step_seconds, "parameters": sum(math.prod(s) for s in json.loads(shapes))}
+
+
 def run_seed(corpus: Path, pairs: int, batches: int) -> float:
     command = [sys.executable, str(SEED_BASELINE), str(corpus), "--batches", str(batches), "--batch-size",
                str(BATCH), "--units", str(UNITS), "--emb", str(EMBEDDING), "--max-len", "20",
@@ -168,6 +232,8 @@ def main() -> None:
                         help="trainer.sub_batches (0: auto, one per core; 1: one chain with multi-threaded ops)")
     parser.add_argument("--seed-batches", type=int, default=10, help="batches the seed baseline times")
     parser.add_argument("--no-seed", action="store_true", help="skip the seed baseline")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="also train as this many local workers (multi_worker) and compare")
     parser.add_argument("--workdir", help="keep the corpus and outputs here (default: a temp dir)")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse WORKDIR/corpus.tsv and WORKDIR/prep from an earlier run with the same sizes")
@@ -224,6 +290,13 @@ def main() -> None:
           f"(tf.matmul 2048x2048, best of before/after training)")
     print(f"fraction={achieved / reference:.1%} of the {args.precision.replace('mixed_', '')} matmul"
           + (f" ({achieved / peak:.1%} of the float32 one)" if reference != peak else ""))
+    if args.workers > 1:
+        cluster = run_workers(args.workers, work / "prep", work / f"train-{args.workers}-workers-{int(time.time())}",
+                              overrides, T * BATCH)
+        print(f"workers={args.workers} train_tokens_per_s={cluster['tokens_per_second']:.0f} "
+              f"({cluster['tokens_per_second'] / tokens_per_second:.2f}x one process's {tokens_per_second:.0f}); "
+              f"all-reduce of {cluster['parameters']:,} gradients {cluster['allreduce_seconds'] * 1000:.1f} ms = "
+              f"{cluster['allreduce_share']:.0%} of a {cluster['step_seconds'] * 1000:.0f} ms step")
     if not args.no_seed:
         seed = run_seed(corpus, args.pairs, args.seed_batches)
         print(f"seed_train_tokens_per_s={seed:.0f}   speedup={tokens_per_second / seed:.1f}x")

@@ -170,6 +170,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(own)
     args.beam_args = beam_args
     _configure_logging(args.verbose)
+    if not args.verbose:
+        from components.core.quiet import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
     from components.core.errors import UserError
 
     try:

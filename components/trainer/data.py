@@ -93,6 +93,20 @@ def make_dataset(
     return dataset.prefetch(AUTOTUNE) if prefetch else dataset
 
 
+def shard_policy(files: Sequence[str], workers: int) -> tf.data.experimental.AutoShardPolicy:
+    """How a multi-worker run splits a split's shards among its workers: by file when every worker
+    gets at least one, else by data (every worker reads every shard and keeps its part of each
+    batch). tf.data's default, FILE, fails when there are fewer files than workers."""
+    policy = tf.data.experimental.AutoShardPolicy
+    return policy.FILE if len(files) >= workers else policy.DATA
+
+
+def with_shard_policy(dataset: tf.data.Dataset, policy: tf.data.experimental.AutoShardPolicy) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = policy
+    return dataset.with_options(options)
+
+
 def find_unreadable_shard(files: Sequence[str], artifact: PreprocessArtifact) -> Optional[str]:
     """After a read error, read each shard alone to name the broken one (with the reason)."""
     full_spec = artifact.feature_spec()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import signal
 import threading
 import time
@@ -22,7 +23,16 @@ from components.core.errors import ArtifactError, UserError
 from components.core.threads import configure_cpu_threads, resolve_sub_batches
 from components.model import Seq2Seq
 from components.model import checkpoints as ck
-from components.trainer.data import AUTOTUNE, COPY_FEATURES, FEATURES, input_error, make_dataset, shard_files
+from components.trainer.data import (
+    AUTOTUNE,
+    COPY_FEATURES,
+    FEATURES,
+    input_error,
+    make_dataset,
+    shard_files,
+    shard_policy,
+    with_shard_policy,
+)
 from components.trainer.loss import token_loss
 from components.trainer.optimizer import Adam, clip_by_global_norm, learning_rate
 from components.trainer.selection import DevScorer, read_sample
@@ -48,6 +58,35 @@ class TrainingInterrupted(UserError):
 class NonFiniteTrainingError(UserError):
     """A training step's loss or gradient norm was NaN or infinite (trainer.on_nonfinite=fail), or
     too many in a row were (skip_batch). The update of that step was not applied."""
+
+
+class WorkerLostError(UserError):
+    """A multi-worker run lost a peer (killed, preempted, unreachable): every collective op is
+    aborted, so the survivors stop too. Restarting every worker resumes from the last checkpoint."""
+
+
+# What TensorFlow's collective ops say when a peer is gone: its heartbeats stopped (the
+# coordination service notices within its heartbeat timeout), or its socket closed mid-transfer.
+PEER_FAILURE_MARKS = ("Collective ops is aborted", "unhealthy", "Socket closed", "failed to connect",
+                      "Connection reset", "heartbeat")
+TASK_NAME = re.compile(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)")
+
+
+def is_peer_failure(error: tf.errors.OpError) -> bool:
+    return isinstance(error, (tf.errors.UnavailableError, tf.errors.AbortedError)) or \
+        any(mark in (error.message or "") for mark in PEER_FAILURE_MARKS)
+
+
+def lost_peers(error: tf.errors.OpError, strategy: tf.distribute.Strategy) -> list[str]:
+    """The other tasks the error names, as "worker 1 (host:port)"."""
+    resolver = strategy.cluster_resolver
+    spec = resolver.cluster_spec().as_dict()
+    own = (resolver.task_type, resolver.task_id)
+    named = {}
+    for job, index in TASK_NAME.findall(error.message or ""):
+        if (job, int(index)) != own and int(index) < len(spec.get(job, [])):
+            named[(job, int(index))] = f"{job} {index} ({spec[job][int(index)]})"
+    return list(named.values())
 
 
 class CheckpointWriteError(ArtifactError):
@@ -91,6 +130,15 @@ def make_strategy(kind: str) -> tf.distribute.Strategy:
     if kind == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def worker_count(strategy: tf.distribute.Strategy) -> int:
+    """The workers of a multi-worker cluster (chief included); 1 without TF_CONFIG."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(1, sum(len(spec.get(job, [])) for job in ("chief", "worker")))
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -194,6 +242,8 @@ class Trainer:
         self.strategy = make_strategy(self.t.distribution)
         self.sub_batches = resolve_sub_batches(self.t)
         self.chief = is_chief(self.strategy)
+        self.multi_worker = self.t.distribution == "multi_worker"
+        self.workers = worker_count(self.strategy) if self.multi_worker else 1
         self.train_examples = self._count_train_examples()
 
     # ------------------------------------------------------------ setup
@@ -263,8 +313,7 @@ class Trainer:
             step_in_epoch=self.step_in_epoch, best_eval_loss=self.best_eval_loss, bad_epochs=self.bad_epochs,
             best_selection=self.best_selection)
         # Non-chief workers of a multi-worker run must save too (collective ops), but to scratch space.
-        root = self.training if self.chief else \
-            TrainedModel(f"{self.out}/.worker-{self.strategy.cluster_resolver.task_id}")
+        root = self.training if self.chief else TrainedModel(self._scratch())
         self.manager = tf.train.CheckpointManager(self.checkpoint, root.checkpoints_dir,
                                                   max_to_keep=self.t.keep_checkpoints, step_counter=self.step)
         self.best_manager = tf.train.CheckpointManager(self.checkpoint, root.best_dir, max_to_keep=1,
@@ -291,18 +340,32 @@ class Trainer:
 
     # ------------------------------------------------------------ compiled steps
 
-    def _distribute(self, dataset: tf.data.Dataset):
+    def _distribute(self, dataset: tf.data.Dataset, files: list[str]):
         if self.strategy is tf.distribute.get_strategy() and self.t.distribution == "none":
             return dataset
+        dataset = with_shard_policy(dataset, shard_policy(files, self.workers))
         return self.strategy.experimental_distribute_dataset(dataset)
+
+    def _log_sharding(self) -> None:
+        for split, files in (("train", self.train_files), ("eval", self.eval_files)):
+            if shard_policy(files, self.workers) == tf.data.experimental.AutoShardPolicy.FILE:
+                logger.info("%d workers, %d %s shard(s): each worker reads its own shards", self.workers,
+                            len(files), split)
+            else:
+                logger.info("%d workers, %d %s shard(s): every worker reads them all and keeps its part of "
+                            "each batch (preprocess.num_shards >= %d lets each read its own)", self.workers,
+                            len(files), split, self.workers)
 
     def _compile(self) -> None:
         strategy, model, variables, t = self.strategy, self.model, self.variables, self.t
         sub_batches = self.sub_batches
         # Built once: re-iterating a dataset is cheaper than rebuilding (and retracing) it every epoch,
         # and a small eval split is kept in memory, which also skips the iterator start-up.
+        if self.multi_worker:
+            self._log_sharding()
         self.eval_dataset = self._distribute(
-            make_dataset(self.eval_files, self.artifact, self.t.batch_size, training=False, features=self.features))
+            make_dataset(self.eval_files, self.artifact, self.t.batch_size, training=False, features=self.features),
+            self.eval_files)
         spec = self.eval_dataset.element_spec
         if self.t.distribution == "none" and self._eval_examples() <= EVAL_IN_MEMORY_EXAMPLES:
             try:
@@ -314,12 +377,15 @@ class Trainer:
         def reduce(value):
             return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
 
-        def replica_grads(batch, seed):
+        def replica_grads(batch, seed, control):
             # Every replica divides by the global number of real target tokens (known from the
             # input), so the summed gradients are already the mean: no scaling pass over them.
             context = tf.distribute.get_replica_context()
             local_tokens = tf.cast(tf.reduce_sum(batch["target_length"]), tf.float32)
-            tokens = context.all_reduce(tf.distribute.ReduceOp.SUM, local_tokens)
+            # One all-reduce for the token count and the control values (their mean: every worker
+            # then holds the same time fraction, and a stop flag raised anywhere stays above 0).
+            shared = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.concat([local_tokens[None], control], 0))
+            tokens, control = shared[0], shared[1:] / tf.cast(context.num_replicas_in_sync, tf.float32)
             # Training noise from a stateless seed of (trainer.seed, step, replica): a resumed run
             # draws the same dropout masks as an uninterrupted one.
             seed = tf.random.experimental.stateless_fold_in(seed, context.replica_id_in_sync_group)
@@ -328,18 +394,22 @@ class Trainer:
                                                   label_smoothing=t.label_smoothing)
                 mean_loss = loss_sum / tf.maximum(tokens, 1.0)
             grads = [tf.convert_to_tensor(g) for g in tape.gradient(mean_loss, variables)]
-            return grads, loss_sum, local_tokens, correct
+            return grads, loss_sum, local_tokens, correct, control
 
-        # One trace: the signature leaves batch and length dimensions unknown. `time_used` is the
-        # fraction of trainer.max_minutes spent (0 without a budget), for the learning-rate schedule.
-        @tf.function(input_signature=[spec, tf.TensorSpec([], tf.float32)])
-        def train_step(batch, time_used):
+        # One trace: the signature leaves batch and length dimensions unknown. `control` is
+        # [fraction of trainer.max_minutes spent (0 without a budget), 1 if a stop signal came]:
+        # the maximum over the workers is what the learning-rate schedule and the loop's stop
+        # decisions use, so every worker of a multi-worker run applies the same update and stops at
+        # the same step (each worker's own clock and signals differ).
+        @tf.function(input_signature=[spec, tf.TensorSpec([2], tf.float32)])
+        def train_step(batch, control):
             seed = tf.stack([tf.constant(t.seed, tf.int64), self.step])
-            grads, loss_sum, tokens, correct = strategy.run(replica_grads, args=(batch, seed))
+            grads, loss_sum, tokens, correct, control = strategy.run(replica_grads, args=(batch, seed, control))
             tokens = reduce(tokens)
             grads = [reduce(g) for g in grads]
+            control = strategy.experimental_local_results(control)[0]  # the same on every replica
             norm = tf.linalg.global_norm(grads)
-            rate = learning_rate(t, self.step, total_steps, time_used)
+            rate = learning_rate(t, self.step, total_steps, control[0])
             loss = reduce(loss_sum) / tf.maximum(tokens, 1.0)
             # A NaN/inf loss or gradient norm: the update is not applied (two scalar checks in the
             # graph; the loop reads the same two values anyway, see _skipped_non_finite).
@@ -351,8 +421,8 @@ class Trainer:
 
             tf.cond(finite, update, lambda: tf.constant(False))
             self.step.assign_add(1)
-            return {"loss": loss, "tokens": tokens,
-                    "correct": reduce(correct), "grad_norm": norm, "learning_rate": rate}
+            return {"loss": loss, "tokens": tokens, "correct": reduce(correct), "grad_norm": norm,
+                    "learning_rate": rate, "time_used": control[0], "stop": control[1]}
 
         @tf.function(input_signature=[spec])
         def eval_step(batch):
@@ -411,12 +481,23 @@ class Trainer:
         # An epoch evaluated before select_by was switched to a dev metric (a resumed run) has none.
         return evaluation.get(f"dev_{self.t.select_by}", float("-inf"))
 
-    def _input_error(self, error: tf.errors.OpError, files) -> ArtifactError:
+    def _input_error(self, error: tf.errors.OpError, files) -> UserError:
+        if self.multi_worker and is_peer_failure(error):
+            return self._worker_lost(error)
         message = error.message or ""
         if "indices" in message and "is not in [0," in message:
             return ArtifactError(f"a token id in {self.artifact.directory} is outside its vocabulary: the "
                                  f"TFRecords and *.vocab files come from different preprocess runs")
         return input_error(error, files, self.artifact)
+
+    def _worker_lost(self, error: tf.errors.OpError) -> WorkerLostError:
+        peers = lost_peers(error, self.strategy)
+        latest = tf.train.latest_checkpoint(self.training.checkpoints_dir)
+        return WorkerLostError(
+            f"training stopped at step {int(self.step.numpy())}: lost contact with "
+            f"{', '.join(peers) if peers else 'another worker'} of the cluster; the last checkpoint is "
+            f"{latest or 'none (nothing was saved yet)'}. Start every worker again with the same command to "
+            f"resume from it")
 
     def _log_progress(self, epoch: int, totals: EpochTotals, stats: dict[str, float], started: float) -> None:
         done_steps = int(self.step.numpy())
@@ -444,7 +525,18 @@ class Trainer:
         logger.info("checkpoint %s (%s)", path, reason)
         return path
 
+    def _scratch(self) -> str:
+        """Where a non-chief worker saves its (never read) checkpoints."""
+        return f"{self.out}/.worker-{self.strategy.cluster_resolver.task_id}"
+
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        finally:
+            if not self.chief and io.exists(self._scratch()):
+                io.gfile().rmtree(self._scratch())
+
+    def _run(self) -> dict[str, Any]:
         self._prepare_out()
         self._build_state()
         resumed = self._resume()
@@ -493,7 +585,7 @@ class Trainer:
             return
         for epoch in range(start, self.t.epochs):
             dataset = epoch_batches(tf.constant(epoch, tf.int64)).prefetch(AUTOTUNE)
-            for batch in self.strategy.experimental_distribute_dataset(dataset):
+            for batch in self._distribute(dataset, self.train_files):
                 yield epoch, batch
 
     def _loop(self, history: list[dict[str, Any]], stop: dict[str, Optional[str]]) -> None:
@@ -508,14 +600,15 @@ class Trainer:
                 if current is not None:
                     history.append(self._end_epoch(current, totals, last, epoch_started))
                     self._write_metrics(history)
-                    if self._stopped_early() or self._budget_spent():
-                        if self._budget_spent():
+                    if self._stopped_early() or self._out_of_time(last):
+                        if self._out_of_time(last):
                             logger.info("time budget of %.3g minutes spent at the end of epoch %d: stopping",
                                         self.t.max_minutes, current + 1)
                         return
                 current, totals = epoch, EpochTotals()
                 epoch_started = tick = time.perf_counter()
-            last = self._numpy(self.train_step(batch, tf.constant(self._time_used(), tf.float32)))
+            control = tf.constant([self._time_used(), 1.0 if stop["signal"] else 0.0], tf.float32)
+            last = self._numpy(self.train_step(batch, control))
             now = time.perf_counter()
             if self._skipped_non_finite(last):
                 totals.skipped += 1
@@ -529,7 +622,7 @@ class Trainer:
             first_step = False
             self.step_in_epoch.assign_add(1)
             self._after_step(epoch, totals, last, epoch_started, history, stop)
-            if self._budget_spent():
+            if self._out_of_time(last):
                 logger.info("time budget of %.3g minutes spent at step %d: evaluating, checkpointing and stopping",
                             self.t.max_minutes, int(self.step.numpy()))
                 history.append(self._end_epoch(current, totals, last, epoch_started))
@@ -589,12 +682,16 @@ class Trainer:
                 scalar_summary("train/tokens_per_second", totals.tokens_per_second, step=step)
         if self.t.checkpoint_every_steps and step % self.t.checkpoint_every_steps == 0:
             self._save(f"every {self.t.checkpoint_every_steps} steps")
-        if stop["signal"]:
-            path = self._save(stop["signal"])
+        # A multi-worker run acts on the flag every worker saw in the step (a signal here, or on
+        # another worker); one process acts on its own signal at once.
+        if stats["stop"] > 0 or (stop["signal"] and not self.multi_worker):
+            name = stop["signal"] or "SIGTERM"
+            path = self._save(stop["signal"] or "a stop signal to another worker")
             self._write_metrics(history)
-            error = TrainingInterrupted(f"training stopped by {stop['signal']} at step {step}; checkpoint "
-                                        f"{path} saved. Run the same command again to resume")
-            error.exit_code = 128 + int(signal.Signals[stop["signal"]])  # the shell's convention: 143, 130
+            error = TrainingInterrupted(f"training stopped by {stop['signal'] or 'a stop signal to another worker'} "
+                                        f"at step {step}; checkpoint {path} saved. Run the same command again "
+                                        f"to resume")
+            error.exit_code = 128 + int(signal.Signals[name])  # the shell's convention: 143, 130
             raise error
 
     def _elapsed(self) -> float:
@@ -607,6 +704,13 @@ class Trainer:
         if self.t.max_minutes is None:
             return 0.0
         return min(self._elapsed() / (60.0 * self.t.max_minutes), 1.0)
+
+    def _out_of_time(self, stats: dict[str, float]) -> bool:
+        """trainer.max_minutes is used up: by the time the workers shared at the last step in a
+        multi-worker run (so that all stop at the same step), else by this process's clock."""
+        if not self.multi_worker:
+            return self._budget_spent()
+        return self.t.max_minutes is not None and stats.get("time_used", 0.0) >= 1.0
 
     def _budget_spent(self, elapsed: Optional[float] = None) -> bool:
         """trainer.max_minutes is set and used up (ELAPSED seconds; 0.0 to ask about earlier runs only)."""

@@ -1,0 +1,120 @@
+"""trainer.distribution=multi_worker with two real worker processes on loopback ports, as a cluster
+runs it: TF_CONFIG per worker, one core each, a preprocess output with a single shard."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from components.trainer import run_training
+from pipeline.local_cluster import LocalCluster, train_command
+from tests.trainer_helpers import EMBEDDED, REPO, config, preprocess, synthetic_corpus
+
+TOY = ("preprocess.eval_fraction=0.2", "preprocess.max_source_length=8", "preprocess.max_target_length=10",
+       "preprocess.num_shards=1")
+SMALL = ("trainer.batch_size=32", "model.units=16", "model.embedding_dim=8", "trainer.log_every_steps=2",
+         "trainer.shuffle_buffer=64")
+# How long a survivor may take to notice a dead peer (TensorFlow's coordination service heartbeat
+# timeout is 10 s) and exit.
+LOST_PEER_SECONDS = 60
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("multi_worker")
+    out = preprocess(synthetic_corpus(root / "toy.tsv", 240), root / "prep", config(*TOY))
+    assert len(list(out.glob("train-*.tfrecord.gz"))) == 1  # fewer shards than workers
+    return out
+
+
+@pytest.fixture
+def cluster(examples, tmp_path):
+    """make(epochs): two `seq2seq train` workers of one cluster on the toy examples, stopped at the end."""
+    clusters: list[LocalCluster] = []
+
+    def make(epochs: int) -> LocalCluster:
+        args = ["--examples", str(examples), "--out", str(tmp_path / "train"), "--config", EMBEDDED,
+                "--set", f"trainer.epochs={epochs}"]
+        for override in SMALL:
+            args += ["--set", override]
+        clusters.append(LocalCluster(train_command(args), 2, tmp_path / "logs", cwd=REPO))
+        return clusters[-1]
+
+    yield make
+    for c in clusters:
+        c.stop()
+
+
+def assert_quiet(log: str) -> None:
+    """The pipeline's own lines: no traceback, no TensorFlow start-up or absl INFO noise."""
+    assert "Traceback" not in log
+    assert "InitializeLog" not in log and "cudart_stub" not in log and " INFO absl:" not in log, log[:2000]
+
+
+def test_two_workers_train_like_one_process_and_only_the_chief_writes(examples, cluster, tmp_path):
+    epochs = 3
+    workers = cluster(epochs)
+    workers.start()
+    assert workers.wait(0, timeout=240) == 0, workers.log(0)[-3000:]
+    assert workers.wait(1, timeout=60) == 0, workers.log(1)[-3000:]
+    chief_log, worker_log = workers.log(0), workers.log(1)
+    for log in (chief_log, worker_log):
+        assert_quiet(log)
+        assert "2 workers, 1 train shard(s): every worker reads them all" in log
+
+    # The chief's folder holds one run's output, written by the chief alone.
+    out = tmp_path / "train"
+    assert sorted(p.name for p in out.iterdir()) == ["best", "checkpoints", "config.yaml", "inputs.json",
+                                                      "metrics.json", "tensorboard"]  # no .worker-1 left
+    events = list((out / "tensorboard").iterdir())
+    assert len(events) == 1 and f".{workers.processes[0].pid}." in events[0].name
+    assert f"checkpoint {out}/checkpoints/" in chief_log
+    assert f"{out}/checkpoints/" not in worker_log and f"{out}/best/" not in worker_log
+    assert f"checkpoint {out}/.worker-1/checkpoints/" in worker_log  # its scratch space, now removed
+
+    # The same global batch, seed and steps as one process: the same training, within float error.
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["distribution"] == "multi_worker" and metrics["replicas"] == 2
+    single = run_training(str(examples), str(tmp_path / "single"), config(*SMALL, f"trainer.epochs={epochs}"))
+    assert metrics["steps"] == single["steps"] and metrics["epochs"] == single["epochs"] == epochs
+    assert metrics["final_eval_loss"] == pytest.approx(single["final_eval_loss"], rel=0.02)
+    assert [h["train_loss"] for h in metrics["history"]] == pytest.approx(
+        [h["train_loss"] for h in single["history"]], rel=0.02)
+    assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
+
+
+def newest_checkpoint_named(log: str) -> str:
+    return re.findall(r"the last checkpoint is (\S+)\.", log)[-1]
+
+
+def test_a_killed_worker_stops_the_other_which_resumes_with_it(cluster, tmp_path):
+    out = tmp_path / "train"
+    workers = cluster(epochs=3)
+    workers.start()
+    deadline = time.monotonic() + 180
+    while "epoch 2/3 step" not in workers.log(0):  # mid-epoch 2, after epoch 1's checkpoint
+        assert workers.processes[0].poll() is None and time.monotonic() < deadline, workers.log(0)[-3000:]
+        time.sleep(0.1)
+    workers.kill(1)
+    killed = time.monotonic()
+    assert workers.wait(0, timeout=LOST_PEER_SECONDS) == 1
+    assert time.monotonic() - killed < LOST_PEER_SECONDS
+    errors = [line for line in workers.log(0).splitlines() if " ERROR seq2seq: " in line]
+    assert len(errors) == 1, workers.log(0)[-3000:]
+    assert f"lost contact with worker 1 ({workers.addresses[1]})" in errors[0]
+    assert "Start every worker again with the same command" in errors[0]
+    assert_quiet(workers.log(0))
+    resume_from = newest_checkpoint_named(errors[0])
+    assert resume_from.startswith(f"{out}/checkpoints/ckpt-")
+
+    workers.start(attempt=1)  # the same command on both
+    assert workers.wait(0, timeout=240) == 0, workers.log(0, 1)[-3000:]
+    assert workers.wait(1, timeout=60) == 0, workers.log(1, 1)[-3000:]
+    for index in (0, 1):
+        assert f"resuming from {resume_from}: step " in workers.log(index, 1)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    assert not (out / ".worker-1").exists()

@@ -2,6 +2,12 @@
 
     .venv/bin/python bench/preprocess.py                      # 200,000 pairs; flatness 20k vs 200k
     .venv/bin/python bench/preprocess.py --sizes 200000,2000000
+    .venv/bin/python bench/preprocess.py --runner portable --corpus ../shared/data/dev-en-ko.tsv
+
+With `--runner portable`, the same job runs on the DirectRunner and on the portable runner (Beam's
+job service and an external SDK worker pool as separate processes, the Fn API path of Flink, Spark
+and Dataflow; `components.preprocess.portable`), and the two are compared (pairs/s, identical
+vocabularies) instead of the plain-Python reference.
 
 Both sides do the same work on the same generated TSV: whitespace tokens, train/eval split by a
 sha256 of the source, counts, vocabularies (train only), padded ids and gzip TFRecords of
@@ -167,10 +173,16 @@ def measure(command: list[str], env: dict) -> tuple[float, float, str, float]:
     return wall, peak / 1024, stdout, cpu
 
 
-def run_beam(corpus: Path, out: Path, workers: int, env: dict) -> tuple[float, float, dict, float]:
+def direct_args(workers: int) -> list[str]:
     beam_args = ["--runner=DirectRunner", f"--direct_num_workers={workers}"]
     if workers > 1:
         beam_args.append("--direct_running_mode=multi_processing")
+    return beam_args
+
+
+def run_beam(corpus: Path, out: Path, beam_args: list[str], env: dict) -> tuple[float, float, dict, float]:
+    """(wall, peak MiB, stats, CPU-s) of `seq2seq preprocess` with these Beam args. Memory and CPU
+    cover the launcher's process tree only: a portable job's worker belongs to the worker pool."""
     command = [str(Path(PYTHON).parent / "seq2seq"), "preprocess", "--data", str(corpus), "--out", str(out),
                "--set", f"preprocess.eval_fraction={EVAL_FRACTION}",
                "--set", f"preprocess.max_source_length={MAX_SOURCE}",
@@ -186,6 +198,9 @@ def main(argv=None) -> int:
                         help="comma-separated corpus sizes; the largest is compared with the reference "
                              "and the memory ratio is largest/smallest (default 20000,200000)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--runner", choices=("direct", "portable"), default="direct",
+                        help="portable: compare the DirectRunner with the portable runner instead of the reference")
+    parser.add_argument("--corpus", type=Path, help="with --runner portable: this TSV instead of generated ones")
     parser.add_argument("--keep", action="store_true", help="keep the generated corpora and outputs")
     parser.add_argument("--reference", nargs=2, metavar=("CORPUS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -193,6 +208,8 @@ def main(argv=None) -> int:
         reference(*args.reference)
         return 0
     sizes = sorted(int(s) for s in args.sizes.split(","))
+    if args.runner == "portable":
+        return compare_portable(args, sizes)
     if sizes[-1] < 200000:
         print(f"note: the issue asks for at least 200,000 pairs; largest size here is {sizes[-1]}")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -204,7 +221,7 @@ def main(argv=None) -> int:
             corpus = work / f"corpus-{n}.tsv"
             generate_corpus(corpus, n)
             mb = corpus.stat().st_size / 2**20
-            wall, peak, stats, cpu = run_beam(corpus, work / f"beam-{n}", args.workers, env)
+            wall, peak, stats, cpu = run_beam(corpus, work / f"beam-{n}", direct_args(args.workers), env)
             results[n] = (wall, peak)
             print(f"beam      {n:>9,} pairs ({mb:6.1f} MiB): {wall:6.1f}s wall, {n / wall:8,.0f} pairs/s, "
                   f"peak {peak:7.0f} MiB, {cpu:6.1f} CPU-s (job itself {stats['elapsed_seconds']:.1f}s, "
@@ -229,6 +246,44 @@ def main(argv=None) -> int:
                   f"(target < 1.5: {'PASS' if ratio < 1.5 else 'FAIL'})")
         print(f"cpus: {os.cpu_count()}, load average at the end: {os.getloadavg()[0]:.2f} "
               f"(other processes share the CPUs: wall-clock ratios are only meaningful on a quiet machine)")
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def compare_portable(args: argparse.Namespace, sizes: list[int]) -> int:
+    """The DirectRunner (args.workers workers) and the portable runner (one external SDK worker) on
+    each corpus: wall time from process start to exit, pairs/s, and whether the vocabularies match."""
+    from components.preprocess.portable import local_portable_cluster
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    print(f"load average at the start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-preprocess-portable-"))
+    try:
+        corpora = [args.corpus.resolve()] if args.corpus else []
+        for n in [] if args.corpus else sizes:
+            corpora.append(work / f"corpus-{n}.tsv")
+            generate_corpus(corpora[-1], n)
+        started = time.time()
+        with local_portable_cluster(log_dir=str(work / "cluster-logs")) as portable_args:
+            print(f"portable cluster (job service + worker pool) up in {time.time() - started:.1f}s", flush=True)
+            for i, corpus in enumerate(corpora):
+                walls = {}
+                for name, beam_args in (("direct", direct_args(args.workers)), ("portable", portable_args)):
+                    wall, _, stats, _ = run_beam(corpus, work / f"{name}-{i}", beam_args, env)
+                    walls[name] = wall
+                    pairs = stats["records_read"]
+                    print(f"{name:<9} {corpus.name}: {pairs:,} pairs, {wall:6.1f}s wall, {pairs / wall:8,.0f} pairs/s "
+                          f"(job itself {stats['elapsed_seconds']:.1f}s, {stats['pairs_per_second']:,.0f} pairs/s)",
+                          flush=True)
+                same = all((work / f"direct-{i}" / name).read_bytes() == (work / f"portable-{i}" / name).read_bytes()
+                           for name in ("source.vocab", "target.vocab"))
+                print(f"portable/direct speed: {walls['direct'] / walls['portable']:.2f}x; "
+                      f"vocabularies identical: {'yes' if same else 'NO'}", flush=True)
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -6,23 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-
-def free_loopback_ports(count: int) -> list[int]:
-    """COUNT ports no one listens on now (all bound at once, so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+from components.core.net import LOOPBACK, free_ports
 
 
 def tf_config(addresses: Sequence[str], index: int) -> str:
@@ -42,7 +31,7 @@ class LocalCluster:
 
     def __init__(self, argv: Sequence[str], workers: int, logs: Path, cwd: Optional[Path] = None):
         self.argv, self.workers, self.logs, self.cwd = list(argv), workers, logs, cwd
-        self.addresses = [f"localhost:{port}" for port in free_loopback_ports(workers)]
+        self.addresses = [f"{LOOPBACK}:{port}" for port in free_ports(workers)]
         self.processes: list[subprocess.Popen] = []
 
     def log_path(self, index: int, attempt: int = 0) -> Path:

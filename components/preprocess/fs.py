@@ -19,6 +19,17 @@ def is_local(path: str) -> bool:
     return _fs().get_scheme(path) in (None, "file")
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute against the launcher's working directory; other schemes unchanged.
+
+    Paths go to the workers inside the job, and a worker's working directory is its own (an SDK
+    worker started by a worker pool or a cluster): `data/raw` there is not the launcher's `data/raw`.
+    """
+    if not is_local(path) or path.startswith("file://"):
+        return path
+    return os.path.abspath(path)
+
+
 def exists(path: str) -> bool:
     return _fs().exists(path)
 

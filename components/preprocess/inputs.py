@@ -175,7 +175,7 @@ def _match_local(pattern: str) -> list[tuple[str, int]]:
         try:
             mode = os.stat(candidate)
         except OSError as e:
-            skipped.append(f"{candidate} ({_stat_error(e)})")
+            skipped.append(f"{candidate} ({_stat_error(e, candidate)})")
             continue
         if stat.S_ISDIR(mode.st_mode):
             continue
@@ -209,13 +209,17 @@ def _local_glob(pattern: str) -> list[str]:
     return [name for name in names if regex.match(name)]
 
 
-def _stat_error(error: OSError) -> str:
+def _stat_error(error: OSError, path: str) -> str:
     import errno
 
     if error.errno == errno.ELOOP:
         return "a symlink loop"
     if error.errno == errno.ENOENT:
-        return "a broken symlink"
+        # In a worker, a listed file that is missing is most often a path this worker cannot see
+        # (not on a shared mount), not a broken symlink.
+        if os.path.islink(path):
+            return "a broken symlink"
+        return "no such file on this worker; --data must be a path every worker reaches"
     return error.strerror or type(error).__name__
 
 
@@ -399,9 +403,10 @@ def _open(path: str, raw: bool = False):
 
     if is_local(path):  # replaced since the inputs were resolved: never block on a FIFO
         try:
-            mode = os.stat(path[len("file://"):] if path.startswith("file://") else path).st_mode
+            local = path[len("file://"):] if path.startswith("file://") else path
+            mode = os.stat(local).st_mode
         except OSError as e:
-            raise InputError(f"{path}: cannot read it ({_stat_error(e)})") from None
+            raise InputError(f"{path}: cannot read it ({_stat_error(e, local)})") from None
         if not stat.S_ISREG(mode):
             raise InputError(f"{path}: not a regular file ({_file_kind(mode)}); only regular files are read")
     stream = _filesystems().open(path, compression_type=CompressionTypes.UNCOMPRESSED)

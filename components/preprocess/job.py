@@ -87,10 +87,10 @@ def run_preprocess(data: str, out: str, config: PipelineConfig, beam_args: Seque
     examples. Returns the stats dict also written to OUT/stats.json.
     """
     started = time.time()
-    out = out.rstrip("/")
+    out = fs.absolute(out.rstrip("/"))
     if fs.exists(out) and not overwrite:
         raise OutputExistsError(f"output folder {out} already exists (pass --overwrite to replace it)")
-    units = inputs.resolve_inputs(data, config.preprocess)
+    units = inputs.resolve_inputs(fs.absolute(data), config.preprocess)
     reuse_from = _reuse_source(config.preprocess, served_vocabularies)
     staging = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
     for folder in (staging, f"{staging}/{SHARD_DIR}", f"{staging}/{QUARANTINE_DIR}"):

@@ -15,6 +15,7 @@ logger = logging.getLogger("seq2seq")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_NOT_BLESSED = 3  # as `seq2seq run`: evaluated (or asked to push) but not blessed
 
 
 def _split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -51,6 +52,47 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     run_training(args.examples, args.out, _load_config(args))
     return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """The evaluator on its own, for a model trained outside `seq2seq run` (e.g. by a multi-worker
+    cluster): the baseline is the newest model in --serving, as `seq2seq run`'s resolver finds it."""
+    from components.core import io
+    from components.core.artifacts import Evaluation, ServingRoot
+    from components.evaluator import run_evaluation
+
+    config = _load_config(args)
+    baseline = ServingRoot(args.serving).latest() if args.serving else None
+    with io.atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+        run_evaluation(args.model, args.examples, tmp, config.evaluator, train_dir=args.training,
+                       baseline_model=baseline.uri if baseline else None)
+    return EXIT_OK if Evaluation(args.out).blessing()["blessed"] else EXIT_NOT_BLESSED
+
+
+def _same_path(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """The pusher on its own: the model goes to --serving as the next version if --evaluation
+    blessed it (the same checks, copy, smoke test and atomic rename as in `seq2seq run`)."""
+    from components.core.artifacts import Evaluation, ExportedModel
+    from components.core.errors import UserError
+    from components.pusher import run_push
+
+    config = _load_config(args)
+    evaluation = Evaluation(args.evaluation)
+    evaluated = evaluation.blessing().get("candidate_model")
+    if evaluated and not _same_path(evaluated, args.model):
+        raise UserError(f"{args.evaluation} evaluated {evaluated}, not {args.model}: evaluate this model "
+                        f"first (`seq2seq evaluate --model {args.model} ...`)")
+    summary = evaluation.summary()
+    record = {"export_fingerprint": ExportedModel(args.model).fingerprint, "evaluation": args.evaluation,
+              "metrics": {key: summary.get(key) for key in ("bleu", "chrf", "exact_match", "eval_loss")}}
+    pushed = run_push(args.model, args.serving, evaluation.blessing(), config.pusher.keep, record=record)
+    return EXIT_OK if pushed else EXIT_NOT_BLESSED
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -122,6 +164,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
                    help="override an export key, e.g. --set export.max_decode_length=50")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="score an exported SavedModel against the model in service",
+                       description="The evaluator of `seq2seq run`, on its own (exit code 3: not blessed).")
+    p.add_argument("--model", required=True, help="SavedModel folder (output of `seq2seq export`)")
+    p.add_argument("--examples", required=True, help="output folder of `seq2seq preprocess` (references)")
+    p.add_argument("--out", required=True, help="evaluation folder to create")
+    p.add_argument("--training", help="training folder, for the eval loss and the loss curve")
+    p.add_argument("--serving", help="serving folder: its newest version is the baseline to beat")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing evaluation folder")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("push", help="publish a blessed SavedModel as the next serving version",
+                       description="The pusher of `seq2seq run`, on its own (exit code 3: not blessed).")
+    p.add_argument("--model", required=True, help="SavedModel folder (output of `seq2seq export`)")
+    p.add_argument("--evaluation", required=True, help="output folder of `seq2seq evaluate` for this model")
+    p.add_argument("--serving", required=True, help="serving folder (TF Serving's model_base_path)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("translate", help="translate with an exported SavedModel")
     p.add_argument("--model", required=True, help="SavedModel folder")

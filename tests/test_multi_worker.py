@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from components.trainer import run_training
+from pipeline.cli import main
 from pipeline.local_cluster import LocalCluster, train_command
 from tests.trainer_helpers import EMBEDDED, REPO, config, preprocess, synthetic_corpus
 
@@ -84,6 +85,22 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(examples, 
     assert [h["train_loss"] for h in metrics["history"]] == pytest.approx(
         [h["train_loss"] for h in single["history"]], rel=0.02)
     assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
+
+    # Then, from the chief's folder, what `seq2seq run` would do next (docs/training.md).
+    model, evaluation, serving = tmp_path / "model", tmp_path / "evaluation", tmp_path / "serving"
+    assert main(["export", "--model", str(out), "--out", str(model)]) == 0
+    assert main(["evaluate", "--model", str(model), "--examples", str(examples), "--training", str(out),
+                 "--serving", str(serving), "--out", str(evaluation), "--config", EMBEDDED,
+                 "--set", "evaluator.min_bleu=0"]) == 0
+    blessing = json.loads((evaluation / "blessing.json").read_text())
+    assert blessing["blessed"] and blessing["baseline_model"] is None
+    assert main(["push", "--model", str(model), "--evaluation", str(evaluation), "--serving", str(serving)]) == 0
+    record = json.loads((serving / "1" / "assets.extra" / "push.json").read_text())
+    assert record["version"] == 1 and record["metrics"]["bleu"] == blessing["candidate_bleu"]
+    # An evaluation of another model does not push this one.
+    assert main(["push", "--model", str(serving / "1"), "--evaluation", str(evaluation),
+                 "--serving", str(serving)]) == 1
+    assert sorted(p.name for p in serving.iterdir()) == ["1"]
 
 
 def newest_checkpoint_named(log: str) -> str:

@@ -78,4 +78,4 @@ def test_a_wordpiece_side_lists_both_sentinel_forms(tmp_path, tokenizer):
     assert spans["kinds"] == list(SPAN_KINDS) and spans["regexes"] == []
     assert spans["sentinel_ids"] == {"source": list(range(4, 44)), "target": list(range(4, 24))}
     readme = render_readme(card)
-    assert "Kept exactly: `python_format`, `printf`, `braces`, `tags`, `entities` (" in readme
+    assert "Kept exactly: `python_format`, `printf`, `qt`, `braces`, `tags`, `entities`, `code` (" in readme

@@ -7,7 +7,7 @@ import pytest
 
 from components.core.artifacts import Evaluation, PreprocessArtifact
 from components.core.config import EvaluatorConfig
-from components.core.spans import ALL_SPAN_KINDS
+from components.core.spans import ALL_SPAN_KINDS, placeholder_items
 from components.evaluator.metrics import Blessing, decide
 from components.text.metrics import (
     copy_rate,
@@ -110,6 +110,15 @@ def test_copy_rate_is_the_share_of_reference_identifiers_the_output_keeps():
     assert copy_rate([], [], []) == (None, 0)
     # An identifier repeated in one sentence counts once.
     assert copy_rate(["foo() foo() bar()"], ["foo()"], ["foo() bar()"]) == (50.0, 2)
+
+
+def test_code_spans_count_for_the_copy_rate_and_not_for_placeholder_fidelity():
+    items = placeholder_items(("printf", "qt", "code"))
+    assert items == ("printf", "qt")
+    sources, hypotheses, references = _columns(COPY)
+    assert copy_rate(sources, hypotheses, references, items) == (50.0, 4)  # fsync(), pidfd_open() counted
+    assert placeholder_fidelity(["Call fsync() with %1"], ["fsync() %1"], ["fsync() %1"], items) == (100.0, 1, [])
+    assert placeholder_fidelity(["Call fsync()"], ["x"], ["fsync()"], items) == (None, 0, [])
 
 
 def test_decide_refuses_a_candidate_below_min_placeholder_fidelity():

@@ -81,9 +81,11 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(examples, 
     assert metrics["distribution"] == "multi_worker" and metrics["replicas"] == 2
     single = run_training(str(examples), str(tmp_path / "single"), config(*SMALL, f"trainer.epochs={epochs}"))
     assert metrics["steps"] == single["steps"] and metrics["epochs"] == single["epochs"] == epochs
-    assert metrics["final_eval_loss"] == pytest.approx(single["final_eval_loss"], rel=0.02)
+    # The bar is 2%; the split of each batch makes it equal up to summation order (measured:
+    # the same digits), so a much smaller tolerance also catches a batch read twice or not split.
+    assert metrics["final_eval_loss"] == pytest.approx(single["final_eval_loss"], rel=1e-3)
     assert [h["train_loss"] for h in metrics["history"]] == pytest.approx(
-        [h["train_loss"] for h in single["history"]], rel=0.02)
+        [h["train_loss"] for h in single["history"]], rel=1e-3)
     assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
 
     # Then, from the chief's folder, what `seq2seq run` would do next (docs/training.md).

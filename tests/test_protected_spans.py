@@ -40,6 +40,28 @@ def test_every_kind_is_found_as_python_and_the_graph_agree():
         assert [s.decode() for s in found] == expected == find_spans(source, ALL_SPAN_KINDS), source
 
 
+# The kinds in pipeline/default.yaml's order, `qt` and `code` included.
+DEFAULT_KINDS = ("python_format", "printf", "qt", "braces", "tags", "entities", "code")
+CODE_CASES = [
+    ("Unknown configure key: latex_elements[%r], ignored.", ["latex_elements", "%r"]),
+    ('Update "%1" to "%2", %L1 files, %1$s', ["%1", "%2", "%L1", "%1$s"]),
+    ("%(ct_name)s objects don't have a get_absolute_url() method", ["%(ct_name)s", "get_absolute_url()"]),
+    ("see https://example.org/a/b?x=1&y=%20. Then", ["https://example.org/a/b?x=1&y=%20"]),
+    ("The --config argument, os.path.join() and __init__", ["--config", "os.path.join()", "__init__"]),
+    ("Example: “/about/contact/”. %(class_name)s.allow_future", ["/about/contact/", "%(class_name)s",
+                                                                   "allow_future"]),
+    ("and/or read/write e.g. make-mode 100% sure", []),
+]
+
+
+def test_qt_markers_python_repr_and_code_are_found_as_python_and_the_graph_agree():
+    masker = SpanMasker(DEFAULT_KINDS, separate=False)
+    _, spans = masker.mask(tf.constant([source for source, _ in CODE_CASES]))
+    for (source, expected), found in zip(CODE_CASES, spans.to_list()):
+        assert [s.decode() for s in found] == expected == find_spans(source, DEFAULT_KINDS), source
+    assert find_spans("fsync() and epub_author", ALL_SPAN_KINDS) == []  # code is not a placeholder kind
+
+
 def test_masked_text_numbers_the_spans_left_to_right():
     masker = SpanMasker(ALL_SPAN_KINDS, separate=False)
     masked, _ = masker.mask(tf.constant(["%s%d{0}", "100%% done", "Delete %s?"]))

@@ -19,16 +19,34 @@ from typing import Sequence
 SPAN_KINDS: dict[str, str] = {
     # %(name)s, %(count)d, %(value)-8.2f
     "python_format": r"%\([A-Za-z_][A-Za-z0-9_]*\)[-+0#]*[0-9]*(?:\.[0-9]+)?[diouxXeEfFgGcrsa]",
-    # %s, %d, %1$s, %-5.2f, %lld, %zu, %@ and the escaped percent %%. No space flag: "100% sure".
-    "printf": r"%%|%(?:[0-9]+\$)?[-+0#']*(?:[0-9]+|\*)?(?:\.(?:[0-9]+|\*))?(?:hh|ll|[hlLqjzt])?[diouxXeEfFgGaAcspn@]",
+    # %s, %d, %1$s, %-5.2f, %lld, %zu, %@, Python's %r and the escaped percent %%. No space flag:
+    # "100% sure".
+    "printf": r"%%|%(?:[0-9]+\$)?[-+0#']*(?:[0-9]+|\*)?(?:\.(?:[0-9]+|\*))?(?:hh|ll|[hlLqjzt])?[diouxXeEfFgGaAcsprn@]",
+    # Qt's QString::arg markers %1 ... %99 and the localized %L1 (after printf: %1$s is printf's)
+    "qt": r"%L?[1-9][0-9]?",
     # {0}, {name}, {count}, {0:.2f}, {user.name}, {}
     "braces": r"\{[A-Za-z0-9_]*(?:[.:!\[][^{}\s]*)?\}",
     # <strong>, </strong>, <br/>, <a href="...">: a whole tag is one span, whatever it holds
     "tags": r"</?[A-Za-z][A-Za-z0-9:-]*(?:\s+[^<>]*)?/?>",
     # &amp; &lt; &#39; &#x2014;
     "entities": r"&(?:[A-Za-z][A-Za-z0-9]*|#[0-9]+|#[xX][0-9A-Fa-f]+);",
+    # Code a translation copies verbatim: URLs, calls (fsync(), os.path.join()), snake_case and
+    # dunder names (epub_author, __init__), long options (--config) and paths with two slashes
+    # (/about/contact/). Not a placeholder: fidelity does not count it, the copy rate does.
+    "code": r"https?://[A-Za-z0-9._~:/?#@!$&'*+,;=%-]*[A-Za-z0-9/_~#=-]"
+            r"|[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\(\)"
+            r"|__[A-Za-z0-9]+__|_*[A-Za-z0-9]+(?:_+[A-Za-z0-9]+)+_*"
+            r"|--[A-Za-z][A-Za-z0-9-]*"
+            r"|/[A-Za-z0-9_.~-]+/[A-Za-z0-9_./~-]*",
 }
-ALL_SPAN_KINDS: tuple[str, ...] = tuple(SPAN_KINDS)
+# What placeholder fidelity measures and the copy rate leaves to it: every kind but `code`.
+PLACEHOLDER_KINDS: tuple[str, ...] = tuple(kind for kind in SPAN_KINDS if kind != "code")
+ALL_SPAN_KINDS: tuple[str, ...] = PLACEHOLDER_KINDS  # the yardstick for a model that protects none
+
+
+def placeholder_items(items: Sequence[str]) -> tuple[str, ...]:
+    """ITEMS (preprocess.protected_spans) without the `code` kind."""
+    return tuple(item for item in items if item != "code")
 
 # The spans of a text that get their own sentinel; later ones stay ordinary text.
 SPAN_SLOTS = 20

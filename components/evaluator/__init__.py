@@ -17,7 +17,7 @@ from components.core.artifacts import Evaluation, ExportedModel, PreprocessArtif
 from components.core.config import EvaluatorConfig
 from components.core.cpu import cpu_cores
 from components.core.errors import ArtifactError
-from components.core.spans import ALL_SPAN_KINDS
+from components.core.spans import ALL_SPAN_KINDS, placeholder_items
 from components.evaluator.metrics import Blessing, Scores, decide, score
 from components.evaluator.report import write_report
 from components.serving import BeamOptions, load_translator
@@ -123,7 +123,7 @@ def fidelity_spans(examples_dir: str) -> tuple[str, ...]:
     """The span kinds/regexes fidelity is measured with: the preprocess output's
     preprocess.protected_spans, or every kind when it protects none (the same yardstick for a model
     trained without protection)."""
-    return tuple(PreprocessArtifact.load(examples_dir).preprocess.protected_spans) or ALL_SPAN_KINDS
+    return placeholder_items(PreprocessArtifact.load(examples_dir).preprocess.protected_spans) or ALL_SPAN_KINDS
 
 
 def fidelity_metrics(sources: list[str], hypotheses: list[str], references: list[str],

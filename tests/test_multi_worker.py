@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -109,14 +110,19 @@ def newest_checkpoint_named(log: str) -> str:
     return re.findall(r"the last checkpoint is (\S+)\.", log)[-1]
 
 
-def test_a_killed_worker_stops_the_other_which_resumes_with_it(cluster, tmp_path):
-    out = tmp_path / "train"
-    workers = cluster(epochs=3)
-    workers.start()
-    deadline = time.monotonic() + 180
-    while "epoch 2/3 step" not in workers.log(0):  # mid-epoch 2, after epoch 1's checkpoint
-        assert workers.processes[0].poll() is None and time.monotonic() < deadline, workers.log(0)[-3000:]
+def wait_for_line(workers: LocalCluster, text: str, attempt: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in workers.log(0, attempt):
+        assert workers.processes[0].poll() is None and time.monotonic() < deadline, workers.log(0, attempt)[-3000:]
         time.sleep(0.1)
+
+
+def test_a_killed_worker_stops_the_other_and_a_sigterm_stops_both_and_they_resume(cluster, tmp_path):
+    out = tmp_path / "train"
+    workers = cluster(epochs=4)
+    # 1. A worker killed mid-epoch: the other fails within a bounded time, with one line.
+    workers.start()
+    wait_for_line(workers, "epoch 2/4 step", attempt=0)  # mid-epoch 2, after epoch 1's checkpoint
     workers.kill(1)
     killed = time.monotonic()
     assert workers.wait(0, timeout=LOST_PEER_SECONDS) == 1
@@ -129,11 +135,27 @@ def test_a_killed_worker_stops_the_other_which_resumes_with_it(cluster, tmp_path
     resume_from = newest_checkpoint_named(errors[0])
     assert resume_from.startswith(f"{out}/checkpoints/ckpt-")
 
-    workers.start(attempt=1)  # the same command on both
-    assert workers.wait(0, timeout=240) == 0, workers.log(0, 1)[-3000:]
-    assert workers.wait(1, timeout=60) == 0, workers.log(1, 1)[-3000:]
+    # 2. The same command on both resumes from that checkpoint. A SIGTERM to one worker (a
+    # preempted pod) then stops both at the same step, each with a checkpoint, the chief's in OUT.
+    workers.start(attempt=1)
+    wait_for_line(workers, "epoch 2/4 step", attempt=1)
     for index in (0, 1):
         assert f"resuming from {resume_from}: step " in workers.log(index, 1)
+    workers.processes[1].send_signal(signal.SIGTERM)
+    assert workers.wait(1, timeout=60) == 128 + signal.SIGTERM
+    assert workers.wait(0, timeout=60) == 128 + signal.SIGTERM
+    stopped = re.search(r"training stopped by a stop signal to another worker at step (\d+); checkpoint (\S+) saved",
+                        workers.log(0, 1))
+    assert stopped, workers.log(0, 1)[-3000:]
+    assert f"training stopped by SIGTERM at step {stopped[1]}; checkpoint {out}/.worker-1/" in workers.log(1, 1)
+    assert stopped[2] == f"{out}/checkpoints/ckpt-{stopped[1]}"
+
+    # 3. Again: both resume from the SIGTERM checkpoint and finish the run.
+    workers.start(attempt=2)
+    assert workers.wait(0, timeout=240) == 0, workers.log(0, 2)[-3000:]
+    assert workers.wait(1, timeout=60) == 0, workers.log(1, 2)[-3000:]
+    for index in (0, 1):
+        assert f"resuming from {stopped[2]}: step {stopped[1]}" in workers.log(index, 2)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["epochs"] == 3 and [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    assert metrics["epochs"] == 4 and [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4]
     assert not (out / ".worker-1").exists()

@@ -247,11 +247,15 @@ def main(argv=None) -> int:
         print(f"cpus: {os.cpu_count()}, load average at the end: {os.getloadavg()[0]:.2f} "
               f"(other processes share the CPUs: wall-clock ratios are only meaningful on a quiet machine)")
     finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        tidy(work, args.keep)
     return 0
+
+
+def tidy(work: Path, keep: bool) -> None:
+    if keep:
+        print(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def compare_portable(args: argparse.Namespace, sizes: list[int]) -> int:
@@ -285,10 +289,7 @@ def compare_portable(args: argparse.Namespace, sizes: list[int]) -> int:
                       f"vocabularies identical: {'yes' if same else 'NO'}", flush=True)
         print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        tidy(work, args.keep)
     return 0
 
 

@@ -33,11 +33,15 @@ CASES = [
 ]
 
 
+def assert_python_and_the_graph_find(kinds: tuple[str, ...], cases: list[tuple[str, list[str]]]) -> None:
+    masker = SpanMasker(kinds, separate=False)
+    _, spans = masker.mask(tf.constant([source for source, _ in cases]))
+    for (source, expected), found in zip(cases, spans.to_list()):
+        assert [s.decode() for s in found] == expected == find_spans(source, kinds), source
+
+
 def test_every_kind_is_found_as_python_and_the_graph_agree():
-    masker = SpanMasker(ALL_SPAN_KINDS, separate=False)
-    _, spans = masker.mask(tf.constant([source for source, _ in CASES]))
-    for (source, expected), found in zip(CASES, spans.to_list()):
-        assert [s.decode() for s in found] == expected == find_spans(source, ALL_SPAN_KINDS), source
+    assert_python_and_the_graph_find(ALL_SPAN_KINDS, CASES)
 
 
 # The kinds in pipeline/default.yaml's order, `qt` and `code` included.
@@ -55,10 +59,7 @@ CODE_CASES = [
 
 
 def test_qt_markers_python_repr_and_code_are_found_as_python_and_the_graph_agree():
-    masker = SpanMasker(DEFAULT_KINDS, separate=False)
-    _, spans = masker.mask(tf.constant([source for source, _ in CODE_CASES]))
-    for (source, expected), found in zip(CODE_CASES, spans.to_list()):
-        assert [s.decode() for s in found] == expected == find_spans(source, DEFAULT_KINDS), source
+    assert_python_and_the_graph_find(DEFAULT_KINDS, CODE_CASES)
     assert find_spans("fsync() and epub_author", ALL_SPAN_KINDS) == []  # code is not a placeholder kind
 
 

@@ -231,7 +231,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(own)
     args.beam_args = beam_args
     _configure_logging(args.verbose)
-    if not args.verbose:
+    # `preprocess` leaves TensorFlow to the Beam workers: its launcher never imports it.
+    if not args.verbose and args.command != "preprocess":
         from components.core.quiet import import_tensorflow_quietly
 
         import_tensorflow_quietly()

@@ -224,6 +224,21 @@ def _configure_logging(verbose: bool) -> None:
         handler.addFilter(_not_a_cloud_notice)
 
 
+def _beam_runner(beam_args: Sequence[str]) -> str:
+    for i, arg in enumerate(beam_args):
+        if arg.startswith("--runner="):
+            return arg.split("=", 1)[1]
+        if arg == "--runner" and i + 1 < len(beam_args):
+            return beam_args[i + 1]
+    return "DirectRunner"
+
+
+def _runs_tensorflow_here(args: argparse.Namespace) -> bool:
+    """Whether this process will import TensorFlow: every command but a `preprocess` sent to
+    another runner (portable, Dataflow, Flink, Spark), whose launcher leaves it to the workers."""
+    return args.command != "preprocess" or _beam_runner(getattr(args, "beam_args", ())).endswith("DirectRunner")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     own, beam_args = _split_beam_args(sys.argv[1:] if argv is None else argv)
@@ -231,8 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(own)
     args.beam_args = beam_args
     _configure_logging(args.verbose)
-    # `preprocess` leaves TensorFlow to the Beam workers: its launcher never imports it.
-    if not args.verbose and args.command != "preprocess":
+    if not args.verbose and _runs_tensorflow_here(args):
         from components.core.quiet import import_tensorflow_quietly
 
         import_tensorflow_quietly()

@@ -60,9 +60,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from components.core import io
     from components.core.artifacts import Evaluation, ServingRoot
     from components.evaluator import run_evaluation
+    from pipeline.runner import resolve_latest_served
 
     config = _load_config(args)
-    baseline = ServingRoot(args.serving).latest() if args.serving else None
+    baseline = resolve_latest_served(ServingRoot(args.serving)) if args.serving else None
     with io.atomic_dir(args.out, overwrite=args.overwrite) as tmp:
         run_evaluation(args.model, args.examples, tmp, config.evaluator, train_dir=args.training,
                        baseline_model=baseline.uri if baseline else None)
@@ -81,17 +82,19 @@ def cmd_push(args: argparse.Namespace) -> int:
     from components.core.artifacts import Evaluation, ExportedModel
     from components.core.errors import UserError
     from components.pusher import run_push
+    from components.pusher.executor import RECORDED_METRICS
 
     config = _load_config(args)
     evaluation = Evaluation(args.evaluation)
-    evaluated = evaluation.blessing().get("candidate_model")
+    blessing = evaluation.blessing()
+    evaluated = blessing.get("candidate_model")
     if evaluated and not _same_path(evaluated, args.model):
         raise UserError(f"{args.evaluation} evaluated {evaluated}, not {args.model}: evaluate this model "
                         f"first (`seq2seq evaluate --model {args.model} ...`)")
     summary = evaluation.summary()
     record = {"export_fingerprint": ExportedModel(args.model).fingerprint, "evaluation": args.evaluation,
-              "metrics": {key: summary.get(key) for key in ("bleu", "chrf", "exact_match", "eval_loss")}}
-    pushed = run_push(args.model, args.serving, evaluation.blessing(), config.pusher.keep, record=record)
+              "metrics": {key: summary.get(key) for key in RECORDED_METRICS}}
+    pushed = run_push(args.model, args.serving, blessing, config.pusher.keep, record=record)
     return EXIT_OK if pushed else EXIT_NOT_BLESSED
 
 

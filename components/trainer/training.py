@@ -398,7 +398,7 @@ class Trainer:
 
         # One trace: the signature leaves batch and length dimensions unknown. `control` is
         # [fraction of trainer.max_minutes spent (0 without a budget), 1 if a stop signal came]:
-        # the maximum over the workers is what the learning-rate schedule and the loop's stop
+        # the mean over the workers is what the learning-rate schedule and the loop's stop
         # decisions use, so every worker of a multi-worker run applies the same update and stops at
         # the same step (each worker's own clock and signals differ).
         @tf.function(input_signature=[spec, tf.TensorSpec([2], tf.float32)])
@@ -685,13 +685,13 @@ class Trainer:
         # A multi-worker run acts on the flag every worker saw in the step (a signal here, or on
         # another worker); one process acts on its own signal at once.
         if stats["stop"] > 0 or (stop["signal"] and not self.multi_worker):
-            name = stop["signal"] or "SIGTERM"
-            path = self._save(stop["signal"] or "a stop signal to another worker")
+            cause = stop["signal"] or "a stop signal to another worker"
+            path = self._save(cause)
             self._write_metrics(history)
-            error = TrainingInterrupted(f"training stopped by {stop['signal'] or 'a stop signal to another worker'} "
-                                        f"at step {step}; checkpoint {path} saved. Run the same command again "
-                                        f"to resume")
-            error.exit_code = 128 + int(signal.Signals[name])  # the shell's convention: 143, 130
+            error = TrainingInterrupted(f"training stopped by {cause} at step {step}; checkpoint {path} saved. "
+                                        f"Run the same command again to resume")
+            # The shell's convention (143, 130); another worker's signal counts as a SIGTERM.
+            error.exit_code = 128 + int(signal.Signals[stop["signal"] or "SIGTERM"])
             raise error
 
     def _elapsed(self) -> float:

@@ -37,6 +37,9 @@ SIDES = ("source", "target")
 # The longest decode a model may be asked for (config, the SavedModel's signatures, the CLI):
 # memory and time grow with it, and no sentence of this pipeline's data comes near it.
 MAX_DECODE_LENGTH_LIMIT = 1024
+# The widest beam (and the longest n-best list) a model may be asked for: the SavedModel's
+# signatures refuse more in the graph, as the config and the CLI do. Memory grows with width x length.
+MAX_BEAM_WIDTH_LIMIT = 64
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,9 @@ class TrainerConfig:
     # A step whose loss or gradient norm is NaN/inf: stop with an error naming it, or skip the batch
     # (its update is not applied; counted in metrics.json). See docs/training.md, "Errors".
     on_nonfinite: Literal["fail", "skip_batch"] = "fail"
+    # multi_worker: how long a worker waits for every worker of TF_CONFIG's cluster to start before
+    # it exits 1 naming the missing ones.
+    registration_timeout_s: float = 300.0
     # A time budget for training, counted across resumes: once it is spent, training stops right
     # after evaluating and checkpointing, and the run goes on to export. None = epochs alone decide.
     max_minutes: Optional[float] = None
@@ -199,6 +205,9 @@ class EvaluatorConfig:
     # exported defaults). A baseline exported before beam signatures existed is decoded greedily.
     decoder: Literal["greedy", "beam"] = "greedy"
     beam_width: int = 4
+    # A served version (a complete SavedModel in the serving folder) that cannot be loaded or run:
+    # fail the evaluation naming it, or ignore it and judge the candidate without a baseline.
+    unloadable_baseline: Literal["fail", "ignore"] = "fail"
 
 
 @dataclass(frozen=True)
@@ -386,11 +395,13 @@ def _validate(config: Any, prefix: str) -> None:
             raise bad("select_sample", "must be positive")
         if config.max_minutes is not None and config.max_minutes <= 0:
             raise bad("max_minutes", "must be positive (or null for no budget)")
+        if config.registration_timeout_s <= 0:
+            raise bad("registration_timeout_s", "must be positive")
     elif isinstance(config, ExportConfig):
         if config.max_decode_length is not None and not 1 <= config.max_decode_length <= MAX_DECODE_LENGTH_LIMIT:
             raise bad("max_decode_length", f"must be in [1, {MAX_DECODE_LENGTH_LIMIT}]")
-        if config.beam_width < 1:
-            raise bad("beam_width", "must be at least 1")
+        if not 1 <= config.beam_width <= MAX_BEAM_WIDTH_LIMIT:
+            raise bad("beam_width", f"must be in [1, {MAX_BEAM_WIDTH_LIMIT}] (MAX_BEAM_WIDTH_LIMIT)")
         if not 1 <= config.n_best <= config.beam_width:
             raise bad("n_best", f"must be in [1, export.beam_width = {config.beam_width}]")
         _check_not_negative(config, ("length_penalty", "no_repeat_ngram_size"), bad)
@@ -399,8 +410,8 @@ def _validate(config: Any, prefix: str) -> None:
         for name in ("min_bleu", "min_placeholder_fidelity"):
             if not 0.0 <= getattr(config, name) <= 100.0:
                 raise bad(name, "must be in [0, 100]")
-        if config.beam_width < 1:
-            raise bad("beam_width", "must be at least 1")
+        if not 1 <= config.beam_width <= MAX_BEAM_WIDTH_LIMIT:
+            raise bad("beam_width", f"must be in [1, {MAX_BEAM_WIDTH_LIMIT}] (MAX_BEAM_WIDTH_LIMIT)")
     elif isinstance(config, PusherConfig) and config.keep < 1:
         raise bad("keep", "must be at least 1")
 

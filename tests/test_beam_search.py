@@ -15,7 +15,7 @@ import tensorflow as tf
 from components.core.vocabulary import BOS_ID, EOS_ID, PAD_ID
 from components.model import GreedySearch, Seq2Seq
 from components.model.beam_search import BeamSearch, repeated_ngram_tokens
-from components.model.decoding import SpanConstraint
+from components.model.decoding import FORBIDDEN, SpanConstraint
 
 SOURCE = tf.constant([[5, 6, 7, 8, 9], [4, 9, 0, 0, 0], [7, 0, 0, 0, 0], [6, 6, 5, 0, 0]], tf.int64)
 SOURCE_LENGTH = tf.constant([5, 2, 1, 3], tf.int64)
@@ -58,6 +58,13 @@ def hypotheses(result: dict[str, np.ndarray], row: int) -> list[tuple[int, ...]]
             if np.isfinite(s)]
 
 
+def no_eos_first(logits: tf.Tensor, step: int) -> tf.Tensor:
+    """No strategy ends a hypothesis before its first token: <eos> is forbidden at step 0."""
+    if step > 0:
+        return logits
+    return tf.where(tf.equal(tf.range(logits.shape[1]), EOS_ID)[None, :], FORBIDDEN, logits)
+
+
 def replay(model: Seq2Seq, source: tf.Tensor, length: tf.Tensor, token_ids: np.ndarray,
            lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Teacher-force each hypothesis [B, N, T] through `step`: summed log-probs [B, N] and the
@@ -69,7 +76,7 @@ def replay(model: Seq2Seq, source: tf.Tensor, length: tf.Tensor, token_ids: np.n
     scores, weights = np.zeros(rows * n, np.float32), []
     for t in range(steps):
         logits, state, attention = model.step(tf.constant(previous, tf.int64), state)
-        log_probs, live = tf.nn.log_softmax(logits).numpy(), t < flat_lengths
+        log_probs, live = tf.nn.log_softmax(no_eos_first(logits, t)).numpy(), t < flat_lengths
         scores += np.where(live, log_probs[np.arange(rows * n), flat[:, t]], 0.0).astype(np.float32)
         weights.append(attention.numpy() * live[:, None])
         previous = flat[:, t]
@@ -133,6 +140,20 @@ def test_the_span_constraint_follows_each_beam():
     assert checked > 20
 
 
+def test_no_strategy_ends_a_hypothesis_before_its_first_token():
+    # An undertrained model whose likeliest first token is <eos>: a non-empty source must still get
+    # a translation, from greedy search and from every hypothesis of a beam alike.
+    model = tiny_model("bahdanau", seed=4, eos_bias=30.0)
+    source, length = random_sources(5, seed=2)
+    greedy = numpy_outputs(GreedySearch()(model, source, length, 6))
+    assert (greedy["token_ids"][:, 0] != EOS_ID).all() and (greedy["length"] >= 1).all()
+    beam = numpy_outputs(BeamSearch(4, 0.6, 3)(model, source, length, 6))
+    finite = np.isfinite(beam["score"])
+    assert finite[:, 0].all() and (beam["token_ids"][:, :, 0][finite] != EOS_ID).all()
+    # After the first token the bias wins again: the rule only forbids an empty hypothesis.
+    assert (greedy["length"] == 2).all() and (greedy["token_ids"][:, 1] == EOS_ID).all()
+
+
 # ---------------------------------------------------------------- a wide beam is exhaustive
 
 
@@ -144,7 +165,7 @@ def exhaustive(model: Seq2Seq, source: tf.Tensor, length: tf.Tensor, max_length:
     for level in range(max_length):
         previous = [p[-1] if p else BOS_ID for p in prefixes]
         logits, state, _ = model.step(tf.constant(previous, tf.int64), state)
-        log_probs = tf.nn.log_softmax(logits).numpy()
+        log_probs = tf.nn.log_softmax(no_eos_first(logits, level)).numpy()
         grown, grown_scores, parents = [], [], []
         for i, prefix in enumerate(prefixes):
             for token in range(log_probs.shape[1]):
@@ -208,22 +229,25 @@ class BigramModel:
 
 
 def test_the_early_stop_never_drops_a_hypothesis_the_length_penalty_would_prefer():
-    """<eos> first (p .55) against "A" (.45) then A again (.97): a long hypothesis of raw score
-    log .45 + 5 log .97 beats <eos> once divided by ((5 + 6) / 6)^2. The search may only stop once
-    the best alive score, at the longest reachable length, cannot beat the pool."""
-    a = 4
-    model = BigramModel({BOS_ID: {EOS_ID: 0.55, a: 0.44}, a: {a: 0.97, EOS_ID: 0.02}})
+    """After a sure first token "B" (<eos> may not come first), <eos> (p .55) against "A" (.44) then A
+    again (.97): a long hypothesis of raw score log p(B) + log .44 + 5 log .97 beats B <eos> once
+    each is divided by ((5 + length) / 6)^2. The search may only stop once the best alive score, at
+    the longest reachable length, cannot beat the pool."""
+    a, b = 4, 5
+    model = BigramModel({BOS_ID: {b: 0.99}, b: {EOS_ID: 0.55, a: 0.44}, a: {a: 0.97, EOS_ID: 0.02}})
     source, length = tf.constant([[5, 6]], tf.int64), tf.constant([2], tf.int64)
-    plain = numpy_outputs(BeamSearch(1)(model, source, length, 6))
-    assert plain["token_ids"].shape == (1, 1, 1)  # stopped after the first step: nothing can beat <eos>
-    assert plain["best_token_ids"].tolist() == [[EOS_ID]]
-    penalized = numpy_outputs(BeamSearch(1, length_penalty=2.0)(model, source, length, 6))
-    assert penalized["best_token_ids"].tolist() == [[a] * 6] and penalized["best_length"].tolist() == [6]
+    plain = numpy_outputs(BeamSearch(1)(model, source, length, 7))
+    assert plain["token_ids"].shape == (1, 1, 2)  # stopped after the second step: nothing can beat <eos>
+    assert plain["best_token_ids"].tolist() == [[b, EOS_ID]]
+    penalized = numpy_outputs(BeamSearch(1, length_penalty=2.0)(model, source, length, 7))
+    assert penalized["best_token_ids"].tolist() == [[b] + [a] * 6] and penalized["best_length"].tolist() == [7]
     log_probs = model.log_probs.numpy()
-    raw = log_probs[BOS_ID, a] + 5 * log_probs[a, a]
+    # The first step's probabilities are renormalized without <eos>.
+    first = log_probs[BOS_ID, b] - np.log1p(-np.exp(log_probs[BOS_ID, EOS_ID]))
+    raw = first + log_probs[b, a] + 5 * log_probs[a, a]
     np.testing.assert_allclose(penalized["best_score"], [raw], rtol=1e-6)
-    np.testing.assert_allclose(penalized["normalized_score"][0], [raw / penalty(6, 2.0)], rtol=1e-6)
-    assert raw / penalty(6, 2.0) > log_probs[BOS_ID, EOS_ID]
+    np.testing.assert_allclose(penalized["normalized_score"][0], [raw / penalty(7, 2.0)], rtol=1e-6)
+    assert raw / penalty(7, 2.0) > (first + log_probs[b, EOS_ID]) / penalty(2, 2.0)
 
 
 # ---------------------------------------------------------------- n-best lists

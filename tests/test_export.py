@@ -487,6 +487,12 @@ def test_bad_requests_fail_with_clear_messages(beam_loaded):
         beam_options(beam_loaded.signatures, ["w1 w2"], max_length=5000)
     with pytest.raises(tf.errors.InvalidArgumentError, match="beam_width must be at least 1"):
         beam_options(beam_loaded.signatures, ["w1 w2"], beam_width=0)
+    # Memory grows with the width: a client cannot ask for more than the exported limit (64).
+    with pytest.raises(tf.errors.InvalidArgumentError, match="beam_width must be at most 64 .*MAX_BEAM_WIDTH_LIMIT"):
+        beam_options(beam_loaded.signatures, ["w1 w2"], beam_width=2147483647)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="beam_width must be at most 64"):
+        beam_options(beam_loaded.signatures, ["w1 w2"], beam_width=65, n_best=65)
+    assert beam_options(beam_loaded.signatures, ["w1 w2"], beam_width=64)["scores"].shape == (1, 1)
     with pytest.raises(tf.errors.InvalidArgumentError, match="n_best must be at least 1"):
         beam_options(beam_loaded.signatures, ["w1 w2"], n_best=0)
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_length must not be negative"):
@@ -501,7 +507,9 @@ def test_export_config_validates_the_beam_defaults():
 
     config = load_config(None, ["export.beam_width=3", "export.n_best=2", "evaluator.decoder=beam"])
     assert (config.export.beam_width, config.export.n_best, config.evaluator.decoder) == (3, 2, "beam")
-    for bad, message in (("export.beam_width=0", "export.beam_width: must be at least 1"),
+    for bad, message in (("export.beam_width=0", "export.beam_width: must be in [1, 64]"),
+                         ("export.beam_width=65", "export.beam_width: must be in [1, 64]"),
+                         ("evaluator.beam_width=1000", "evaluator.beam_width: must be in [1, 64]"),
                          ("export.n_best=5", "export.n_best: must be in [1, export.beam_width = 4]"),
                          ("export.length_penalty=-1", "export.length_penalty: must not be negative"),
                          ("export.no_repeat_ngram_size=-2", "export.no_repeat_ngram_size: must not be negative"),
@@ -535,7 +543,7 @@ def test_fresh_process_and_saved_model_cli_run_beam_search(synthetic_run, tmp_pa
     assert re.search(r"translations:\n\[\[b'[^']*' b'[^']*'\]\]", opts.stdout), opts.stdout[-2000:]
 
 
-def test_translate_cli_prints_the_n_best_list(synthetic_run, capsys):  # noqa: F811
+def test_translate_cli_prints_the_n_best_list(synthetic_run, capsys, caplog):  # noqa: F811
     from pipeline.cli import main
 
     assert main(["translate", "--model", synthetic_run["export"], "--beam-width", "2", "--n-best", "2",
@@ -552,6 +560,8 @@ def test_translate_cli_prints_the_n_best_list(synthetic_run, capsys):  # noqa: F
     assert len(result["n_best"]) == 2
     # A bad request is a usage error, before the model is beam_loaded.
     assert main(["translate", "--model", synthetic_run["export"], "--beam-width", "2", "--n-best", "3", "w1"]) == 2
+    assert main(["translate", "--model", synthetic_run["export"], "--beam-width", "2147483647", "w1"]) == 2
+    assert "--beam-width must be at most 64 (MAX_BEAM_WIDTH_LIMIT), got 2147483647" in caplog.text
 
 
 def test_evaluator_records_the_beam_decoder_and_falls_back_for_an_old_baseline(

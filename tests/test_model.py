@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from components.core.config import ModelConfig
-from components.core.vocabulary import EOS_ID, PAD_ID
+from components.core.vocabulary import BOS_ID, EOS_ID, PAD_ID
 from components.model import ATTENTIONS as REGISTRY
 from components.model import FAST, REFERENCE, DecoderState, GreedySearch, Seq2Seq, greedy_decode
 from components.model.attention import Attention
@@ -109,12 +109,15 @@ def test_unknown_attention_is_rejected():
 
 
 def replay(model, result, source, length):
-    """Re-run `step` along the greedy path: the argmaxes and the summed log-probabilities."""
+    """Re-run `step` along the greedy path: the argmaxes and the summed log-probabilities (<eos> may
+    not come first)."""
     state = model.initial_state(model.encode(source, length))
     previous = tf.fill([source.shape[0]], tf.constant(1, tf.int64))
     ids, scores = [], np.zeros(source.shape[0], np.float32)
     for t in range(result["token_ids"].shape[1]):
         logits, state, _ = model.step(previous, state)
+        if t == 0:
+            logits = tf.where(tf.equal(tf.range(logits.shape[1]), EOS_ID)[None, :], -1e9, logits)
         log_probs = tf.nn.log_softmax(logits).numpy()
         previous = tf.argmax(logits, -1)
         ids.append(previous.numpy())
@@ -152,12 +155,17 @@ def test_greedy_decode_runs_in_a_graph_with_a_tensor_max_length(attention):
 def test_greedy_decode_stops_when_every_row_emitted_eos():
     model = small_model("bahdanau")
     bias = np.zeros(14, np.float32)
-    bias[EOS_ID] = 100.0  # every row's first token is <eos>
+    bias[EOS_ID] = 100.0  # every row ends as soon as it may: after its first token
     model.output_bias.assign(bias)
     result = greedy_decode(model, SOURCE, SOURCE_LENGTH, 10)
-    assert result["token_ids"].numpy().tolist() == [[EOS_ID]] * 3
-    assert result["length"].numpy().tolist() == [1, 1, 1]
-    np.testing.assert_allclose(result["score"].numpy(), 0.0, atol=1e-3)  # log p(<eos>) ~ 0
+    token_ids = result["token_ids"].numpy()
+    assert token_ids.shape == (3, 2) and (token_ids[:, 0] != EOS_ID).all() and (token_ids[:, 1] == EOS_ID).all()
+    assert result["length"].numpy().tolist() == [2, 2, 2]
+    # The first token's log-probability among the tokens but <eos>, then log p(<eos>) ~ 0.
+    logits, _, _ = model.step(tf.fill([3], tf.constant(BOS_ID, tf.int64)),
+                              model.initial_state(model.encode(SOURCE, SOURCE_LENGTH)))
+    first = tf.nn.log_softmax(logits.numpy()[:, [i for i in range(14) if i != EOS_ID]]).numpy().max(axis=1)
+    np.testing.assert_allclose(result["score"].numpy(), first, atol=1e-3)
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)

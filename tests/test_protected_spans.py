@@ -162,10 +162,12 @@ def test_a_model_that_would_stop_at_once_emits_the_spans_first(tmp_path):
     translations = _translate(model, pieces, tmp_path, 40)
     # Where the model would end, the likeliest missing span comes instead; then it ends.
     assert [_spans(t) for t in translations] == [_spans(s) for s in SOURCES]
-    assert translations[3] == ""  # no spans: <eos> straight away
+    # No spans: one token (the likeliest after <eos>, which may not come first), then <eos>.
+    assert len(translations[3]) == 1 and not _spans(translations[3])
     # Nothing but the spans: the model itself never got past <eos>.
     assert translations[:3] == ["%s", "%1$s%2$s", "%(name)s{count}<b> </b>"]
-    assert all(not "".join(t.split()).replace("".join(find_spans(t, ALL_SPAN_KINDS)), "") for t in translations)
+    assert all(not "".join(t.split()).replace("".join(find_spans(t, ALL_SPAN_KINDS)), "")
+               for t in translations[:3] + translations[4:])
 
 
 def test_a_model_that_loves_one_sentinel_emits_it_once(tmp_path):

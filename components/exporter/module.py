@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from components.model.beam_search import BeamSearch
 from components.model.translation import TextTables, translate_text
-from components.serving.client import MAX_DECODE_LENGTH_LIMIT
+from components.serving.client import MAX_BEAM_WIDTH_LIMIT, MAX_DECODE_LENGTH_LIMIT
 from components.text.encoding import SequenceEncoder, id_to_token_table
 from components.text.tokenizers import Tokenizer
 
@@ -73,10 +73,11 @@ class ServingModule(tf.Module):
         if not 1 <= int(max_decode_length) <= MAX_DECODE_LENGTH_LIMIT:
             raise ValueError(f"max_decode_length must be in [1, {MAX_DECODE_LENGTH_LIMIT}], got {max_decode_length}")
         self.max_decode_length = int(max_decode_length)
-        if not 1 <= int(n_best) <= int(beam_width) or length_penalty < 0 or no_repeat_ngram_size < 0:
+        if not 1 <= int(n_best) <= int(beam_width) <= MAX_BEAM_WIDTH_LIMIT or length_penalty < 0 \
+                or no_repeat_ngram_size < 0:
             raise ValueError(f"bad beam defaults: beam_width {beam_width}, n_best {n_best} (1 <= n_best <= "
-                             f"beam_width), length_penalty {length_penalty}, no_repeat_ngram_size "
-                             f"{no_repeat_ngram_size} (both >= 0)")
+                             f"beam_width <= {MAX_BEAM_WIDTH_LIMIT}), length_penalty {length_penalty}, "
+                             f"no_repeat_ngram_size {no_repeat_ngram_size} (both >= 0)")
         self.beam_width, self.n_best = int(beam_width), int(n_best)
         self.length_penalty, self.no_repeat_ngram_size = float(length_penalty), int(no_repeat_ngram_size)
         # README.md / model_card.json: tracked so the saver copies them into assets/.
@@ -136,14 +137,18 @@ class ServingModule(tf.Module):
         """As `beam_search`, each setting chosen per call; -1 for beam_width or n_best, 0 for
         max_length and a negative length_penalty or no_repeat_ngram_size mean the exported default
         (a default n_best is capped at the beam width). InvalidArgumentError, before anything is
-        decoded, for beam_width or n_best below 1, n_best above the beam width, and max_length
-        negative or above MAX_DECODE_LENGTH_LIMIT."""
+        decoded, for beam_width or n_best below 1, beam_width above MAX_BEAM_WIDTH_LIMIT, n_best
+        above the beam width, and max_length negative or above MAX_DECODE_LENGTH_LIMIT."""
         name = "beam_search_with_options"
         width = tf.where(tf.equal(beam_width, -1), self.beam_width, beam_width)
         n_best = tf.where(tf.equal(n_best, -1), tf.minimum(self.n_best, width), n_best)
         checks = [
             tf.debugging.assert_greater_equal(
                 width, 1, message=f"{name}: beam_width must be at least 1 (-1 means the exported default)"),
+            tf.debugging.assert_less_equal(
+                width, tf.constant(MAX_BEAM_WIDTH_LIMIT, tf.int32),
+                message=f"{name}: beam_width must be at most {MAX_BEAM_WIDTH_LIMIT} (the model's "
+                        "MAX_BEAM_WIDTH_LIMIT; n_best is at most beam_width)"),
             tf.debugging.assert_greater_equal(
                 n_best, 1, message=f"{name}: n_best must be at least 1 (-1 means the exported default)"),
             tf.debugging.assert_less_equal(

@@ -7,7 +7,8 @@ scalar tensors (per-request SavedModel inputs): every shape that depends on them
 One `tf.while_loop` over decoder steps. The K alive hypotheses of each source row are rows
 b*K + k of the tiled decoder state. At each step:
   1. every alive hypothesis scores every token: its raw score (sum of log-probabilities, as in
-     `GreedySearch`) plus the step's log-softmax of the constraint-adjusted logits;
+     `GreedySearch`) plus the step's log-softmax of the constraint-adjusted logits (<eos> is
+     forbidden at the first step, as in `GreedySearch`);
   2. the top 2K candidates of each row are kept, sorted by raw score;
   3. candidates ending in <eos> among the top K are complete: they enter the row's pool of
      `n_best` finished hypotheses, ranked by the GNMT-normalized score raw / ((5 + length) / 6)^alpha
@@ -38,6 +39,7 @@ from components.model.decoding import (
     StepModel,
     TokenConstraint,
     Unconstrained,
+    forbid_eos_first,
 )
 from components.model.state import DecoderState
 
@@ -227,7 +229,7 @@ class BeamSearch(DecodingStrategy):
         """One decoder step of every alive hypothesis; see the module docstring."""
         t = c.step
         logits, state, weights = model.step(c.previous, c.state)
-        logits = constraint.adjust(logits, c.rule)
+        logits = forbid_eos_first(constraint.adjust(logits, c.rule), t)
         vocab = tf.shape(logits)[1]
         # Blocked last, so no rule can give a repeated n-gram its probability back.
         logits = tf.cond(ngram > 0,

@@ -102,6 +102,15 @@ class Unconstrained(TokenConstraint):
 FORBIDDEN = -1e9
 
 
+def forbid_eos_first(logits: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+    """[B, V] logits with <eos> forbidden at the first step: a non-empty source never translates to
+    nothing (an undertrained model's likeliest first token is often <eos>). Every strategy applies
+    it, after the constraint, so that a beam of width 1 stays greedy search. `translate_text` blanks
+    the output of an empty source itself."""
+    is_eos = tf.equal(tf.range(tf.shape(logits)[1]), EOS_ID)[None, :]
+    return tf.where(tf.logical_and(tf.equal(step, 0), is_eos), FORBIDDEN, logits)
+
+
 class SpanConstraint(TokenConstraint):
     """Every protected span of the source exactly once (components/text/spans.py).
 
@@ -158,7 +167,8 @@ class SpanConstraint(TokenConstraint):
 
 
 class GreedySearch(DecodingStrategy):
-    """The most likely token at every step, until every row has emitted <eos> or at max_length."""
+    """The most likely token at every step (never <eos> first), until every row has emitted <eos> or
+    at max_length."""
 
     def __init__(self, constraint: TokenConstraint | None = None):
         self.constraint = constraint or Unconstrained()
@@ -175,7 +185,7 @@ class GreedySearch(DecodingStrategy):
 
         def body(t, previous, state, rule, finished, length, score, tokens, attention):
             logits, state, weights = model.step(previous, state)
-            logits = constraint.adjust(logits, rule)
+            logits = forbid_eos_first(constraint.adjust(logits, rule), t)
             log_probs = tf.nn.log_softmax(logits, axis=-1)
             chosen = tf.argmax(logits, axis=-1, output_type=tf.int64)
             chosen_log_prob = tf.gather(log_probs, chosen, batch_dims=1)

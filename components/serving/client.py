@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from components.core.artifacts import ExportedModel
-from components.core.config import MAX_DECODE_LENGTH_LIMIT
+from components.core.config import MAX_BEAM_WIDTH_LIMIT, MAX_DECODE_LENGTH_LIMIT
 from components.core.errors import ArtifactError, UserError
 from components.core.tftext import register_tensorflow_text_ops
 
@@ -66,6 +66,9 @@ class BeamOptions:
         """Itself, or a UserError (exit 2) for a setting out of range."""
         if self.beam_width is not None and self.beam_width < 1:
             raise BeamOptionError(f"--beam-width must be at least 1, got {self.beam_width}")
+        if self.beam_width is not None and self.beam_width > MAX_BEAM_WIDTH_LIMIT:
+            raise BeamOptionError(f"--beam-width must be at most {MAX_BEAM_WIDTH_LIMIT} (MAX_BEAM_WIDTH_LIMIT), "
+                                  f"got {self.beam_width}")
         if self.n_best is not None and self.n_best < 1:
             raise BeamOptionError(f"--n-best must be at least 1, got {self.n_best}")
         if self.n_best is not None and self.beam_width is not None and self.n_best > self.beam_width:

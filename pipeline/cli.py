@@ -39,9 +39,22 @@ def _load_config(args: argparse.Namespace):
     return load_config(args.config, args.overrides)
 
 
+def _require_corpus(data: str) -> None:
+    """--data must name at least one file before anything starts: a usage error (exit 2), and
+    `seq2seq run` leaves no run folder behind."""
+    from components.core.errors import InputError
+    from pipeline.fingerprint import resolve_corpus
+
+    if not resolve_corpus(data):
+        error = InputError(f"--data {data}: no such file, or the glob matches nothing")
+        error.exit_code = EXIT_USAGE
+        raise error
+
+
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from components.preprocess import run_preprocess
 
+    _require_corpus(args.data)
     run_preprocess(args.data, args.out, _load_config(args), beam_args=args.beam_args,
                    overwrite=args.overwrite)
     return EXIT_OK
@@ -63,6 +76,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.runner import resolve_latest_served
 
     config = _load_config(args)
+    # A file named as --serving is exit 2; junk in the folder is warned about and skipped.
     baseline = resolve_latest_served(ServingRoot(args.serving)) if args.serving else None
     with io.atomic_dir(args.out, overwrite=args.overwrite) as tmp:
         run_evaluation(args.model, args.examples, tmp, config.evaluator, train_dir=args.training,
@@ -78,13 +92,15 @@ def _same_path(a: str, b: str) -> bool:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """The pusher on its own: the model goes to --serving as the next version if --evaluation
-    blessed it (the same checks, copy, smoke test and atomic rename as in `seq2seq run`)."""
-    from components.core.artifacts import Evaluation, ExportedModel
+    blessed it and it is still the model evaluated (content fingerprint), under the serving
+    folder's push lock (the same checks, copy, smoke test and atomic rename as in `seq2seq run`)."""
+    from components.core.artifacts import Evaluation, ServingRoot
     from components.core.errors import UserError
     from components.pusher import run_push
     from components.pusher.executor import RECORDED_METRICS
 
     config = _load_config(args)
+    ServingRoot(args.serving).check()  # a file named as --serving: exit 2 before anything is read
     evaluation = Evaluation(args.evaluation)
     blessing = evaluation.blessing()
     evaluated = blessing.get("candidate_model")
@@ -92,8 +108,8 @@ def cmd_push(args: argparse.Namespace) -> int:
         raise UserError(f"{args.evaluation} evaluated {evaluated}, not {args.model}: evaluate this model "
                         f"first (`seq2seq evaluate --model {args.model} ...`)")
     summary = evaluation.summary()
-    record = {"export_fingerprint": ExportedModel(args.model).fingerprint, "evaluation": args.evaluation,
-              "metrics": {key: summary.get(key) for key in RECORDED_METRICS}}
+    # run_push adds the content fingerprint it checked; outside a run there is no export cache key.
+    record = {"evaluation": args.evaluation, "metrics": {key: summary.get(key) for key in RECORDED_METRICS}}
     pushed = run_push(args.model, args.serving, blessing, config.pusher.keep, record=record)
     return EXIT_OK if pushed else EXIT_NOT_BLESSED
 
@@ -126,7 +142,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import run_pipeline
 
-    return run_pipeline(args, _load_config(args))
+    config = _load_config(args)
+    _require_corpus(args.data)
+    return run_pipeline(args, config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", required=True, help="output folder of `seq2seq preprocess` (references)")
     p.add_argument("--out", required=True, help="evaluation folder to create")
     p.add_argument("--training", help="training folder, for the eval loss and the loss curve")
-    p.add_argument("--serving", help="serving folder: its newest version is the baseline to beat")
+    p.add_argument("--serving", help="serving folder: its newest version is the baseline to beat (one that "
+                                      "cannot be loaded fails the evaluation: see evaluator.unloadable_baseline)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing evaluation folder")
     _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
@@ -183,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The pusher of `seq2seq run`, on its own (exit code 3: not blessed).")
     p.add_argument("--model", required=True, help="SavedModel folder (output of `seq2seq export`)")
     p.add_argument("--evaluation", required=True, help="output folder of `seq2seq evaluate` for this model")
-    p.add_argument("--serving", required=True, help="serving folder (TF Serving's model_base_path)")
+    p.add_argument("--serving", required=True, help="serving folder (TF Serving's model_base_path); a push holds "
+                                                    "its .push.lock, so a second push at once exits 4")
     _add_config_args(p)
     p.set_defaults(func=cmd_push)
 
@@ -260,9 +280,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as e:
         logger.error("%s", e)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # `seq2seq run` carries its signal: 130 for SIGINT, 143 for SIGTERM
         logger.error("interrupted")
-        return 130
+        return getattr(e, "exit_code", 130)
 
 
 if __name__ == "__main__":

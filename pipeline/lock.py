@@ -1,204 +1,40 @@
 """One pipeline run at a time per artifacts folder.
 
-ARTIFACTS/.lock holds the holder's JSON (pid, process start time, host, run id, start, a token).
-
-* Create: the JSON goes to a unique temp file in the same folder, then `os.link(tmp, .lock)`; the link
-  is atomic and fails if `.lock` exists, so a lock is never seen half-written and only one creator wins.
-* Held: a lock whose process is alive (same host, same pid and process start time), any lock from
-  another host, and an empty or unparsable lock younger than UNREADABLE_GRACE_S.
-* Stale: same host and the pid is gone or now belongs to another process (start time differs), or an
-  unreadable lock older than the grace period. It is taken over with a warning: under an exclusive
-  flock on ARTIFACTS/.lock.takeover the taker re-reads `.lock`, removes it only if it is still the very
-  file (inode and bytes) judged stale, and then competes with a plain link again. Creation never
-  replaces a file and holders only remove their own lock, so nothing can swap `.lock` between that
-  check and the removal: two processes that both saw the stale lock cannot both win. A flock dies with
-  its process, so the guard itself never goes stale.
-* Release removes the lock only if it still carries our token.
+ARTIFACTS/.lock holds the holder's JSON (pid, process start time, host, run id, start, a token). The
+lock itself (atomic creation, staleness, safe takeover, release) is components/core/lock.py's
+FileLock, which the pusher also uses for the serving folder.
 
 Needs a local (POSIX) file system with hard links: remote roots (gs://...) are refused.
 """
 from __future__ import annotations
 
-import json
-import logging
-import os
-import secrets
-import socket
-import time
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
-from components.core.errors import UserError
+from components.core.lock import UNREADABLE_GRACE_S, FileLock, LockedError, LockUnsupportedError, process_start
 
-logger = logging.getLogger(__name__)
+__all__ = ["GUARD_NAME", "LOCK_NAME", "UNREADABLE_GRACE_S", "LockUnsupportedError", "LockedError", "RunLock",
+           "process_start"]
+
 LOCK_NAME = ".lock"
 GUARD_NAME = ".lock.takeover"
-UNREADABLE_GRACE_S = 300.0  # an empty/garbage lock counts as held until it is this old
-_ATTEMPTS = 5
 
 
-class LockedError(UserError):
-    exit_code = 4
-
-
-class LockUnsupportedError(LockedError):
-    """The artifacts root cannot carry the run lock (a remote root, no hard links): a usage error."""
-
-    exit_code = 2
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, ValueError, OSError):
-        return False
-    return True
-
-
-def process_start(pid: int) -> Optional[int]:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); None if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode("ascii", "replace")
-        return int(stat[stat.rindex(")") + 2:].split()[19])  # fields after "comm)" start at field 3
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-class _Seen(NamedTuple):
-    raw: bytes
-    inode: int
-    mtime: float
-
-
-def _read(path: str) -> Optional[_Seen]:
-    """The lock's bytes, inode and mtime, all from one open file; None if there is no lock."""
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            return _Seen(f.read(), st.st_ino, st.st_mtime)
-    except FileNotFoundError:
-        return None
-
-
-def _parse(raw: bytes) -> Optional[dict[str, Any]]:
-    try:
-        holder = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int) or isinstance(holder["pid"], bool):
-        return None
-    return holder
-
-
-class RunLock:
+class RunLock(FileLock):
     """The run lock of one artifacts folder; `acquire()` raises LockedError naming the holder."""
 
-    def __init__(self, artifacts: str, run_id: str, unreadable_grace_s: Optional[float] = None):
-        self.artifacts = artifacts
-        self.path = os.path.join(artifacts, LOCK_NAME)
-        self.unreadable_grace_s = unreadable_grace_s
-        self.info = {"pid": os.getpid(), "pid_start": process_start(os.getpid()),
-                     "host": socket.gethostname(), "run_id": run_id,
-                     "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "token": secrets.token_hex(16)}
+    holder_kind = "run"
+    subject = "artifacts root"
 
-    @property
-    def _grace(self) -> float:
-        return UNREADABLE_GRACE_S if self.unreadable_grace_s is None else self.unreadable_grace_s
+    def __init__(self, artifacts: str, run_id: str, unreadable_grace_s: Optional[float] = None):
+        super().__init__(artifacts, LOCK_NAME, {"run_id": run_id}, unreadable_grace_s)
+        self.artifacts = artifacts
+
+    def describe(self, holder: dict[str, Any]) -> str:
+        return f"run {holder.get('run_id')}"
 
     def acquire(self) -> "RunLock":
-        if "://" in self.artifacts:
-            raise LockUnsupportedError(
-                f"cannot lock the remote artifacts root {self.artifacts}: remote roots are not supported "
-                "by the `seq2seq run` lock; use a local (or POSIX-mounted) artifacts folder")
-        folder = os.path.dirname(self.path) or "."
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f"{LOCK_NAME}.{self.info['token']}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.info, f)
-        try:
-            for _ in range(_ATTEMPTS):
-                try:
-                    os.link(tmp, self.path)
-                    return self
-                except FileExistsError:
-                    pass
-                except OSError as e:
-                    raise LockUnsupportedError(
-                        f"cannot create the lock {self.path} ({e.strerror}): the artifacts folder must be on "
-                        "a local or POSIX file system with hard links") from e
-                seen = _read(self.path)
-                if seen is None:
-                    continue  # released meanwhile: link again
-                reason = self._stale_reason(seen)
-                self._take_over(seen, reason)
-            raise LockedError(f"could not take the lock {self.path}: other runs kept taking and releasing it; "
-                              "try again")
-        finally:
-            try:
-                os.remove(tmp)
-            except FileNotFoundError:
-                pass
-
-    def _stale_reason(self, seen: _Seen) -> str:
-        """Why the lock seen is stale; raises LockedError if it is held."""
-        holder = _parse(seen.raw)
-        if holder is None:
-            age = time.time() - seen.mtime
-            if age < self._grace:
-                raise LockedError(
-                    f"another run holds {self.path}: the lock file is empty or unreadable (written {age:.0f}s "
-                    f"ago), which counts as held for {self._grace:.0f}s; wait, or delete the lock file if no "
-                    "run uses this folder")
-            return f"the lock file is empty or unreadable and {age:.0f}s old"
-        pid, host = holder["pid"], holder.get("host")
-        who = (f"pid {pid} on {host}, started {holder.get('started_at')} (run {holder.get('run_id')})")
-        if host != socket.gethostname():
-            raise LockedError(f"another run holds {self.path}: {who}, on another host, so it cannot be checked "
-                              "from here; wait for it to finish, or delete the lock file if that process is gone")
-        if not _alive(pid):
-            return f"{who}, is not running"
-        recorded, current = holder.get("pid_start"), process_start(pid)
-        if isinstance(recorded, int) and current is not None and current != recorded:
-            return f"{who}, is gone; pid {pid} now belongs to another process"
-        raise LockedError(
-            f"another run holds {self.path}: {who}; "
-            "wait for it to finish, or delete the lock file if that process is gone")
-
-    def _take_over(self, seen: _Seen, reason: str) -> bool:
-        """Remove the stale lock if it is still the one seen; False if it changed (judge it again)."""
-        import fcntl
-
-        fd = os.open(os.path.join(os.path.dirname(self.path) or ".", GUARD_NAME), os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as e:
-                raise LockedError(f"the lock {self.path} looks stale ({reason}) but cannot be taken over safely "
-                                  f"here ({e.strerror}); delete it if no run uses this folder") from e
-            now = _read(self.path)
-            if now is None or now.inode != seen.inode or now.raw != seen.raw:
-                return False  # someone else took it over (or it was released) since we looked
-            logger.warning("taking over the stale lock %s (%s)", self.path, reason)
-            os.remove(self.path)
-            return True
-        finally:
-            os.close(fd)  # releases the flock
-
-    def release(self) -> None:
-        seen = _read(self.path)
-        holder = _parse(seen.raw) if seen else None
-        if holder and holder.get("token") == self.info["token"]:
-            os.remove(self.path)
-        else:
-            logger.warning("not removing the lock %s: it is no longer ours", self.path)
+        super().acquire()
+        return self
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()

@@ -5,7 +5,9 @@
     ARTIFACTS/serving/<version>/           blessed models, TF Serving layout
 
 Exit codes: 0 pushed (or already serving), 3 not blessed, 1 failed, 2 bad config/usage,
-4 another run holds the lock. With --json the last stdout line is a JSON summary.
+4 another run holds the lock, 130/143 interrupted by SIGINT/SIGTERM (run.json says `interrupted`;
+the same command continues: finished steps are reused, training resumes from its checkpoint).
+With --json the last stdout line is a JSON summary.
 """
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ import errno
 import logging
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from components.core import io
 from components.core.artifacts import Artifact, Corpus, ExportedModel, PreprocessArtifact, PushedModel, ServingRoot
@@ -37,6 +42,56 @@ SUCCEEDED, CACHED, FAILED, RUNNING, SKIPPED = "succeeded", "cached", "failed", "
 INTERRUPTED = "interrupted"
 MANIFEST_METRICS = ("bleu", "chrf", "exact_match", "placeholder_fidelity", "copy_rate", "eval_loss", "split",
                     "blessed")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT outside the trainer's own handler (which saves a checkpoint first).
+
+    The signal number travels in args[1]: Beam re-raises an exception from a DoFn as
+    type(e)(args[0] + " [while running ...]", *args[1:])."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message, int(signum))
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.args[1])
+
+
+def stop_signal(error: BaseException) -> Optional[str]:
+    """The signal's name when ERROR is a stop by signal, else None: RunInterrupted, a bare
+    KeyboardInterrupt (SIGINT: the default handler, or the trainer's second Ctrl-C), or an error
+    with the shell's exit code 128 + signal (the trainer's TrainingInterrupted, checkpoint saved)."""
+    if isinstance(error, KeyboardInterrupt):
+        code = getattr(error, "exit_code", 128 + signal.SIGINT)
+    elif isinstance(error, UserError) and error.exit_code > 128:
+        code = error.exit_code
+    else:
+        return None
+    try:
+        return signal.Signals(code - 128).name
+    except ValueError:
+        return None
+
+
+@contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise RunInterrupted wherever the run is (preprocess, export, evaluate,
+    push), so that it ends as `interrupted` with its summary and its lock released. The trainer
+    installs its own handlers while it trains and puts these back when it is done."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise RunInterrupted(signal.Signals(signum).name, signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def new_run_id() -> str:
@@ -139,7 +194,7 @@ def find_interrupted(artifacts: str, current: str, name: str, fingerprint: str) 
     """The output folder of an earlier, unfinished attempt at the same work (to resume it)."""
     for manifest in _earlier_runs(artifacts, current):
         entry = manifest.get("components", {}).get(name, {})
-        if entry.get("fingerprint") == fingerprint and entry.get("status") in (RUNNING, FAILED) \
+        if entry.get("fingerprint") == fingerprint and entry.get("status") in (RUNNING, FAILED, INTERRUPTED) \
                 and io.isdir(entry.get("output", "")):
             return entry["output"]
     return None
@@ -239,9 +294,10 @@ def _run_component(state: RunState, spec: ComponentSpec, progress: "Progress") -
     try:
         entry["metrics"] = spec.executor(inputs, output, state.config, state.context)
     except BaseException as e:
-        entry.update(status=FAILED, error=str(e) or type(e).__name__, ended_at=_now(),
+        status = INTERRUPTED if stop_signal(e) else FAILED
+        entry.update(status=status, error=str(e) or type(e).__name__, ended_at=_now(),
                      seconds=round(time.time() - started, 3))
-        progress.done(spec.name, "failed")
+        progress.done(spec.name, status)
         raise
     entry.update(status=SUCCEEDED, ended_at=_now(), seconds=round(time.time() - started, 3))
     progress.done(spec.name, f"{entry['seconds']:.1f}s")
@@ -357,7 +413,8 @@ def _summary(state: RunState) -> str:
         console.print("metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
         if state.reason:
             console.print(f"reason: {state.reason}")
-        console.print(f"manifest: {state.run_dir}/run.json")
+        if state.manifest_written:  # not after a lock refusal, nor when the folder cannot be written
+            console.print(f"manifest: {state.run_dir}/run.json")
         console.print(f"serving model: {state.serving_model or 'none pushed'}")
         for sample in state.samples:
             console.print(f"  {sample['source']}  ->  {sample['translation']}")
@@ -398,11 +455,12 @@ def run_pipeline(args: argparse.Namespace, config: PipelineConfig) -> int:
         state.status, state.reason = FAILED, f"cannot use the artifacts folder {artifacts}: {e}"
     else:
         try:
-            code = _run_locked(state, args.data)
+            with interrupt_on_signals():
+                code = _run_locked(state, args.data)
         finally:
             lock.release()
     _print_summary(state, args.json)
-    # A lock refusal keeps its own exit code; any other failure is 1, even after a push.
+    # A lock refusal and a stop by signal keep their own exit codes; any other failure is 1, even after a push.
     return EXIT_FAILED if state.status == FAILED and code in (EXIT_PUSHED, EXIT_NOT_BLESSED) else code
 
 
@@ -428,9 +486,14 @@ def _run_locked(state: RunState, data: str) -> int:
         with Progress([spec.name for spec in PIPELINE]) as progress:
             code = execute(state, progress)
         _sample_translations(state)
+    except KeyboardInterrupt as e:
+        code = _interrupted(state, e)
     except UserError as e:
-        state.status, state.reason = FAILED, str(e)
-        logger.error("%s", e)
+        if stop_signal(e):  # the trainer stopped on a signal, after saving a checkpoint
+            code = _interrupted(state, e)
+        else:
+            state.status, state.reason = FAILED, str(e)
+            logger.error("%s", e)
     except Exception as e:  # a bug or a failing machine, not bad input: keep the traceback in the log
         state.status, state.reason = FAILED, _describe(e)
         logger.exception("run %s failed", state.run_id)
@@ -439,6 +502,22 @@ def _run_locked(state: RunState, data: str) -> int:
             state.status, state.reason = FAILED, "interrupted"
         _save_final(state)
     return code
+
+
+def _interrupted(state: RunState, error: BaseException) -> int:
+    """Record a stop by signal: status `interrupted`, a reason naming the signal, exit 128 + signal."""
+    name = stop_signal(error) or signal.SIGINT.name
+    if isinstance(error, UserError):
+        reason = str(error)  # the trainer's own: the step, the checkpoint and how to resume
+    else:
+        where = next((n for n, c in state.components.items() if c.get("status") == INTERRUPTED), None)
+        reason = f"interrupted by {name}{f' during {where}' if where else ''}; run the same command again " \
+                 f"to continue (finished steps are reused)"
+    if state.serving_model:
+        reason += f"; {state.serving_model} was already pushed"
+    state.status, state.reason = INTERRUPTED, reason
+    logger.error("%s", reason)
+    return 128 + int(signal.Signals[name])
 
 
 def _describe(error: Exception) -> str:

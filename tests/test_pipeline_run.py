@@ -248,18 +248,4 @@ def test_a_run_killed_during_training_is_resumed_by_the_next_run(capsys, tmp_pat
     assert train.get("resumed") is True and train["output"] == str(killed_dir)
     assert code == 0 and result["metrics"]["exact_match"] == 100.0
 
-
-def test_a_second_run_fails_at_once_while_the_lock_is_held(capsys, tmp_path):
-    from pipeline.lock import RunLock
-
-    with RunLock(str(tmp_path), "holder") as held:
-        code, result, _ = run(capsys, SEED, tmp_path)
-    assert code == 4 and result["status"] == "failed"
-    assert f"pid {held.info['pid']}" in result["reason"] and held.info["started_at"] in result["reason"]
-    assert not (tmp_path / "runs").exists()
-
-
-def test_a_missing_corpus_is_a_clear_failure(capsys, tmp_path):
-    code, result, _ = run(capsys, tmp_path / "nope.tsv", tmp_path / "artifacts")
-    assert code == 1 and result["status"] == "failed"
-    assert "nope.tsv" in result["reason"] and "no such file" in result["reason"]
+# A held lock and a missing corpus: tests/test_run_refusals.py (real subprocesses, exit codes 4 and 2).

@@ -296,3 +296,53 @@ def test_raw_base64_keeps_the_whole_record_when_raw_is_cut():
     assert row["reason"] == "invalid_utf8" and len(row["raw"]) == 500
     assert base64.b64decode(row["raw_base64"]) == line
     assert zlib.crc32(base64.b64decode(row["raw_base64"])) == zlib.crc32(line)
+
+
+# --------------------------------------------------------------------------------------------
+# 7. An eval split that leaves the train split nothing: one line naming preprocess.eval_fraction, exit 2
+# --------------------------------------------------------------------------------------------
+
+def _all_eval_corpus(tmp_path):
+    """30 pairs that preprocess.eval_fraction=0.99 all puts in the eval split (the split is by digest)."""
+    return write_lines(tmp_path / "c.tsv", [f"source words {i} here\ttarget words {i}" for i in range(1, 31)])
+
+
+def test_an_eval_fraction_leaving_no_train_words_is_one_config_error_from_the_worker(tmp_path):
+    """The piece learner (a Beam step) gets no train words: a ConfigError naming the key and the
+    counts, with no step annotation."""
+    data = _all_eval_corpus(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        run(data, tmp_path / "out", config("preprocess.tokenizer=subword", "preprocess.eval_fraction=0.99"))
+    message = str(err.value)
+    assert message.startswith("preprocess.eval_fraction=0.99 leaves no train words"), message
+    assert "(train words: source 0, target 0)" in message and "while running" not in message
+    assert err.value.exit_code == 2
+    _no_output(tmp_path)
+    # A whitespace tokenizer learns nothing: the count check after the job says the same.
+    with pytest.raises(ConfigError, match=r"preprocess.eval_fraction=0.99 leaves no training examples \(30 eval"):
+        run(data, tmp_path / "out", config("preprocess.eval_fraction=0.99"))
+    _no_output(tmp_path)
+
+
+def test_a_worker_user_error_reported_as_text_keeps_its_class():
+    """Multi-process and remote runners report a worker's exception as text inside their own."""
+    from components.preprocess.job import worker_user_error
+
+    text = ("Pipeline failed: Traceback ...\ncomponents.core.config.ConfigError: preprocess.eval_fraction=0.99 "
+            "leaves no train words [while running 'LearnPieces']\n")
+    error = worker_user_error(RuntimeError(text))
+    assert type(error) is ConfigError and str(error) == "preprocess.eval_fraction=0.99 leaves no train words"
+    error = worker_user_error(RuntimeError("components.core.errors.InputError: a.gz: ends early\\nmore"))
+    assert type(error) is InputError and str(error) == "a.gz: ends early"
+    assert worker_user_error(RuntimeError("ValueError: max() arg is an empty sequence")) is None
+
+
+def test_seq2seq_preprocess_with_eval_fraction_099_exits_2_with_one_line(tmp_path):
+    data = _all_eval_corpus(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "preprocess", "--data", str(data),
+                           "--out", str(tmp_path / "out"), "--set", "preprocess.eval_fraction=0.99"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line or "Traceback" in line]
+    assert len(errors) == 1 and "preprocess.eval_fraction=0.99" in errors[0], proc.stderr[-3000:]
+    assert "max() arg is an empty sequence" not in proc.stderr and "Traceback" not in proc.stderr

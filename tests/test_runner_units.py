@@ -190,8 +190,10 @@ def test_abandoned_runs_are_marked_interrupted_and_old_temporaries_removed(capsy
     two_days_ago = time.time() - 2 * 24 * 3600
     for path in stale:
         os.utime(path, (two_days_ago, two_days_ago))
-    code, result = _run_json(capsys, artifacts, tmp_path / "missing.tsv")
-    assert code == 1 and "no such file" in result["reason"]
+    unreadable = tmp_path / "corpus.xyz"  # found (so the run starts and tidies), then refused by preprocess
+    unreadable.write_text("hello\tworld\n")
+    code, result = _run_json(capsys, artifacts, unreadable)
+    assert code == 1 and "cannot tell the format" in result["reason"]
     manifest = json.loads((old_run / "run.json").read_text())
     assert manifest["status"] == "interrupted" and "without finishing" in manifest["reason"]
     assert [p for p in stale if p.exists()] == []
@@ -224,3 +226,21 @@ def test_a_tiny_time_budget_stops_training_and_the_run_still_pushes(capsys, capl
     steps = metrics["steps"]
     assert main(["train", "--examples", str(train_dir.parent / "preprocess"), "--out", str(train_dir), *args]) == 0
     assert json.loads((train_dir / "metrics.json").read_text())["steps"] == steps  # the budget was already spent
+
+
+def test_a_stop_by_signal_is_told_from_a_failure_and_keeps_its_signal_through_beam():
+    import signal
+
+    from components.trainer import TrainingInterrupted
+    from pipeline.runner import RunInterrupted, stop_signal
+
+    term = RunInterrupted("SIGTERM", signal.SIGTERM)
+    assert stop_signal(term) == "SIGTERM" and term.exit_code == 143
+    # Beam re-raises an exception from a DoFn as type(e)(args[0] + annotation, *args[1:]).
+    reraised = type(term)(term.args[0] + " [while running 'ReadCorpus']", *term.args[1:])
+    assert stop_signal(reraised) == "SIGTERM" and reraised.exit_code == 143
+    assert stop_signal(KeyboardInterrupt()) == "SIGINT"  # a second Ctrl-C in training
+    stopped = TrainingInterrupted("training stopped by SIGTERM at step 3")
+    stopped.exit_code = 128 + signal.SIGTERM
+    assert stop_signal(stopped) == "SIGTERM"
+    assert stop_signal(ValueError("bad")) is None and stop_signal(LockedError("held")) is None

@@ -204,6 +204,8 @@ class ExportedModel(Artifact):
     CARD: ClassVar[str] = "model_card.json"
     README: ClassVar[str] = "README.md"
     PUSH_RECORD: ClassVar[str] = "assets.extra/push.json"
+    GRAPH: ClassVar[str] = "saved_model.pb"
+    CONTENT_FOLDERS: ClassVar[tuple[str, ...]] = ("variables", "assets")
 
     @property
     def assets_dir(self) -> str:
@@ -245,6 +247,29 @@ class ExportedModel(Artifact):
         """The cache key of the export that produced this model: its own, or its push record's."""
         return self.fingerprint or self.push_record().get("export_fingerprint")
 
+    def is_complete(self) -> bool:
+        """Whether the folder holds a whole SavedModel (saved_model.pb and variables/), as a server needs."""
+        return io.exists(self.path(self.GRAPH)) and io.isdir(self.path("variables"))
+
+    def content_files(self) -> list[str]:
+        """The paths, relative to the model, of what a server loads: saved_model.pb, variables/*
+        and assets/* (not assets.extra/, where the pusher writes its record), sorted."""
+        if not io.exists(self.path(self.GRAPH)):
+            raise ArtifactError(f"{self.uri} is not a SavedModel: {self.GRAPH} is missing")
+        found = [self.GRAPH]
+        for folder in self.CONTENT_FOLDERS:
+            if not io.isdir(self.path(folder)):
+                continue
+            for directory, _, files in io.gfile().walk(self.path(folder)):
+                relative = directory.rstrip("/")[len(self.uri) + 1:]
+                found += [f"{relative}/{name.rstrip('/')}" for name in files]
+        return sorted(found)
+
+    def content_fingerprint(self) -> str:
+        """sha256 over the names and bytes of `content_files()` (each file streamed), so two copies
+        of one model agree, and any change to what would be served (or a renamed file) shows."""
+        return io.digest([(name, io.file_digest(self.path(name))) for name in self.content_files()])
+
 
 @dataclass(frozen=True)
 class Evaluation(Artifact):
@@ -254,6 +279,7 @@ class Evaluation(Artifact):
     EVALUATION: ClassVar[str] = "evaluation.json"
     BLESSING: ClassVar[str] = "blessing.json"
     REPORT: ClassVar[str] = "report.md"
+    CONTENT_FINGERPRINT: ClassVar[str] = "content_fingerprint"  # the blessing's key
 
     @property
     def evaluation_path(self) -> str:
@@ -268,6 +294,12 @@ class Evaluation(Artifact):
 
     def blessing(self) -> dict[str, Any]:
         return io.read_json_object(self.blessing_path)
+
+    @staticmethod
+    def evaluated_fingerprint(blessing: dict[str, Any]) -> Optional[str]:
+        """The content fingerprint (`ExportedModel.content_fingerprint`) of the model the blessing
+        judged; None in a blessing written before fingerprints were recorded."""
+        return blessing.get(Evaluation.CONTENT_FINGERPRINT)
 
     def write(self, evaluation: dict[str, Any], blessing: dict[str, Any]) -> None:
         io.write_json_atomic(self.evaluation_path, evaluation)
@@ -298,19 +330,90 @@ class PushedModel(Artifact):
         return io.read_json_object(path).get("serving_model") if io.exists(path) else None
 
 
+class ServingRootError(ArtifactError):
+    """The serving folder named is a file: a usage error."""
+
+    exit_code = 2
+
+
+# (serving folder, ignored names) already warned about: a run lists the folder several times.
+_WARNED: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def is_version_name(name: str) -> bool:
+    """A canonical non-negative integer: ASCII digits, no leading zero (`007` and `²` are not)."""
+    return name.isascii() and name.isdigit() and str(int(name)) == name
+
+
 @dataclass(frozen=True)
 class ServingRoot(Artifact):
     """SERVING_DIR/<version>/: complete SavedModels under increasing integer names (TF Serving's
-    model_base_path). Temporary names are never numeric, so TF Serving ignores them."""
+    model_base_path). Temporary names are never numeric, so TF Serving ignores them.
+
+    A version is a folder with a canonical integer name (`is_version_name`) holding a complete
+    SavedModel (`ExportedModel.is_complete`). Everything else but the pusher's own `.partial-*`
+    copies and `.push.lock*` files is named in one warning and ignored. This is the one place
+    that parses the folder."""
 
     TYPE: ClassVar[str] = "ServingRoot"
+    PARTIAL_PREFIX: ClassVar[str] = ".partial-"
+    LOCK_NAME: ClassVar[str] = ".push.lock"  # not numeric: TF Serving ignores it
 
-    def versions(self) -> list[int]:
-        """Published version numbers, oldest first."""
+    def check(self) -> None:
+        """Raise ServingRootError when a file stands where the folder should be."""
+        if io.exists(self.uri) and not io.isdir(self.uri):
+            raise ServingRootError(f"the serving folder {self.uri} is a file, not a folder; "
+                                   "name a folder (it is created if missing)")
+
+    def _entries(self) -> list[str]:
+        self.check()
         if not io.isdir(self.uri):
             return []
-        names = (name.rstrip("/") for name in io.gfile().listdir(self.uri))
-        return sorted(int(name) for name in names if name.isdigit())
+        return sorted(name.rstrip("/") for name in io.gfile().listdir(self.uri))
+
+    def _is_own(self, name: str) -> bool:
+        return name.startswith((self.PARTIAL_PREFIX, self.LOCK_NAME))
+
+    def _junk_reason(self, name: str) -> Optional[str]:
+        """Why NAME is not a version, or None when it is one."""
+        if not is_version_name(name):
+            return "not a canonical version number"
+        if not io.isdir(self.path(name)):
+            return "a file"
+        if not ExportedModel(self.path(name)).is_complete():
+            return "not a complete SavedModel (saved_model.pb and variables/)"
+        return None
+
+    def scan(self) -> tuple[list[int], dict[str, str]]:
+        """(version numbers oldest first, {ignored name: why}); the pusher's own files are left out."""
+        found, junk = [], {}
+        for name in self._entries():
+            if self._is_own(name):
+                continue
+            reason = self._junk_reason(name)
+            if reason is None:
+                found.append(int(name))
+            else:
+                junk[name] = reason
+        return sorted(found), junk
+
+    def versions(self) -> list[int]:
+        """Published version numbers, oldest first; anything else is warned about once and ignored."""
+        found, junk = self.scan()
+        key = (self.uri, tuple(sorted(junk)))
+        if junk and key not in _WARNED:
+            _WARNED.add(key)
+            listed = "; ".join(f"{name!r} ({reason})" for name, reason in sorted(junk.items()))
+            logger.warning("ignoring %d entr%s of the serving folder %s that %s not versions: %s", len(junk),
+                           "y" if len(junk) == 1 else "ies", self.uri, "is" if len(junk) == 1 else "are", listed)
+        return found
+
+    def next_version(self) -> int:
+        """One above every version and every other all-digit name: TF Serving takes any child whose
+        name parses as an integer (files and `007` included) and serves the highest, so the new
+        version is the one served, and it never collides with junk."""
+        numbers = [int(name) for name in self._entries() if name.isascii() and name.isdigit()]
+        return max([0, *self.versions(), *numbers]) + 1
 
     def version(self, number: int) -> ExportedModel:
         return ExportedModel(self.path(str(number)))

@@ -14,6 +14,8 @@ import collections
 import re
 from typing import Sequence
 
+import re2  # google-re2: the RE2 library TensorFlow's regex ops use, without TensorFlow
+
 # Order matters where two kinds can start at the same character: the first listed alternative wins
 # (`%(name)s` is Python format, not printf `%(`).
 SPAN_KINDS: dict[str, str] = {
@@ -88,7 +90,8 @@ def slot_of(token: str) -> int:
 
 
 def validate_patterns(items: Sequence[str]) -> None:
-    """Raise ValueError naming the first item that is neither a span kind nor a usable regex."""
+    """Raise ValueError naming the first item that is neither a span kind nor a usable regex: one that
+    Python's `re` (the evaluator) and RE2 (the graph's masking) both compile, without capturing groups."""
     for item in items:
         if item in SPAN_KINDS:
             continue
@@ -98,10 +101,32 @@ def validate_patterns(items: Sequence[str]) -> None:
             compiled = re.compile(item)
         except re.error as e:
             raise ValueError(f"{item!r} is not a regular expression: {e}") from None
+        _check_re2(item)
         if compiled.groups:
             raise ValueError(f"{item!r}: use non-capturing groups (?:...) in a span pattern")
         if compiled.match(""):
             raise ValueError(f"{item!r} matches the empty string")
+
+
+# What Python's `re` reads and RE2 does not, named with RE2's own reason, so the user knows what to rewrite.
+_RE2_HINT = "RE2 has no lookaround, atomic groups, possessive quantifiers, backreferences, or counts over 1000"
+
+
+def _re2_options() -> "re2.Options":
+    options = re2.Options()
+    options.log_errors = False  # the ValueError below says it once; RE2 would also print to stderr
+    return options
+
+
+def _check_re2(item: str) -> None:
+    """Raise ValueError naming the construct when RE2 (the graph's regex engine, with its default
+    limits, as TensorFlow compiles it) cannot compile `item`."""
+    try:
+        re2.compile(item, options=_re2_options())
+    except re2.error as e:
+        reason = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise ValueError(f"{item!r} is not RE2 syntax, which TensorFlow masks the spans with: {reason} "
+                         f"({_RE2_HINT})") from None
 
 
 def combined_pattern(items: Sequence[str]) -> str:

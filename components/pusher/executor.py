@@ -21,7 +21,9 @@ def run(inputs: Mapping[str, Artifact], output: Artifact, config: PipelineConfig
     summary = evaluation.summary()
     record = {"run_id": context.run_id, "export_fingerprint": model.fingerprint,
               "metrics": {key: summary.get(key) for key in RECORDED_METRICS}, "lineage": dict(context.lineage)}
+    # run_push checks the model on disk against the blessing's content fingerprint, under the
+    # serving folder's push lock (the one `seq2seq push` takes).
     serving_model = run_push(model.uri, context.serving_root.uri, evaluation.blessing(), config.pusher.keep,
-                             record=record)
+                             record=record, run_id=context.run_id)
     output.write(serving_model)
     return {"serving_model": serving_model}

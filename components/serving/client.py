@@ -98,10 +98,15 @@ class Translation:
     # `translation`, and `score` its raw log-probability); empty for greedy decoding.
     translations: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    # The source's protected spans that no sentinel protects (past SPAN_SLOTS, or missing from the
+    # vocabularies): ordinary text the model may drop. None for a model exported before this output.
+    unprotected_spans: Optional[int] = None
 
     def to_json(self) -> dict[str, Any]:
         result = {"source": self.source, "translation": self.translation, "tokens": self.tokens,
                   "score": self.score, "length": len(self.tokens)}
+        if self.unprotected_spans is not None:
+            result["unprotected_spans"] = self.unprotected_spans
         if len(self.translations) > 1:
             result["n_best"] = [{"translation": t, "score": s} for t, s in zip(self.translations, self.scores)]
         return result
@@ -194,6 +199,7 @@ class Translator:
                 attention=out["attention"][i][:n, : len(sources[i])] if with_attention else None,
                 translations=[t.decode("utf-8") for t in out["translations"][i]] if "translations" in out else [],
                 scores=[float(s) for s in out["scores"][i]] if "scores" in out else [],
+                unprotected_spans=int(out["unprotected_spans"][i]) if "unprotected_spans" in out else None,
             ))
         return results
 

@@ -142,6 +142,20 @@ def _write_in_order(batch: list[Line], results: list, as_json: bool, out: TextIO
     out.flush()
 
 
+def _warn_unprotected(batch: list[Line], results: list, seen: int) -> None:
+    """One warning per input whose protected spans the model cannot all protect (the SavedModel's
+    unprotected_spans output): those spans are ordinary text to it, and may be lost."""
+    answers = iter(results)
+    for number, line in enumerate(batch, start=seen + 1):
+        if isinstance(line, BadLine):
+            continue
+        result = next(answers)
+        if result.unprotected_spans:
+            logger.warning("input %d: %d protected span(s) get no sentinel (more spans than the model's sentinels, "
+                           "or sentinels its vocabularies lack): they are ordinary text and may be lost",
+                           number, result.unprotected_spans)
+
+
 def translate_main(args: argparse.Namespace, stdin: Optional[TextIO] = None,
                    stdout: Optional[TextIO] = None) -> int:
     """Translate args.text, or stdin lines when there are none; one line (or JSON object) per input
@@ -161,7 +175,7 @@ def translate_main(args: argparse.Namespace, stdin: Optional[TextIO] = None,
     translator = load_translator(args.model)
     batches = _chunks(list(args.text), args.batch_size) if args.text else stream_batches(stdin, args.batch_size)
     plot_path = getattr(args, "attention_plot", None)
-    count = 0
+    count = seen = 0
     bad: list[BadLine] = []
     for batch in batches:
         good = [line for line in batch if isinstance(line, str)]
@@ -174,7 +188,9 @@ def translate_main(args: argparse.Namespace, stdin: Optional[TextIO] = None,
         if want_plot:
             _plot_first(results[0], plot_path)
         _write_in_order(batch, results, args.json, stdout)
+        _warn_unprotected(batch, results, seen)
         count += len(good)
+        seen += len(batch)
     logger.debug("translated %d sentences", count)
     if bad:
         numbers = ", ".join(str(line.number) for line in bad[:20]) + (" ..." if len(bad) > 20 else "")

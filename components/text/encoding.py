@@ -105,6 +105,14 @@ class SequenceEncoder(tf.Module):
             return texts, None
         return self.masker.mask(normalize(tf.convert_to_tensor(texts, tf.string), lowercase=False))
 
+    def span_counts(self, texts: tf.Tensor) -> tf.Tensor:
+        """[B] source texts -> int64 [B]: the protected spans of each, those past SPAN_SLOTS included
+        (found as `protect` finds them); zeros without a masker."""
+        texts = tf.convert_to_tensor(texts, tf.string)
+        if self.masker is None:
+            return tf.zeros(tf.shape(texts), tf.int64)
+        return self.masker.count(normalize(texts, lowercase=False))
+
     def protect_target(self, texts: tf.Tensor, sources: Optional[tf.Tensor]) -> tf.Tensor:
         """[B] target texts with the spans of their sources masked (unchanged without a masker)."""
         if self.masker is None:

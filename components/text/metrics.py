@@ -41,7 +41,8 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> Scores:
 
 
 def placeholder_fidelity(sources: Sequence[str], hypotheses: Sequence[str], references: Sequence[str],
-                         items: Sequence[str]) -> tuple[Optional[float], int, list[int]]:
+                         items: Sequence[str], unprotected: Optional[Sequence[int]] = None
+                         ) -> tuple[Optional[float], int, list[int]]:
     """(percent, counted, offenders): how often the output keeps the source's protected spans exactly.
 
     A sentence counts when its source has at least one span (components/core/spans.py, of the kinds
@@ -50,15 +51,23 @@ def placeholder_fidelity(sources: Sequence[str], hypotheses: Sequence[str], refe
     exactly that multiset too: each span as many times as in the source, in any order (`%2$s %1$s`
     may swap), nothing missing, nothing extra. `percent` is None when no sentence counts;
     `offenders` are the indices of the counted sentences that fail, in order.
+
+    `unprotected` (the SavedModel's unprotected_spans output, one per sentence): a counted sentence
+    with spans no sentinel protected fails whatever its output holds. Its spans were ordinary text
+    to the model, and the ones whose sentinel the vocabularies lack are appended by the graph's
+    fallback after any output, so keeping them says nothing of the model (a model with no
+    sentinels at all would otherwise score 100%).
     """
     _check_lengths(sources, hypotheses, references)
+    if unprotected is not None and len(unprotected) != len(sources):
+        raise ValueError(f"{len(unprotected)} unprotected-span counts for {len(sources)} sources")
     counted, offenders = 0, []
     for index, (source, hypothesis, reference) in enumerate(zip(sources, hypotheses, references)):
         spans = span_multiset(source, items)
         if not spans or span_multiset(reference, items) != spans:
             continue
         counted += 1
-        if span_multiset(hypothesis, items) != spans:
+        if span_multiset(hypothesis, items) != spans:  # REVERT
             offenders.append(index)
     if not counted:
         return None, 0, []

@@ -62,6 +62,12 @@ class SpanMasker(tf.Module):
         spans = tf.ragged.boolean_mask(pieces, is_span)[:, :SPAN_SLOTS]
         return self._tidy(masked), spans
 
+    def count(self, texts: tf.Tensor) -> tf.Tensor:
+        """[B] texts -> int64 [B]: every span of each text, those past SPAN_SLOTS included (which
+        `mask` leaves as ordinary text: the Beam job quarantines such pairs, serving flags them)."""
+        _, is_span = self._pieces(tf.convert_to_tensor(texts, tf.string))
+        return tf.reduce_sum(tf.cast(is_span, tf.int64), axis=1)
+
     def mask_like(self, texts: tf.Tensor, source_spans: tf.RaggedTensor) -> tf.Tensor:
         """[B] targets and their sources' spans -> masked targets [B] (see the module docstring)."""
         pieces, is_span = self._pieces(tf.convert_to_tensor(texts, tf.string))
@@ -156,3 +162,21 @@ def missing_spans(token_ids: tf.Tensor, length: tf.Tensor, spans: tf.RaggedTenso
     table = span_table(spans)
     lacking = tf.ragged.boolean_mask(table, required & tf.logical_not(emitted))
     return tf.strings.reduce_join(lacking, axis=1, separator=" ")
+
+
+def usable_slots(*vocabularies: Sequence[str]) -> list[bool]:
+    """[SPAN_SLOTS] whether span slot k has its sentinel in every one of the `vocabularies`: a slot
+    a vocabulary lacks (one built without protected spans) cannot protect its span."""
+    held = [{slot_of(token) for token in tokens} for tokens in vocabularies]
+    return [all(k in slots for slots in held) for k in range(SPAN_SLOTS)]
+
+
+def unprotected_spans(counts: tf.Tensor, usable: Sequence[bool]) -> tf.Tensor:
+    """Each text's span count [B] -> int64 [B]: how many of its spans get no working sentinel, the
+    ones past SPAN_SLOTS and the ones whose slot is not `usable`. Those are ordinary text to the
+    model, which may drop or change them: serving reports the number (docs/export.md)."""
+    counts = tf.cast(counts, tf.int64)
+    past = tf.maximum(counts - SPAN_SLOTS, 0)
+    lacking = tf.sequence_mask(tf.minimum(counts, SPAN_SLOTS), SPAN_SLOTS) & tf.logical_not(
+        tf.constant(list(usable), tf.bool))[None, :]
+    return past + tf.reduce_sum(tf.cast(lacking, tf.int64), axis=1)

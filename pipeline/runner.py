@@ -491,8 +491,8 @@ def _run_locked(state: RunState, data: str) -> int:
     except UserError as e:
         if stop_signal(e):  # the trainer stopped on a signal, after saving a checkpoint
             code = _interrupted(state, e)
-        else:
-            state.status, state.reason = FAILED, str(e)
+        else:  # its own exit code: 2 for a usage error found late (a file as the serving folder), 4 locked
+            state.status, state.reason, code = FAILED, str(e), e.exit_code
             logger.error("%s", e)
     except Exception as e:  # a bug or a failing machine, not bad input: keep the traceback in the log
         state.status, state.reason = FAILED, _describe(e)

@@ -97,7 +97,7 @@ def test_layout_assets_and_model_card(seed_run):
     assert set(card["signatures"]) == {"serving_default", "translate_with_max_length", "encode", "source_tokens",
                                       "beam_search", "beam_search_with_options"}
     assert set(card["signatures"]["serving_default"]["outputs"]) == {
-        "translation", "tokens", "token_ids", "length", "score", "attention"}
+        "translation", "tokens", "token_ids", "length", "score", "attention", "unprotected_spans"}
     from components.exporter.card import sha256_files
 
     assert card["training_data"]["vocabulary_sha256"] == sha256_files(

@@ -17,40 +17,70 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from export_fixtures import synthetic_corpus, synthetic_run  # noqa: F401  (fixtures)
 
 from components.core.config import ConfigError
 from components.core.spans import ALL_SPAN_KINDS, SPAN_SLOTS, find_spans, sentinel
 from components.core.vocabulary import SPECIAL_TOKENS
 from components.evaluator import fidelity_metrics
 from pipeline.cli import main
-from tests.preprocess_helpers import config, quarantine, read_examples, run, vocab, write_lines
+from tests.preprocess_helpers import config, quarantine, read_examples, vocab, write_lines
 
 
 def _braces(count: int) -> str:
     return " ".join(f"{{{k}}}" for k in range(count))
 
 
+# The spans of both sides, in words the corpus has: {k} braces and printf markers.
+MANY = " ".join(["%s"] * (SPAN_SLOTS + 1))
+FULL = " ".join(["%d"] * SPAN_SLOTS)  # exactly as many as the sentinels: kept
+SPAN_LINES = [f"w1 {{{i}}} w2 %s\tt2 %s t1 {{{i}}}" for i in range(10)]
+SPAN_LINES += [f"toomany {MANY}\tzuviele {MANY}", f"exactly {FULL}\tgenau {FULL}"]
+PROTECTED = ("preprocess.protected_spans=[printf, braces]", "preprocess.eval_fraction=0.0",
+             "preprocess.max_source_length=24", "preprocess.max_target_length=26",
+             "model.units=16", "model.embedding_dim=8")
+
+
+@pytest.fixture(scope="module")
+def protected(tmp_path_factory) -> dict[str, str]:
+    """The real Beam job over a toy corpus with span pairs (protection on), and the SavedModel of an
+    untrained tiny model built for it (no training: what is tested is the graph, not the weights)."""
+    from components.core.artifacts import PreprocessArtifact
+    from components.exporter.export import export_model
+    from components.model import Seq2Seq
+    from tests.trainer_helpers import config as embedded_config
+    from tests.trainer_helpers import preprocess, synthetic_corpus
+
+    root = tmp_path_factory.mktemp("spans")
+    data = synthetic_corpus(root / "toy.tsv", 40)
+    data.write_text(data.read_text(encoding="utf-8") + "\n".join(SPAN_LINES) + "\n", encoding="utf-8")
+    cfg = embedded_config(*PROTECTED)
+    examples = preprocess(data, root / "prep", cfg)
+    artifact = PreprocessArtifact.load(str(examples))
+    model = Seq2Seq.from_config(cfg.model, len(artifact.vocabulary("source")), len(artifact.vocabulary("target")))
+    return {"data": str(data), "examples": str(examples), "export": export_model(model, artifact, str(root / "export"), cfg)}
+
+
+@pytest.fixture(scope="module")
+def translator(protected):
+    from components.serving.client import load_translator
+
+    return load_translator(protected["export"])
+
+
 # --------------------------------------------------------------------------------------------
 # The Beam job: more spans than sentinels is a quarantine reason with the count
 # --------------------------------------------------------------------------------------------
 
-def test_a_source_with_more_spans_than_sentinels_is_quarantined_with_its_count(tmp_path):
-    many = " ".join(["%s"] * (SPAN_SLOTS + 1))
-    full = " ".join(["%d"] * SPAN_SLOTS)  # exactly as many as the sentinels: kept
-    lines = [f"file {i} of %d\tdatei {i} von %d" for i in range(20)]
-    lines += [f"toomany {many}\tzuviele {many}", f"exactly {full}\tgenau {full}"]
-    out = tmp_path / "out"
-    stats = run(write_lines(tmp_path / "c.tsv", lines), out,
-                config("preprocess.protected_spans=[printf]", "preprocess.eval_fraction=0",
-                       "preprocess.max_rejected_fraction=0.5"))
+def test_a_source_with_more_spans_than_sentinels_is_quarantined_with_its_count(protected):
+    out = Path(protected["examples"])
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
     assert stats["rejected"]["too_many_spans"] == 1 and stats["rejected_total"] == 1
-    assert stats["records_written"]["train"] == 21
+    assert stats["records_written"]["train"] == 40 + len(SPAN_LINES) - 1
     [row] = quarantine(out)
-    assert (row["line"], row["reason"]) == (21, "too_many_spans")
+    assert (row["line"], row["reason"]) == (40 + len(SPAN_LINES) - 1, "too_many_spans")
     assert row["detail"].startswith(f"the source has {SPAN_SLOTS + 1} protected spans; the first {SPAN_SLOTS}")
-    assert row["raw"] == lines[20]
-    # Neither its words (nor the learners' counts) nor its example survive; the pair at the limit does.
+    assert row["raw"] == SPAN_LINES[-2]
+    # Neither its words nor its example survive; the pair at the limit does, every span a sentinel.
     assert "toomany" not in vocab(out, "source") and "zuviele" not in vocab(out, "target")
     assert "genau" in vocab(out, "target")
     kept = {r["source_text"].split()[0]: r for r in read_examples(out)}
@@ -66,13 +96,6 @@ def _sources() -> list[str]:
     return [f"w1 {_braces(SPAN_SLOTS + 5)} w2", "w3 {0} w4 %s", "w5 w6"]
 
 
-@pytest.fixture(scope="module")
-def translator(synthetic_run):
-    from components.serving.client import load_translator
-
-    return load_translator(synthetic_run["export"])
-
-
 def test_the_saved_model_counts_the_spans_past_its_sentinels(translator):
     from components.serving.client import BeamOptions
 
@@ -82,14 +105,15 @@ def test_the_saved_model_counts_the_spans_past_its_sentinels(translator):
     for beam in (None, BeamOptions(beam_width=2)):
         results = translator.translate(_sources(), beam=beam)
         assert [r.unprotected_spans for r in results] == [5, 0, 0]
-    # The encode ids, what the Beam job writes, are unchanged: the first SPAN_SLOTS spans are sentinels.
+    # What the Beam job encodes is unchanged: the first SPAN_SLOTS spans are sentinels, the rest text.
     tokens = translator.source_tokens(_sources()[:1])[0]
-    assert tokens[1:12] == [sentinel(k) for k in range(11)]
+    assert tokens[1:SPAN_SLOTS + 1] == [sentinel(k) for k in range(SPAN_SLOTS)]
+    assert tokens[SPAN_SLOTS + 1] == "<unk>"  # "{20}": ordinary text the vocabulary lacks
 
 
-def test_translate_warns_and_json_reports_unprotected_spans(synthetic_run, capsys, caplog):
+def test_translate_warns_and_json_reports_unprotected_spans(protected, capsys, caplog):
     caplog.set_level(logging.WARNING)
-    code = main(["translate", "--model", synthetic_run["export"], "--json", *_sources()])
+    code = main(["translate", "--model", protected["export"], "--json", *_sources()])
     assert code == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["unprotected_spans"] for r in records] == [5, 0, 0]

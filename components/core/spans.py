@@ -6,7 +6,9 @@ which mask the spans in the graph, components/text/spans.py) and Python's `re` (
 fidelity metric) read the same way, so training, serving and evaluation agree on what a span is.
 
 Each span of a source becomes a numbered sentinel token, one character of Unicode's Private Use
-Area (`sentinel(k)`), for the first `SPAN_SLOTS` spans of a text.
+Area (`sentinel(k)`), for the first `SPAN_SLOTS` spans of a text. None is lost silently past that:
+the Beam job quarantines a pair whose source has more (too_many_spans), and the SavedModel counts a
+sentence's spans no sentinel protects in its unprotected_spans output.
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ def placeholder_items(items: Sequence[str]) -> tuple[str, ...]:
     """ITEMS (preprocess.protected_spans) without the `code` kind."""
     return tuple(item for item in items if item != "code")
 
-# The spans of a text that get their own sentinel; later ones stay ordinary text.
+# The spans of a text that get their own sentinel; later ones stay ordinary text (a training pair
+# with more is quarantined as too_many_spans; serving flags them in unprotected_spans).
 SPAN_SLOTS = 20
 # Sentinel k is U+E000 + k: a Private Use Area character no corpus text uses, that lowercasing,
 # whitespace normalization and every tokenizer leave alone.

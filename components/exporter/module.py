@@ -187,7 +187,7 @@ class ServingModule(tf.Module):
         """outputs plus unprotected_spans [B]: the source's protected spans no sentinel protects (past
         SPAN_SLOTS, or a slot the vocabularies lack), which the model may drop (0 when protection is off)."""
         counts = self.source_encoder.span_counts(text)
-        return outputs  # REVERT
+        return {**outputs, "unprotected_spans": unprotected_spans(counts, self._usable_slots)}
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         return {

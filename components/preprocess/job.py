@@ -175,7 +175,7 @@ def _copy_reused_vocabularies(directory: str, p: PreprocessConfig, staging: str
             model = fs.read_bytes(f"{directory}/{name}")
             fs.write_bytes(f"{staging}/{name}", model)
             learned[side] = model
-    pass  # REVERT
+    _check_reused_sentinels(directory, p, vocabularies, learned)
     logger.info("reusing the served vocabularies from %s (source %d, target %d tokens)", directory,
                 len(vocabularies["source"]), len(vocabularies["target"]))
     return vocabularies, learned
@@ -380,7 +380,7 @@ def learn_tokenizers(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessCon
                      ) -> dict[str, Union[list[str], bytes]]:
     """What each side with a learned tokenizer needs, from its train word counts: {side: WordPiece
     pieces (wordpiece, subword) or SentencePiece model bytes (sentencepiece)}; the files are written."""
-    pass  # REVERT
+    _check_train_words(counts, p)
     learned: dict[str, Union[list[str], bytes]] = {}
     if p.wordpiece_sides:
         learned.update(learn_wordpiece_vocabularies(counts, p, staging))

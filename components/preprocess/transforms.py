@@ -517,7 +517,7 @@ class EncodeAndWriteFn(_TokenizingFn):
             reasons[target_full > limits[1]] = "target_too_long"
             reasons[source_full > limits[0]] = "source_too_long"
         # Spans past the last sentinel would be ordinary text the model may drop: never silently.
-        pass  # REVERT
+        reasons[span_count > SPAN_SLOTS] = "too_many_spans"
         # The tokenizer decides what counts as text: a side with no tokens is empty.
         reasons[(source_full == 0) | (target_full == 0)] = "empty_side"
         return reasons

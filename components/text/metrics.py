@@ -67,7 +67,7 @@ def placeholder_fidelity(sources: Sequence[str], hypotheses: Sequence[str], refe
         if not spans or span_multiset(reference, items) != spans:
             continue
         counted += 1
-        if span_multiset(hypothesis, items) != spans:  # REVERT
+        if span_multiset(hypothesis, items) != spans or (unprotected is not None and unprotected[index] > 0):
             offenders.append(index)
     if not counted:
         return None, 0, []

@@ -9,7 +9,8 @@ split), so a SavedModel with protection still loads with a plain `import tensorf
 How a text is masked: every span match is wrapped in a delimiter that no text holds (`\\x01`, which
 is removed from the text first), the text is split on it, and then the pieces alternate text, span,
 text, span, ..., text (adjacent spans give empty text pieces between them). Span i (0-based, left to
-right) becomes sentinel i for the first SPAN_SLOTS spans.
+right) becomes sentinel i for the first SPAN_SLOTS spans; `SpanMasker.count` counts them all, so the
+Beam job can quarantine a pair with more and serving can flag them (`unprotected_spans`).
 
 A target is masked against its source: a target span takes the sentinel of the source span with the
 same text and the same occurrence number (the second `%s` of the target is the second `%s` of the

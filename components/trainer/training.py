@@ -23,6 +23,12 @@ from components.core.errors import ArtifactError, UserError
 from components.core.threads import configure_cpu_threads, resolve_sub_batches
 from components.model import Seq2Seq
 from components.model import checkpoints as ck
+from components.trainer.cluster import (
+    RegistrationInterrupted,
+    keeping_signal_handlers,
+    read_tf_config,
+    wait_for_workers,
+)
 from components.trainer.data import (
     AUTOTUNE,
     COPY_FEATURES,
@@ -117,7 +123,7 @@ def writing(folder: str, what: str = "a checkpoint") -> Iterator[None]:
 # ---------------------------------------------------------------- distribution
 
 
-def make_strategy(kind: str) -> tf.distribute.Strategy:
+def make_strategy(kind: str, registration_timeout_s: float = 300.0) -> tf.distribute.Strategy:
     """`none`: the default strategy; `mirrored`: every GPU, else every (logical) CPU device;
     `multi_worker`: MultiWorkerMirroredStrategy configured by TF_CONFIG."""
     if kind == "mirrored":
@@ -128,8 +134,26 @@ def make_strategy(kind: str) -> tf.distribute.Strategy:
         # NCCL is GPU-only; on CPUs reduce through one device.
         return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
     if kind == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return multi_worker_strategy(registration_timeout_s)
     return tf.distribute.get_strategy()
+
+
+def multi_worker_strategy(registration_timeout_s: float) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy of TF_CONFIG's cluster, built once every worker has started:
+    the wait happens first, in Python, where signals and a timeout work (components/trainer/cluster.py)."""
+    cluster = read_tf_config()
+    if cluster is None:
+        logger.warning("trainer.distribution=multi_worker but TF_CONFIG is not set: training as a single worker "
+                       "(give every worker its TF_CONFIG, see docs/training.md)")
+    else:
+        try:
+            wait_for_workers(cluster, registration_timeout_s)
+        except RegistrationInterrupted as e:
+            stopped = TrainingInterrupted(str(e))
+            stopped.exit_code = e.exit_code
+            raise stopped from None
+    with keeping_signal_handlers():
+        return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def worker_count(strategy: tf.distribute.Strategy) -> int:
@@ -239,7 +263,7 @@ class Trainer:
         if not self.eval_files:
             logger.info("no eval split in %s: evaluating on the training split", self.artifact.directory)
             self.eval_files = self.train_files
-        self.strategy = make_strategy(self.t.distribution)
+        self.strategy = make_strategy(self.t.distribution, self.t.registration_timeout_s)
         self.sub_batches = resolve_sub_batches(self.t)
         self.chief = is_chief(self.strategy)
         self.multi_worker = self.t.distribution == "multi_worker"
@@ -810,6 +834,8 @@ def run_training(examples: str, out: str, config: PipelineConfig,
     `warm_start_from`, a served SavedModel, seeds a new run's weights when trainer.warm_start=auto
     and its model shape and vocabularies match (see components/trainer/warm_start.py).
     """
+    if config.trainer.distribution == "multi_worker":
+        read_tf_config()  # a malformed TF_CONFIG fails here (exit 2), before TensorFlow builds anything
     configure_cpu_threads(config.trainer)
     tf.random.set_seed(config.trainer.seed)
     return Trainer(examples, out, config, warm_start_from).run()

@@ -40,11 +40,13 @@ class LocalCluster:
     def log(self, index: int, attempt: int = 0) -> str:
         return self.log_path(index, attempt).read_text(encoding="utf-8", errors="replace")
 
-    def start(self, attempt: int = 0) -> None:
-        """Start every worker (again: same command, same ports) and return at once."""
+    def start(self, attempt: int = 0, indices: Optional[Sequence[int]] = None) -> None:
+        """Start every worker (again: same command, same ports), or only those of INDICES (the
+        others of TF_CONFIG's cluster never start), and return at once."""
         self.logs.mkdir(parents=True, exist_ok=True)
         cores = sorted(os.sched_getaffinity(0))
-        self.processes = [self._start(index, cores[index % len(cores)], attempt) for index in range(self.workers)]
+        chosen = range(self.workers) if indices is None else indices
+        self.processes = [self._start(index, cores[index % len(cores)], attempt) for index in chosen]
 
     def _start(self, index: int, core: int, attempt: int) -> subprocess.Popen:
         command = [sys.executable, *self.argv]

@@ -589,7 +589,7 @@ def test_evaluator_records_the_beam_decoder_and_falls_back_for_an_old_baseline(
     monkeypatch.setattr(Translator, "has_beam_search", property(lambda self: self.directory != old))
     decoded: dict = {}
     sources = ["w1 w2 w3", "w4 w5"]
-    translations, unloadable = translate_baseline(old, sources, beam_options(config), decoded)
+    results, unloadable = translate_baseline(old, sources, beam_options(config), decoded)
     assert unloadable is None and decoded["decoder"] == "greedy" and "decoded greedily" in decoded["note"]
-    assert translations == [t.translation for t in load_translator(old).translate(sources)]
+    assert [r.translation for r in results] == [t.translation for t in load_translator(old).translate(sources)]
     assert "has no beam_search_with_options signature" in caplog.text

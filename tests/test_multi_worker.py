@@ -3,10 +3,14 @@ runs it: TF_CONFIG per worker, one core each, a preprocess output with a single 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -153,3 +157,96 @@ def test_a_killed_worker_stops_the_other_they_resume_and_a_sigterm_stops_both(cl
     assert int(stopped[1]) > int(resume_from.rsplit("-", 1)[1])  # it trained on after resuming
 
     assert not (out / ".worker-1").exists()  # removed by each worker on its way out
+
+
+# ---------------------------------------------------------------- start-up: a missing worker, TF_CONFIG
+
+
+def error_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if " ERROR " in line]
+
+
+def test_a_chief_whose_peer_never_starts_names_it_and_gives_up_or_stops_on_a_signal(examples, tmp_path):
+    """Only worker 0 of a two-worker TF_CONFIG starts. Before: no line at all, then a hang that
+    SIGTERM could not end (TensorFlow's preemption notifier swallowed it), SIGKILL needed."""
+    def chief(name: str, *overrides: str) -> LocalCluster:
+        args = ["--examples", str(examples), "--out", str(tmp_path / name), "--config", EMBEDDED]
+        for override in (*SMALL, *overrides):
+            args += ["--set", override]
+        workers = LocalCluster(train_command(args), 2, tmp_path / f"logs-{name}", cwd=REPO)
+        workers.start(indices=[0])
+        return workers
+
+    # Three chiefs at once (each its own cluster), to pay the start-up of TensorFlow once in wall time.
+    patient, terminated, interrupted = chief("timeout", "trainer.registration_timeout_s=5"), chief("term"), \
+        chief("int")
+    try:
+        for workers, sig in ((terminated, signal.SIGTERM), (interrupted, signal.SIGINT)):
+            wait_for_line(workers, "of TF_CONFIG's cluster: waiting up to 300 s", attempt=0)
+            time.sleep(1)  # inside the wait
+            workers.processes[0].send_signal(sig)
+            sent = time.monotonic()
+            assert workers.wait(0, timeout=30) == 128 + sig
+            assert time.monotonic() - sent < 10
+            [error] = error_lines(workers.log(0))
+            assert f"stopped by {sig.name} while waiting for worker 1 ({workers.addresses[1]}) of TF_CONFIG's " \
+                   "cluster to start; nothing was trained" in error
+        assert patient.wait(0, timeout=120) == 1
+    finally:
+        for workers in (patient, terminated, interrupted):
+            workers.stop()
+    log = patient.log(0)
+    assert_quiet(log)
+    a, b = patient.addresses
+    assert f"worker 0 ({a}) of TF_CONFIG's cluster: waiting up to 5 s (trainer.registration_timeout_s) for " \
+           f"worker 1 ({b}) to start" in log
+    [error] = error_lines(log)
+    assert f"worker 1 ({b}) of TF_CONFIG's cluster did not start within 5 s (trainer.registration_timeout_s)" in error
+    assert not (tmp_path / "timeout" / "checkpoints").exists()
+
+
+BAD_TF_CONFIG = {
+    "not JSON": ('{"cluster": {"worker": ["localhost:1"]', "TF_CONFIG is not valid JSON: "),
+    "no cluster": (json.dumps({"task": {"type": "worker", "index": 0}}), 'TF_CONFIG has no "cluster"'),
+    "index out of range": (json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]},
+                                       "task": {"type": "worker", "index": 2}}),
+                           'TF_CONFIG "task" index 2 is out of range: the cluster has 2 worker address(es)'),
+    "unknown type": (json.dumps({"cluster": {"worker": ["localhost:1"]}, "task": {"type": "wroker", "index": 0}}),
+                     "TF_CONFIG \"task\" type 'wroker' cannot train"),
+}
+
+
+def test_a_malformed_tf_config_is_one_line_and_exit_2_and_none_is_a_warning(examples, tmp_path):
+    """Before: a traceback and exit 1 (JSON, index), or a single-worker run (no cluster)."""
+    def train(name: str, tf_config: Optional[str]) -> tuple[subprocess.Popen, Path]:
+        env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+        if tf_config is not None:
+            env["TF_CONFIG"] = tf_config
+        log = tmp_path / f"{name}.log"
+        command = [sys.executable, *train_command(["--examples", str(examples), "--out", str(tmp_path / name),
+                                                   "--config", EMBEDDED])]
+        with log.open("w") as out:
+            return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True), log
+
+    started = {name: train(name.replace(" ", "_"), value) for name, (value, _) in BAD_TF_CONFIG.items()}
+    alone, alone_log = train("alone", None)
+    try:
+        for name, (process, log) in started.items():
+            assert process.wait(timeout=120) == 2, (name, log.read_text()[-2000:])
+            text = log.read_text()
+            assert "Traceback" not in text, text[-3000:]
+            [error] = error_lines(text)
+            assert BAD_TF_CONFIG[name][1] in error, (name, error)
+            assert not (tmp_path / name.replace(" ", "_")).exists()  # nothing was built
+        deadline = time.monotonic() + 120
+        while "TF_CONFIG is not set" not in alone_log.read_text():
+            assert alone.poll() is None and time.monotonic() < deadline, alone_log.read_text()[-3000:]
+            time.sleep(0.1)
+        [warning] = [line for line in alone_log.read_text().splitlines() if "TF_CONFIG" in line]
+        assert " WARNING " in warning and "training as a single worker" in warning
+    finally:
+        for process in [p for p, _ in started.values()] + [alone]:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

@@ -125,7 +125,7 @@ def test_cli_unknown_key_and_bad_runner_fail_clearly(tmp_path, caplog):
 def test_cli_missing_path_is_one_clear_line(tmp_path, caplog):
     with caplog.at_level(logging.ERROR):
         code = main(["preprocess", "--data", str(tmp_path / "nope.tsv"), "--out", str(tmp_path / "out")])
-    assert code == 1 and "nope.tsv: path does not exist" in caplog.text
+    assert code == 2 and "nope.tsv: no such file, or the glob matches nothing" in caplog.text
 
 
 def test_num_shards_gives_exactly_that_many_files_per_split(tmp_path):

@@ -1,5 +1,6 @@
 """Refusals before anything runs, through real `seq2seq` subprocesses: a missing corpus is a usage
-error (exit 2, one line, no run folder), and a held lock (exit 4) names no manifest it never wrote.
+error (exit 2, one line, no run folder), so is a file where ARTIFACTS/serving should be, and a held
+lock (exit 4) names no manifest it never wrote.
 """
 import json
 import os
@@ -23,15 +24,18 @@ def _cli(*args: str) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def refused(tmp_path_factory):
-    """The three commands at once (each start-up loads TensorFlow): name -> (exit code, stdout, stderr)."""
+    """The four commands at once (each start-up loads TensorFlow): name -> (exit code, stdout, stderr)."""
     root = tmp_path_factory.mktemp("refusals")
     missing = str(root / "nonexistent.tsv")
     (root / "held").mkdir()
+    (root / "filed").mkdir()
+    (root / "filed" / "serving").write_text("not a folder")
     with RunLock(str(root / "held"), "holder") as lock:
         procs = {
             "run": _cli("run", "--data", missing, "--artifacts", str(root / "artifacts"), "--json"),
             "preprocess": _cli("preprocess", "--data", missing, "--out", str(root / "prep")),
             "locked": _cli("run", "--data", str(SEED), "--artifacts", str(root / "held"), "--json"),
+            "serving_file": _cli("run", "--data", str(SEED), "--artifacts", str(root / "filed"), "--json"),
         }
         done = {name: (p.communicate(timeout=300), p.returncode) for name, p in procs.items()}
     return root, lock.info, {name: (code, out, err) for name, ((out, err), code) in done.items()}
@@ -65,3 +69,14 @@ def test_a_lock_refusal_exits_4_and_names_no_manifest(refused):
     assert f"run {result['run_id']}: failed" in out
     assert not (root / "held" / "runs").exists()
     _one_error_line(err)
+
+
+def test_a_file_where_the_serving_folder_should_be_is_a_usage_error_before_any_work(refused):
+    root, _, results = refused
+    code, out, err = results["serving_file"]
+    assert code == 2, err
+    line = _one_error_line(err)
+    assert f"the serving folder {root}/filed/serving is a file, not a folder" in line
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["status"] == "failed" and result["cached"] == []
+    assert (root / "filed" / "serving").read_text() == "not a folder"

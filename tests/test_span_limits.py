@@ -204,3 +204,15 @@ def test_a_model_without_sentinels_is_flagged_so_its_fidelity_is_not_100(tmp_pat
                                           out["unprotected_spans"].numpy().tolist())
     assert metrics["placeholder_fidelity"] == 0.0 and offenders == [0, 1]
     assert metrics["unprotected_span_sentences"] == 2
+
+
+def test_the_evaluator_records_how_many_sentences_had_unprotected_spans(protected, tmp_path):
+    from components.core.config import EvaluatorConfig
+    from components.evaluator import run_evaluation
+
+    result = run_evaluation(protected["export"], protected["examples"], str(tmp_path / "evaluation"),
+                            EvaluatorConfig(num_samples=0))
+    # Every pair the Beam job kept fits the sentinels (the one with more was quarantined): 0, not unknown.
+    assert result["evaluation"]["unprotected_span_sentences"] == 0
+    written = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text(encoding="utf-8"))
+    assert written["unprotected_span_sentences"] == 0

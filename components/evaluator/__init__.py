@@ -158,8 +158,8 @@ def worst_offenders(offenders: list[int], sources: list[str], hypotheses: list[s
 
 def translate_baseline(baseline_model: str, sources: list[str], beam: Optional[BeamOptions] = None,
                        decoded: Optional[dict[str, Any]] = None, unloadable: str = "fail"
-                       ) -> tuple[Optional[list[str]], Optional[str]]:
-    """(the served model's translations, None). When it cannot be loaded or run (a cut
+                       ) -> tuple[Optional[list[Any]], Optional[str]]:
+    """(the served model's translations, `Translation`s, None). When it cannot be loaded or run (a cut
     saved_model.pb or variables file), `unloadable` (evaluator.unloadable_baseline) decides:
     "fail" raises ArtifactError naming it (a broken version must not let a worse candidate in
     silently), "ignore" returns (None, "<path>: <reason>") and the candidate is judged alone.
@@ -188,14 +188,14 @@ def translate_baseline(baseline_model: str, sources: list[str], beam: Optional[B
                        "so it is treated as absent, and the candidate is judged on evaluator.min_bleu alone",
                        baseline_model, _first_line(e))
         return None, reason
-    return [b.translation for b in baseline], None
+    return baseline, None
 
 
 def score_baseline(baseline_model: str, sources: list[str], references: list[str], unloadable: str = "fail"
                    ) -> tuple[Optional[Scores], Optional[str]]:
     """(the served model's scores, None), or (None, "<path>: <reason>") as `translate_baseline`."""
-    translations, reason = translate_baseline(baseline_model, sources, unloadable=unloadable)
-    return (score(translations, references) if translations is not None else None), reason
+    results, reason = translate_baseline(baseline_model, sources, unloadable=unloadable)
+    return (score([r.translation for r in results], references) if results is not None else None), reason
 
 
 def run_evaluation(
@@ -221,18 +221,21 @@ def run_evaluation(
     candidate = translate_batches(candidate_model, sources, beam=beam)
     hypotheses = [c.translation for c in candidate]
     scores = score(hypotheses, references)
-    fidelity, offenders = fidelity_metrics(sources, hypotheses, references, spans)
+    fidelity, offenders = fidelity_metrics(sources, hypotheses, references, spans,
+                                           [c.unprotected_spans for c in candidate])
     baseline_scores: Optional[Scores] = None
     baseline_fidelity: Optional[dict[str, Any]] = None
     baseline_unloadable: Optional[str] = None
     baseline_decoder: Optional[dict[str, Any]] = None
     if baseline_model:
         baseline_decoder = {}
-        baseline_hypotheses, baseline_unloadable = translate_baseline(baseline_model, sources, beam, baseline_decoder,
-                                                                      unloadable=config.unloadable_baseline)
-        if baseline_hypotheses is not None:
+        baseline_results, baseline_unloadable = translate_baseline(baseline_model, sources, beam, baseline_decoder,
+                                                                   unloadable=config.unloadable_baseline)
+        if baseline_results is not None:
+            baseline_hypotheses = [b.translation for b in baseline_results]
             baseline_scores = score(baseline_hypotheses, references)
-            baseline_fidelity, _ = fidelity_metrics(sources, baseline_hypotheses, references, spans)
+            baseline_fidelity, _ = fidelity_metrics(sources, baseline_hypotheses, references, spans,
+                                                    [b.unprotected_spans for b in baseline_results])
     train_metrics = TrainedModel(train_dir).metrics() if train_dir else {}
     blessing = decide(scores.bleu, baseline_scores.bleu if baseline_scores else None,
                       config.tolerance, config.min_bleu, non_finite=non_finite_reason(saved_model, scores, train_metrics),
@@ -277,4 +280,8 @@ def _log_verdict(scores: Scores, fidelity: dict[str, Any], blessing: Blessing) -
     logger.info("placeholder fidelity %s on %d sentences with spans  copy rate %s of %d identifiers",
                 _percent(fidelity["placeholder_fidelity"]), fidelity["placeholder_fidelity_count"],
                 _percent(fidelity["copy_rate"]), fidelity["copy_rate_count"])
+    if fidelity.get("unprotected_span_sentences"):
+        logger.warning("%d sentences have protected spans the model could not protect (more than its sentinels, "
+                       "or sentinels its vocabularies lack): fidelity counts them as failed",
+                       fidelity["unprotected_span_sentences"])
     logger.info("%s: %s", "BLESSED" if blessing.blessed else "NOT BLESSED", blessing.reason)

@@ -7,6 +7,7 @@ import logging
 import re
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -66,29 +67,42 @@ def train_cli(examples: Path, out: Path, *overrides: str) -> int:
 
 
 @pytest.mark.slow
-def test_faults_a_diverging_run_stops_with_the_step(toy_examples, tmp_path, caplog):
-    """A learning rate of 1e30 moves every weight by ~1e30 on the first Adam step; the second
-    step's loss overflows to NaN. Before: the run went on to the end with loss nan (exit 0)."""
+def test_faults_a_diverging_run_stops_with_the_step(toy_examples, trained, tmp_path, caplog):
+    """Every weight of the source embedding is NaN in the checkpoint the run resumes from, so the
+    first step's loss is NaN whatever the CPU's float path (a huge learning rate overflowed on some
+    CPUs only). Before the check: the run went on to the end with loss nan (exit 0)."""
     out = tmp_path / "train"
-    assert train_cli(toy_examples, out, "trainer.learning_rate=1e30", "trainer.epochs=2") == 1
+    shutil.copytree(trained, out)
+    variable, _, step = poison_latest_checkpoint(toy_examples, out, token=None)
+    caplog.clear()
+    assert train_cli(toy_examples, out, "trainer.epochs=3") == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1, errors
-    assert re.search(r"training diverged at step 2: non-finite loss (nan|inf)", errors[0]), errors[0]
-    assert "trainer.on_nonfinite=skip_batch" in errors[0] and "learning_rate (1e+30)" in errors[0]
-    assert not list(out.glob("checkpoints/*.index"))  # nothing was saved after the last good step
+    assert re.search(rf"training diverged at step {step + 1}: non-finite loss (nan|inf)", errors[0]), errors[0]
+    assert "trainer.on_nonfinite=skip_batch" in errors[0]
+    assert f"learning_rate ({cfg().trainer.learning_rate:g})" in errors[0]
+    assert f"the weights already hold NaN/inf ({variable})" in errors[0]
+    # Nothing was saved after the last good step: the newest checkpoint is the one it resumed from.
+    assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith(f"ckpt-{step}")
 
 
-def poison_latest_checkpoint(examples: Path, train_dir: Path) -> tuple[str, int, int]:
-    """Write NaN into the source embedding row of POISON_TOKEN in the newest checkpoint (as a run
-    from before this check, or a broken warm start, would have left it): (variable, token id, step)."""
+def poison_latest_checkpoint(examples: Path, train_dir: Path, token: Optional[str] = POISON_TOKEN
+                             ) -> tuple[str, Optional[int], int]:
+    """Write NaN into the source embedding row of TOKEN (None: every row) in the newest checkpoint
+    (as a run from before this check, or a broken warm start, would have left it): (variable, token
+    id, step)."""
     from components.trainer.training import Trainer
 
     trainer = Trainer(str(examples), str(train_dir), cfg("trainer.epochs=2"))
     trainer._build_state()
     assert trainer._resume()
-    token_id = trainer.artifact.vocabulary("source").ids([POISON_TOKEN])[0]
     embedding = trainer.model.source_embedding
-    embedding[token_id].assign(tf.fill([embedding.shape[1]], float("nan")))
+    if token is None:
+        token_id = None
+        embedding.assign(tf.fill(embedding.shape, float("nan")))
+    else:
+        token_id = trainer.artifact.vocabulary("source").ids([token])[0]
+        embedding[token_id].assign(tf.fill([embedding.shape[1]], float("nan")))
     step = int(trainer.step.numpy())
     trainer.manager.save(checkpoint_number=trainer.step)  # overwrites checkpoints/ckpt-<step>
     return embedding.name.split(":")[0], token_id, step

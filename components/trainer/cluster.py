@@ -132,14 +132,15 @@ def _own_task(task: object, jobs: dict[str, list[str]]) -> Task:
                             '{"type": "worker", "index": 0}')
     if not isinstance(task, dict):
         raise TFConfigError(f'TF_CONFIG "task" must be an object with "type" and "index", got {task!r}')
-    job, index = task.get("type"), task.get("index", 0)
+    job, index = task.get("type"), task.get("index")
     if job not in TRAINING_JOBS:
         raise TFConfigError(f'TF_CONFIG "task" type {job!r} cannot train: it must be "worker" or "chief"')
     if job not in jobs:
         raise TFConfigError(f'TF_CONFIG "task" type {job!r} is not a job of "cluster" '
                             f'({", ".join(jobs) or "none"})')
     if isinstance(index, bool) or not isinstance(index, int):
-        raise TFConfigError(f'TF_CONFIG "task" index must be an integer, got {index!r}')
+        raise TFConfigError(f'TF_CONFIG "task" index must be an integer (this worker\'s position in the '
+                            f'cluster\'s {job} list), got {index!r}')
     if not 0 <= index < len(jobs[job]):
         raise TFConfigError(f'TF_CONFIG "task" index {index} is out of range: the cluster has '
                             f"{len(jobs[job])} {job} address(es), so 0 to {len(jobs[job]) - 1}")
@@ -158,15 +159,15 @@ def wait_for_workers(cluster: Cluster, timeout_s: float) -> None:
     logger.info("%s of TF_CONFIG's cluster: waiting up to %.0f s (trainer.registration_timeout_s) for %s to start",
                 cluster.own, timeout_s, ", ".join(map(str, peers)))
     deadline = time.monotonic() + timeout_s
-    with _listening(cluster.own) as listener, _raising_on_signals() as stop:
+    with _listening(cluster.own) as listener, _flag_on_signals() as stop:
         missing = peers
         while True:
             _answer(listener)
             missing = [task for task in missing if not _accepts(task)]
+            if stop["signal"]:  # before the check for done: a signal during the last look still counts
+                raise _interrupted(stop["signal"], missing or peers)
             if not missing:
                 break
-            if stop["signal"]:
-                raise _interrupted(stop["signal"], missing)
             if time.monotonic() >= deadline:
                 raise WorkersMissingError(
                     f"{', '.join(map(str, missing))} of TF_CONFIG's cluster did not start within {timeout_s:g} s "
@@ -222,7 +223,7 @@ def _accepts(task: Task) -> bool:
 
 
 @contextmanager
-def _raising_on_signals() -> Iterator[dict[str, Optional[str]]]:
+def _flag_on_signals() -> Iterator[dict[str, Optional[str]]]:
     """SIGTERM/SIGINT set a flag the wait checks between looks (at most POLL_SECONDS apart)."""
     flag: dict[str, Optional[str]] = {"signal": None}
     if threading.current_thread() is not threading.main_thread():

@@ -134,7 +134,7 @@ def make_strategy(kind: str, registration_timeout_s: float = 300.0) -> tf.distri
         # NCCL is GPU-only; on CPUs reduce through one device.
         return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
     if kind == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()  # REVERT-CHECK
+        return multi_worker_strategy(registration_timeout_s)
     return tf.distribute.get_strategy()
 
 
@@ -835,7 +835,7 @@ def run_training(examples: str, out: str, config: PipelineConfig,
     and its model shape and vocabularies match (see components/trainer/warm_start.py).
     """
     if config.trainer.distribution == "multi_worker":
-        pass  # REVERT-CHECK
+        read_tf_config()  # a malformed TF_CONFIG fails here (exit 2), before TensorFlow builds anything
     configure_cpu_threads(config.trainer)
     tf.random.set_seed(config.trainer.seed)
     return Trainer(examples, out, config, warm_start_from).run()

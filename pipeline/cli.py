@@ -144,6 +144,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load_config(args)
     _require_corpus(args.data)
+    if config.trainer.distribution == "multi_worker":
+        from components.trainer.cluster import read_tf_config
+
+        read_tf_config()  # a malformed TF_CONFIG is a usage error before preprocessing, not after it
     return run_pipeline(args, config)
 
 

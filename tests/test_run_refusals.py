@@ -1,5 +1,6 @@
 """Refusals before anything runs, through real `seq2seq` subprocesses: a missing corpus is a usage
-error (exit 2, one line, no run folder), so is a file where ARTIFACTS/serving should be, and a held
+error (exit 2, one line, no run folder), so are a malformed TF_CONFIG for a multi-worker run and a
+file where ARTIFACTS/serving should be, and a held
 lock (exit 4) names no manifest it never wrote.
 """
 import json
@@ -16,15 +17,15 @@ REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "data" / "raw" / "seed.tsv"
 
 
-def _cli(*args: str) -> subprocess.Popen:
+def _cli(*args: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @pytest.fixture(scope="module")
 def refused(tmp_path_factory):
-    """The four commands at once (each start-up loads TensorFlow): name -> (exit code, stdout, stderr)."""
+    """The five commands at once (each start-up loads TensorFlow): name -> (exit code, stdout, stderr)."""
     root = tmp_path_factory.mktemp("refusals")
     missing = str(root / "nonexistent.tsv")
     (root / "held").mkdir()
@@ -36,6 +37,8 @@ def refused(tmp_path_factory):
             "preprocess": _cli("preprocess", "--data", missing, "--out", str(root / "prep")),
             "locked": _cli("run", "--data", str(SEED), "--artifacts", str(root / "held"), "--json"),
             "serving_file": _cli("run", "--data", str(SEED), "--artifacts", str(root / "filed"), "--json"),
+            "tf_config": _cli("run", "--data", str(SEED), "--artifacts", str(root / "cluster"),
+                              "--set", "trainer.distribution=multi_worker", TF_CONFIG="{not json"),
         }
         done = {name: (p.communicate(timeout=300), p.returncode) for name, p in procs.items()}
     return root, lock.info, {name: (code, out, err) for name, ((out, err), code) in done.items()}
@@ -80,3 +83,11 @@ def test_a_file_where_the_serving_folder_should_be_is_a_usage_error_before_any_w
     result = json.loads(out.strip().splitlines()[-1])
     assert result["status"] == "failed" and result["cached"] == []
     assert (root / "filed" / "serving").read_text() == "not a folder"
+
+
+def test_a_malformed_tf_config_fails_a_multi_worker_run_before_preprocessing(refused):
+    root, _, results = refused
+    code, out, err = results["tf_config"]
+    assert code == 2, err
+    assert "TF_CONFIG is not valid JSON" in _one_error_line(err)
+    assert out == "" and not (root / "cluster").exists()

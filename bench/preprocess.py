@@ -226,6 +226,8 @@ def main(argv=None) -> int:
             print(f"beam      {n:>9,} pairs ({mb:6.1f} MiB): {wall:6.1f}s wall, {n / wall:8,.0f} pairs/s, "
                   f"peak {peak:7.0f} MiB, {cpu:6.1f} CPU-s (job itself {stats['elapsed_seconds']:.1f}s, "
                   f"{stats['pairs_per_second']:,.0f} pairs/s; {stats['shards']['train']} train shards)", flush=True)
+            print("          stages (s, summed over workers): " + ", ".join(
+                f"{stage} {seconds:.1f}" for stage, seconds in stats.get("stage_seconds", {}).items()), flush=True)
         n = sizes[-1]
         corpus = work / f"corpus-{n}.tsv"
         ref_out = work / f"reference-{n}"

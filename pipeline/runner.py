@@ -411,6 +411,13 @@ def _summary(state: RunState) -> str:
         metrics = {k: state.metrics.get(k) for k in ("bleu", "chrf", "exact_match", "placeholder_fidelity",
                                                      "copy_rate", "eval_loss", "split")}
         console.print("metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+        examples = next((a for a in state.outputs.values() if isinstance(a, PreprocessArtifact)), None)
+        try:  # where the preprocessing's time went (stats.json, summed over workers); never fails the summary
+            stages = examples.stats().get("stage_seconds") if examples else None
+        except (UserError, OSError, ValueError):
+            stages = None
+        if isinstance(stages, dict) and stages:
+            console.print("preprocess stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()))
         if state.reason:
             console.print(f"reason: {state.reason}")
         if state.manifest_written:  # not after a lock refusal, nor when the folder cannot be written

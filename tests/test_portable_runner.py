@@ -36,7 +36,8 @@ CONFIG = ("preprocess.eval_fraction=0.3", "preprocess.tokenizer=wordpiece", "pre
 PAD = " " * 1500
 IDENTICAL_FILES = ("source.vocab", "target.vocab", "source.vocab.counts.tsv", "target.vocab.counts.tsv",
                    "source.wordpiece.vocab", "target.wordpiece.vocab", "config.yaml")
-TIMING = re.compile(r'("(?:elapsed_seconds|pairs_per_second)": )[^,\n]+')
+# The timings, the only stats that differ between runs: numbers, and the {stage: seconds} object.
+TIMING = re.compile(r'("(?:elapsed_seconds|pairs_per_second|beam_job_seconds|stage_seconds)": )(?:\{[^}]*\}|[^,\n]+)')
 JOB_TIMEOUT_S = 300
 
 

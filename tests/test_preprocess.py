@@ -64,6 +64,17 @@ def test_seed_output_layout_and_stats(seed_out):
     assert on_disk["vocabulary_size"] == {"source": 18, "target": 15}
     assert on_disk["lengths"]["source"]["max"] == 7 and on_disk["lengths"]["target"]["max"] == 4
     assert stats["records_read"] == on_disk["records_read"]
+    # Where the time went, by stage (summed over workers); a stage that did not run took 0 s.
+    from components.preprocess.transforms import STAGES
+
+    seconds = on_disk["stage_seconds"]
+    assert tuple(seconds) == STAGES == ("read", "span_masking", "counting", "learning", "encoding", "writing")
+    assert all(isinstance(v, float) and v >= 0 for v in seconds.values()), seconds
+    # (reading and writing 4 records can round to 0.000 s; each TensorFlow call takes milliseconds)
+    assert seconds["counting"] > 0 and seconds["encoding"] > 0, seconds
+    assert seconds["learning"] == 0  # whitespace tokens: nothing is learned
+    assert 0 < on_disk["beam_job_seconds"] <= on_disk["elapsed_seconds"]
+    assert on_disk["learner_words"] == on_disk["train_words_distinct"] == {"source": None, "target": None}
     from pipeline.config import read_config
 
     assert read_config(str(out)).preprocess.max_source_length == 20

@@ -5,12 +5,14 @@ import logging
 import pytest
 
 from components.preprocess import inputs
+from components.preprocess.transforms import STAGES
 from pipeline.cli import main
 from tests.preprocess_helpers import config, quarantine, read_examples, run, serialized_examples, vocab, write_lines
 
 STEMS = ["사랑", "학교", "친구", "공부", "음식", "여행", "하늘", "바다", "도시", "노래", "시간", "마음"]
 ENDINGS = ["는", "를", "에서", "하고", "입니다", "였다", "으로", "의", "도", "만"]
 WORDS = ["the", "a", "school", "friend", "study", "food", "travel", "sky", "sea", "city", "song", "time"]
+LEARN_MAX_WORDS = 100
 
 
 def synthetic_pairs(n: int, seed: int = 0) -> list[str]:
@@ -46,9 +48,12 @@ def test_one_worker_and_two_processes_give_identical_outputs(tmp_path, monkeypat
     monkeypatch.setattr(inputs, "MIN_RANGE_BYTES", 0)  # several read units per file, so both workers read
     monkeypatch.setattr(inputs, "RANGES_PER_FILE_TARGET", 6)
     data = write_mixed_corpus(tmp_path / "data")
+    # A learner sample smaller than either side's distinct train words (source ~1000: a number per
+    # pair; target 120 stem+ending words), so that the bounded top-N and its ties by the word
+    # decide what the learner sees.
     cfg = config("preprocess.eval_fraction=0.3", f"preprocess.tokenizer={tokenizer}",
                  "preprocess.wordpiece_vocab_size=200", "preprocess.max_source_length=8",
-                 "preprocess.max_target_length=8")
+                 "preprocess.max_target_length=8", f"preprocess.learn_max_words={LEARN_MAX_WORDS}")
     one = run(data, tmp_path / "one", cfg)
     two = run(data, tmp_path / "two", cfg,
               beam_args=["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
@@ -63,8 +68,51 @@ def test_one_worker_and_two_processes_give_identical_outputs(tmp_path, monkeypat
     assert quarantine(tmp_path / "one") == quarantine(tmp_path / "two")
     assert one["shards"]["train"] == 1 and two["shards"]["train"] == 2  # the options reached Beam
     for key in ("records_read", "records_written", "rejected", "lengths", "truncated", "vocabulary_size",
-                "eval_unk_rate"):
+                "eval_unk_rate", "learner_words", "train_words_distinct"):
         assert one[key] == two[key], key
+    assert one["learner_words"] == {"source": LEARN_MAX_WORDS, "target": LEARN_MAX_WORDS}
+    assert all(n > LEARN_MAX_WORDS for n in one["train_words_distinct"].values()), one["train_words_distinct"]
+    for stats in (one, two):  # where the time went, in the workers or the launcher
+        seconds = stats["stage_seconds"]
+        assert tuple(seconds) == STAGES and all(v >= 0 for v in seconds.values()), seconds
+        assert all(seconds[stage] > 0 for stage in ("span_masking", "counting", "learning", "encoding")), seconds
+
+
+def test_learner_sample_is_the_top_words_by_count_then_word_however_the_counts_arrive():
+    """The sample's combiners (the job's WordBuckets -> SumWords -> TopWords), fed the same counts
+    split into bundles differently and merged in different orders, give the same exact top N."""
+    import random
+
+    from components.preprocess import transforms
+
+    p = config("preprocess.tokenizer=subword", "preprocess.learn_max_words=50").preprocess
+    rng = random.Random(0)
+    totals = {f"w{i}".encode(): rng.choice([1, 1, 1, 2, 3, 5, 8, 40]) for i in range(2000)}
+    expected = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:50]
+    assert expected[-1][1] == expected[len(expected) // 2][1]  # ties at the cut: the word decides
+    results = []
+    for seed in range(3):
+        rng = random.Random(seed)
+        bundles = [{} for _ in range(1 + seed * 3)]
+        for word, count in totals.items():  # a word's count spread over several bundles
+            for _ in range(count):
+                bundle = rng.choice(bundles)
+                bundle[word] = bundle.get(word, 0) + 1
+        per_bucket: dict = {}
+        for bundle in bundles:
+            for (group, bucket), words in transforms.word_buckets({"source": bundle, "target": {}}, p):
+                per_bucket.setdefault((group, bucket), []).append(words)
+        summed = transforms.SumWordCountsFn()
+        top = transforms.TopWordsFn(p.learn_max_words)
+        accumulators = []
+        for (group, _), parts in sorted(per_bucket.items(), reverse=seed % 2 == 1):
+            assert group == "source"
+            counts = summed.extract_output(summed.merge_accumulators(
+                [summed.add_input(summed.create_accumulator(), part) for part in parts]))
+            accumulators.append(top.add_input(top.create_accumulator(), counts))
+        rng.shuffle(accumulators)
+        results.append(top.extract_output(top.merge_accumulators(accumulators)))
+    assert results == [expected] * 3
 
 
 def test_eval_split_is_stable_when_the_corpus_grows(tmp_path):

@@ -73,6 +73,10 @@ class PreprocessConfig:
     # Pieces learned per side from the train split: the WordPiece vocabulary (wordpiece, subword)
     # or the SentencePiece model (sentencepiece).
     wordpiece_vocab_size: int = 8000
+    # The learners see at most this many distinct train words per side (both sides together with
+    # shared_pieces): the most frequent, ties by the word, so that learning costs the same however
+    # large the corpus grows, and the sample is the same on any number of workers.
+    learn_max_words: int = 200_000
     # One piece inventory (WordPiece vocabulary or SentencePiece model) learned from both sides' train
     # words, so a word both sides hold (an identifier, a number, a file name) splits into the same
     # pieces on both: what copy attention needs to copy it piece by piece. Both sides must use the same
@@ -350,6 +354,8 @@ def _validate(config: Any, prefix: str) -> None:
             raise bad("num_shards", "must be 0 (auto) or positive")
         if config.tokenize_batch_size < 1:
             raise bad("tokenize_batch_size", "must be positive")
+        if config.learn_max_words < 1:
+            raise bad("learn_max_words", "must be positive")
         if config.max_length_factor < 0:
             raise bad("max_length_factor", "must be 0 (off) or positive")
         for name in ("source_field", "target_field", "source_suffix", "target_suffix"):

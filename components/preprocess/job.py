@@ -7,8 +7,13 @@ sentencepiece) instead of holding it anywhere:
     read #2 -> validate -> encode with the vocabularies (side input) -> gzip TFRecord shards
             \\-> rejects -> quarantine/*.jsonl          counts of every step -> stats
 
+With a learned tokenizer, read #1 counts whitespace words instead, summed per (side, hash bucket)
+key; the learners get the `preprocess.learn_max_words` most frequent (a bounded top N per bucket,
+then overall), and a further read counts the learned pieces for the vocabularies.
+
 Only counts, vocabularies and file names cross between stages, so memory stays flat as the
-corpus grows, and every stage splits over the runner's workers by read unit.
+corpus grows, and every stage splits over the runner's workers by read unit. Each step also
+reports the seconds it spent by stage (transforms.STAGES), summed into stats.json.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import schemas
 from components.core.config import ConfigError, PipelineConfig, PreprocessConfig
 from components.core.errors import ArtifactError, InputError, UserError
 from components.preprocess import fs, inputs, transforms
-from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SIDES, SPLITS, Learned
+from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SHARED, SIDES, SPLITS, STAGES, Learned
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +103,11 @@ def run_preprocess(data: str, out: str, config: PipelineConfig, beam_args: Seque
     keep_staging = False
     try:
         reused = _copy_reused_vocabularies(reuse_from, config.preprocess, staging) if reuse_from else None
+        job_started = time.time()
         _run_pipeline(units, staging, config.preprocess, beam_args, reused)
+        job_seconds = time.time() - job_started
         metrics = _read_json(f"{staging}/{METRICS_FILE}")
+        metrics["beam_job_seconds"] = job_seconds
         published = transforms.publish_files(metrics.pop("files", {}), staging)
         if config.preprocess.num_shards > 0:
             published.update(_fill_empty_shards(staging, metrics, config.preprocess.num_shards))
@@ -227,29 +235,31 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
     units_pc = pipeline | "ReadUnits" >> beam.Create(list(units))
 
     first = units_pc | "ReadForCounts" >> beam.ParDo(
-        transforms.ReadFn(p, final=False, newlines_only=reused is not None)).with_outputs(NEWLINES, main="batches")
+        transforms.ReadFn(p, final=False, newlines_only=reused is not None)
+    ).with_outputs(NEWLINES, METRICS, main="batches")
+    reports = [first[METRICS]]  # every step's counts and stage times, summed into the stats
     learned = None
     if reused is not None:
         vocabularies = pipeline | "ReusedVocabularies" >> beam.Create([reused[0]])
         if reused[1] is not None:
             learned = beam.pvalue.AsSingleton(pipeline | "ReusedPieces" >> beam.Create([reused[1]]))
     elif p.learned_sides:
-        learned = beam.pvalue.AsSingleton(
-            first.batches
-            | "CountWords" >> beam.ParDo(transforms.CountTokensFn(p, "whitespace", True))
-            | "SumWords" >> beam.CombineGlobally(transforms.SumCountsFn())
-            | "LearnPieces" >> beam.Map(learn_tokenizers, p, staging))
+        learned = _learn_pieces(pipeline, first.batches, p, staging, reports)
         second = units_pc | "ReadForTokenCounts" >> beam.ParDo(
-            transforms.ReadFn(p, final=False)).with_outputs(NEWLINES, main="batches")
+            transforms.ReadFn(p, final=False)).with_outputs(NEWLINES, METRICS, main="batches")
+        reports.append(second[METRICS])
         counted = second.batches | "CountTokens" >> beam.ParDo(
-            transforms.CountTokensFn(p, None, True), learned=learned)
+            transforms.CountTokensFn(p, None, True), learned=learned).with_outputs(METRICS, main="counts")
     else:
         counted = first.batches | "CountTokens" >> beam.ParDo(
-            transforms.CountTokensFn(p, None, True))
+            transforms.CountTokensFn(p, None, True)).with_outputs(METRICS, main="counts")
     if reused is None:
-        vocabularies = (counted
-                        | "SumTokens" >> beam.CombineGlobally(transforms.SumCountsFn())
-                        | "Vocabularies" >> beam.Map(build_vocabularies, p, staging))
+        built = (counted.counts
+                 | "SumTokens" >> beam.CombineGlobally(transforms.SumCountsFn())
+                 | "Vocabularies" >> beam.FlatMap(_vocabularies_step, p, staging).with_outputs(
+                     METRICS, main="vocabularies"))
+        vocabularies = built.vocabularies
+        reports += [counted[METRICS], built[METRICS]]
 
     newline_counts = first[NEWLINES] | "NewlineCounts" >> beam.combiners.ToList()
     final = units_pc | "Read" >> beam.ParDo(
@@ -266,7 +276,7 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
                    | "Quarantine" >> beam.ParDo(transforms.QuarantineFn(f"{staging}/{SHARD_DIR}")))
     vocabulary_sizes = vocabularies | "VocabularySizes" >> beam.Map(
         lambda v: {"vocabulary_size": {side: len(tokens) for side, tokens in v.items()}})
-    reports = [final[METRICS], encoded[METRICS], quarantined, vocabulary_sizes]
+    reports += [final[METRICS], encoded[METRICS], quarantined, vocabulary_sizes]
     if p.num_shards > 0:
         reports.append(encoded[transforms.SHARD_PARTS]
                        | "GroupShardParts" >> beam.GroupByKey()
@@ -352,6 +362,71 @@ class _WorkerLogFilter(logging.Filter):
         return True
 
 
+def _learn_pieces(pipeline, batches, p: PreprocessConfig, staging: str, reports: list):
+    """The learned sides' pieces, as a singleton side input, learned from a bounded sample: the
+    `preprocess.learn_max_words` most frequent train words of each side (or of both sides, with
+    preprocess.shared_pieces), ties by the word.
+
+    The word counts are summed per (group, hash bucket) key, so each worker sums a share of the
+    words, and each bucket keeps only its own top N before one combiner picks the top N of those:
+    no step holds every unique word, and the sample is the same however the work was split.
+    Appends the steps' METRICS to `reports`.
+    """
+    import apache_beam as beam
+
+    words = batches | "CountWords" >> beam.ParDo(
+        transforms.CountTokensFn(p, "whitespace", True)).with_outputs(METRICS, main="counts")
+    buckets = (words.counts
+               | "WordBuckets" >> beam.FlatMap(transforms.word_buckets, p)
+               | "SumWords" >> beam.CombinePerKey(transforms.SumWordCountsFn()))
+    samples = (buckets
+               | "WordsByGroup" >> beam.Map(lambda kv: (kv[0][0], kv[1]))
+               | "TopWords" >> beam.CombinePerKey(transforms.TopWordsFn(p.learn_max_words)))
+    distinct = (buckets
+                | "DistinctWords" >> beam.Map(lambda kv: (kv[0][0], len(kv[1])))
+                | "SumDistinctWords" >> beam.CombinePerKey(sum))
+    totals = (words.counts
+              | "WordTotals" >> beam.FlatMap(transforms.word_totals)
+              | "SumWordTotals" >> beam.CombinePerKey(sum))
+    learned = (pipeline
+               | "LearnOnce" >> beam.Create([None])
+               | "LearnPieces" >> beam.FlatMap(
+                   _learn_step, p, staging, samples=beam.pvalue.AsDict(samples),
+                   distinct=beam.pvalue.AsDict(distinct), totals=beam.pvalue.AsDict(totals)
+               ).with_outputs(METRICS, main="learned"))
+    reports += [words[METRICS], learned[METRICS]]
+    return beam.pvalue.AsSingleton(learned.learned)
+
+
+def _learn_step(_: None, p: PreprocessConfig, staging: str, samples: Mapping[str, Sequence[tuple[bytes, int]]],
+                distinct: Mapping[str, int], totals: Mapping[str, int]):
+    """Learn the pieces from the sampled words: the learned dict, then a METRICS report of the
+    learning time and of how many distinct words the learners saw, of how many in the train split."""
+    import apache_beam as beam
+
+    started = time.perf_counter()
+    _check_train_words(totals, p)
+    learned = learn_tokenizers({group: dict(words) for group, words in samples.items()}, p, staging)
+    seconds = time.perf_counter() - started
+    groups = {side: transforms.learner_group(p, side) for side in p.learned_sides}
+    yield learned
+    yield beam.pvalue.TaggedOutput(METRICS, {
+        **transforms.stage_report(learning=seconds),
+        "learner_words": {side: len(samples.get(group, ())) for side, group in groups.items()},
+        "train_words_distinct": {side: int(distinct.get(group, 0)) for side, group in groups.items()}})
+
+
+def _vocabularies_step(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str):
+    """`build_vocabularies`, then a METRICS report of its time (counted as counting)."""
+    import apache_beam as beam
+
+    started = time.perf_counter()
+    vocabularies = build_vocabularies(counts, p, staging)
+    seconds = time.perf_counter() - started
+    yield vocabularies
+    yield beam.pvalue.TaggedOutput(METRICS, transforms.stage_report(counting=seconds))
+
+
 def build_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str
                        ) -> dict[str, list[str]]:
     """{side: {token: count}} -> SIDE.vocab + SIDE.vocab.counts.tsv; returns {side: tokens} for the encoders.
@@ -378,9 +453,9 @@ def _tokenizer_names(p: PreprocessConfig) -> str:
 
 def learn_tokenizers(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str
                      ) -> dict[str, Union[list[str], bytes]]:
-    """What each side with a learned tokenizer needs, from its train word counts: {side: WordPiece
-    pieces (wordpiece, subword) or SentencePiece model bytes (sentencepiece)}; the files are written."""
-    _check_train_words(counts, p)
+    """What each side with a learned tokenizer needs, from its (sampled) train word counts, by side
+    or, with preprocess.shared_pieces, under SHARED: {side: WordPiece pieces (wordpiece, subword) or
+    SentencePiece model bytes (sentencepiece)}; the files are written."""
     learned: dict[str, Union[list[str], bytes]] = {}
     if p.wordpiece_sides:
         learned.update(learn_wordpiece_vocabularies(counts, p, staging))
@@ -389,11 +464,11 @@ def learn_tokenizers(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessCon
     return learned
 
 
-def _check_train_words(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig) -> None:
+def _check_train_words(totals: Mapping[str, int], p: PreprocessConfig) -> None:
     """A learned side needs train words to learn its pieces from: with none, one clear line (a
     ConfigError naming preprocess.eval_fraction when the eval split took them) instead of the
-    learner's traceback."""
-    words = {side: sum(counts.get(side, {}).values()) for side in SIDES}
+    learner's traceback. `totals`: {side: train words counted}."""
+    words = {side: int(totals.get(side, 0)) for side in SIDES}
     empty = [side for side in p.learned_sides if not sum(words[name] for name in (SIDES if p.shared_pieces else (side,)))]
     if not empty:
         return
@@ -405,9 +480,10 @@ def _check_train_words(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessC
 
 
 def _sorted_words(counts: Mapping[str, Mapping[bytes, int]], side: str, p: PreprocessConfig) -> list[tuple[str, int]]:
-    """A side's train words and counts, or with preprocess.shared_pieces both sides' summed."""
+    """A side's train words and counts, or with preprocess.shared_pieces both sides' summed (the
+    job sums them under SHARED already)."""
     merged: dict[str, int] = {}
-    for name in (SIDES if p.shared_pieces else (side,)):
+    for name in ((SHARED,) if SHARED in counts else SIDES if p.shared_pieces else (side,)):
         for word, count in counts.get(name, {}).items():
             key = word.decode("utf-8") if isinstance(word, bytes) else word
             merged[key] = merged.get(key, 0) + count
@@ -542,6 +618,8 @@ def build_stats(metrics: Mapping[str, Any], p: PreprocessConfig, elapsed: float)
     unknown = set(metrics.get("rejected", {})) - set(rejected)
     assert not unknown, f"reject reasons missing from schemas/record.schema.json: {unknown}"
     eval_tokens, eval_unk = metrics.get("eval_tokens", {}), metrics.get("eval_unk", {})
+    learner_words, train_words = metrics.get("learner_words", {}), metrics.get("train_words_distinct", {})
+    stage_seconds = metrics.get("stage_seconds", {})
     return {
         "records_read": read,
         "records_written": written,
@@ -556,6 +634,14 @@ def build_stats(metrics: Mapping[str, Any], p: PreprocessConfig, elapsed: float)
         "shards": {split: int(metrics.get("shards", {}).get(split, 0)) for split in SPLITS},
         "tokenizer": _tokenizer_names(p),
         "length_policy": p.length_policy,
+        # The learned sides' sample (null for the other sides, and for reused vocabularies): the
+        # distinct words the learner saw, at most preprocess.learn_max_words, of how many in train.
+        "learner_words": {side: learner_words.get(side) for side in SIDES},
+        "train_words_distinct": {side: train_words.get(side) for side in SIDES},
+        # Timings (the only keys that differ between two runs of the same job): each stage's
+        # seconds summed over the workers, the Beam job's wall time, and run_preprocess's.
+        "stage_seconds": {stage: round(float(stage_seconds.get(stage, 0.0)), 3) for stage in STAGES},
+        "beam_job_seconds": round(float(metrics.get("beam_job_seconds", 0.0)), 3),
         "elapsed_seconds": round(elapsed, 3),
         "pairs_per_second": round(read / elapsed, 1) if elapsed > 0 else None,
     }
@@ -584,6 +670,11 @@ def check_counts(stats: Mapping[str, Any], p: PreprocessConfig, out: str) -> Non
                           f"({written} eval, 0 train); lower preprocess.eval_fraction")
 
 
+def format_stage_seconds(stats: Mapping[str, Any]) -> str:
+    """`read 1.2s, span_masking 0.3s, ...`: where a preprocess run's time went (stats.json)."""
+    return ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in stats.get("stage_seconds", {}).items())
+
+
 def log_summary(stats: Mapping[str, Any], data: str, out: str) -> None:
     """One screen: what went in, what came out, and where."""
     rejected = ", ".join(f"{r}={n}" for r, n in stats["rejected"].items() if n) or "none"
@@ -602,8 +693,14 @@ def log_summary(stats: Mapping[str, Any], data: str, out: str) -> None:
         f"  eval <unk>   {unk}",
         f"  shards       train {stats['shards']['train']}, eval {stats['shards']['eval']}",
         f"  quarantine   {out}/{QUARANTINE_DIR}/",
+        f"  stages       {format_stage_seconds(stats)} (summed over workers; "
+        f"Beam job {stats['beam_job_seconds']:.1f}s)",
         f"  elapsed      {stats['elapsed_seconds']:.1f}s ({stats['pairs_per_second']} pairs/s)",
     ]
+    if any(n is not None for n in stats["learner_words"].values()):
+        sample = ", ".join(f"{side} {n} of {stats['train_words_distinct'][side]}"
+                           for side, n in stats["learner_words"].items() if n is not None)
+        lines.insert(4, f"  learned from {sample} distinct train words")
     logger.info("\n".join(lines))
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import heapq
 import itertools
 import logging
 import time
 import uuid
+import zlib
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 
 import apache_beam as beam
@@ -33,6 +35,48 @@ SIDES = ("source", "target")
 # What the Beam job learned for the sides with a learned tokenizer (a side input of the DoFns that
 # tokenize): {side: WordPiece pieces, or a SentencePiece model's bytes}.
 Learned = Mapping[str, Union[Sequence[str], bytes]]
+# Where the job's time goes (stats.json `stage_seconds`, summed over workers): each DoFn times its
+# own work and reports it with its METRICS, so no timing crosses into the data.
+STAGES = ("read", "span_masking", "counting", "learning", "encoding", "writing")
+# The learners' word counts are summed per (group, bucket) key, a stable hash of the word choosing
+# the bucket: each worker sums a share of the words, and no step holds every unique word at once.
+WORD_BUCKETS = 16
+SHARED = "shared"  # the learner group of both sides' words under preprocess.shared_pieces
+# A bundle's token counts are sent on once they hold this many distinct tokens, so a worker's
+# counts stay bounded however large its bundle is (the combiner adds them up all the same).
+FLUSH_DISTINCT_TOKENS = 100_000
+
+
+def stage_report(**seconds: float) -> dict[str, dict[str, float]]:
+    """A METRICS report of time spent, by stage (one of STAGES)."""
+    assert set(seconds) <= set(STAGES), seconds
+    return {"stage_seconds": seconds}
+
+
+class _Stopwatch:
+    """Seconds spent in a DoFn's own code, by stage; `timed` excludes the time a generator spends
+    suspended at its yields (where the fused downstream steps run)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, stage: str, started: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+
+    def timed(self, stage: str, items: Iterable[Any]) -> Iterator[Any]:
+        iterator = iter(items)
+        while True:
+            started = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                self.add(stage, started)
+                return
+            self.add(stage, started)
+            yield item
+
+    def report(self) -> dict[str, dict[str, float]]:
+        return stage_report(**self.seconds)
 
 
 class RecordBatch(NamedTuple):
@@ -89,16 +133,21 @@ class ReadFn(beam.DoFn):
         self.newlines_only = newlines_only  # reused vocabularies: the first read only numbers lines
 
     def process(self, unit: ReadUnit, newline_counts: Sequence[tuple[str, int, int]] = ()) -> Iterator[Any]:
+        watch = _Stopwatch()
+        started = time.perf_counter()
         if self.newlines_only:
             if unit.splittable:
                 newlines, _, _ = inputs.read_range(unit)
+                watch.add("read", started)
                 yield beam.pvalue.TaggedOutput(NEWLINES, (unit.path, unit.start, newlines))
-            return
-        started = time.perf_counter()
-        yield from self._read(unit, newline_counts)
-        if self.final:
-            logger.info("read %s [%d..%s] in %.1fs", unit.path, unit.start,
-                        unit.end if unit.end is not None else "end", time.perf_counter() - started)
+        else:
+            # Every pass's reading counts towards "read"; the steps fused after it are not.
+            yield from watch.timed("read", self._read(unit, newline_counts))
+            if self.final:
+                logger.info("read %s [%d..%s] in %.1fs", unit.path, unit.start,
+                            unit.end if unit.end is not None else "end", time.perf_counter() - started)
+        if watch.seconds:
+            yield beam.pvalue.TaggedOutput(METRICS, watch.report())
 
     def _read(self, unit: ReadUnit, newline_counts: Sequence[tuple[str, int, int]]) -> Iterator[Any]:
         if unit.splittable:
@@ -291,26 +340,52 @@ class CountTokensFn(_TokenizingFn):
 
     def start_bundle(self) -> None:
         self._counts = {side: collections.Counter() for side in SIDES}
+        self._watch = _Stopwatch()
 
     def process(self, batch: RecordBatch, learned: Optional[Learned] = None):
+        started = time.perf_counter()
         if self._tokenizers is None:
-            tf = _tf()
-            self._tokenizers = self._make_tokenizers(learned)
-            # One traced function for both sides: tracing tensorflow-text tokenizers takes seconds.
-            self._count = tf.function(self._count_impl, input_signature=[
-                tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.bool)])
+            self._build(learned)
         train = ~self._split_flags(batch)
         if not train.any():
+            self._watch.add("counting", started)
             return
-        for side, tokens in zip(SIDES, self._count(batch.sources, batch.targets, train)):
+        # Masking the spans is a traced function of its own, so that its time is seen apart.
+        masking = time.perf_counter()
+        self._watch.add("counting", started)
+        sources, targets, within = self._mask(batch.sources, batch.targets)
+        self._watch.add("span_masking", masking)
+        started = time.perf_counter()
+        for side, tokens in zip(SIDES, self._count(sources, targets, within, train)):
             self._counts[side].update(tokens.numpy().tolist())
-        return ()
+        full = sum(len(c) for c in self._counts.values()) >= FLUSH_DISTINCT_TOKENS
+        self._watch.add("counting", started)
+        if full:
+            yield self._counts
+            self._counts = {side: collections.Counter() for side in SIDES}
+
+    def _build(self, learned: Optional[Learned]) -> None:
+        tf = _tf()
+        strings = tf.TensorSpec([None], tf.string)
+        self._tokenizers = self._make_tokenizers(learned)
+        self._mask = tf.function(self._mask_impl, input_signature=[strings, strings])
+        # One traced function for both sides: tracing tensorflow-text tokenizers takes seconds.
+        self._count = tf.function(self._count_impl, input_signature=[
+            strings, strings, tf.TensorSpec([None], tf.bool), tf.TensorSpec([None], tf.bool)])
 
     def finish_bundle(self):
         if any(self._counts.values()):
             yield GlobalWindows.windowed_value(self._counts)
+        if self._watch.seconds:
+            yield beam.pvalue.TaggedOutput(METRICS, GlobalWindows.windowed_value(self._watch.report()))
 
-    def _count_impl(self, sources, targets, train):
+    def _mask_impl(self, sources, targets):
+        """Both sides with their spans masked, and whether the source is within the span slots."""
+        within = self._within_span_slots(sources)
+        sources, targets = self._protect(sources, targets)
+        return sources, targets, within
+
+    def _count_impl(self, sources, targets, within_span_slots, train):
         """Each side's kept tokens of the train records that the encoder will not reject.
 
         For the piece learners' word counts (whitespace words, `tokenizer` "whitespace" before a
@@ -318,11 +393,9 @@ class CountTokensFn(_TokenizingFn):
         come from its first N words at most, and a side with more words than a limit has more pieces too.
         """
         tf = _tf()
-        raw_sources = sources
-        sources, targets = self._protect(sources, targets)
         tokens = [self._tokenizers["source"].tokenize(sources), self._tokenizers["target"].tokenize(targets)]
         lengths = [t.row_lengths() for t in tokens]
-        keep = train & (lengths[0] > 0) & (lengths[1] > 0) & self._within_span_slots(raw_sources)
+        keep = train & (lengths[0] > 0) & (lengths[1] > 0) & within_span_slots
         rejected_over = reject_limits(self.config) if self.apply_length_policy else None
         if rejected_over is not None:
             keep &= (lengths[0] <= rejected_over[0]) & (lengths[1] <= rejected_over[1])
@@ -348,6 +421,85 @@ class SumCountsFn(beam.CombineFn):
         return merged
 
     def extract_output(self, acc: dict) -> dict:
+        return acc
+
+
+# --------------------------------------------------------------------------------------------
+# The learners' sample: the most frequent train words, found without one worker holding them all
+# --------------------------------------------------------------------------------------------
+
+def learner_group(config: PreprocessConfig, side: str) -> str:
+    """Whose words a learned side's pieces are learned from: its own, or both sides' (SHARED)."""
+    return SHARED if config.shared_pieces else side
+
+
+def word_buckets(counts: Mapping[str, Mapping[bytes, int]], config: PreprocessConfig
+                 ) -> Iterator[tuple[tuple[str, int], dict[bytes, int]]]:
+    """One bundle's {side: {word: count}} -> ((learner group, bucket), {word: count}) for the
+    learned sides. The bucket is a stable hash of the word (crc32, the same in every process, unlike
+    Python's `hash`), so a word's counts from every bundle meet under one key."""
+    for side in config.learned_sides:
+        buckets: dict[int, dict[bytes, int]] = {}
+        for word, count in counts.get(side, {}).items():
+            buckets.setdefault(zlib.crc32(word) % WORD_BUCKETS, {})[word] = count
+        group = learner_group(config, side)
+        for bucket, words in buckets.items():
+            yield (group, bucket), words
+
+
+def word_totals(counts: Mapping[str, Mapping[bytes, int]]) -> Iterator[tuple[str, int]]:
+    """One bundle's {side: {word: count}} -> (side, words counted): what the learners check."""
+    for side, side_counts in counts.items():
+        yield side, sum(side_counts.values())
+
+
+class SumWordCountsFn(beam.CombineFn):
+    """Merge {word: count} dicts (one bucket's share of the words)."""
+
+    def create_accumulator(self) -> collections.Counter:
+        return collections.Counter()
+
+    def add_input(self, acc: collections.Counter, counts: Mapping[bytes, int]) -> collections.Counter:
+        acc.update(counts)
+        return acc
+
+    def merge_accumulators(self, accumulators: Iterable[collections.Counter]) -> collections.Counter:
+        merged = collections.Counter()
+        for acc in accumulators:
+            merged.update(acc)
+        return merged
+
+    def extract_output(self, acc: collections.Counter) -> collections.Counter:
+        return acc
+
+
+def _by_frequency(item: tuple[bytes, int]) -> tuple[int, bytes]:
+    """The sample's order: the most frequent first, ties by the word (a total order, so the sample
+    never depends on the order the counts arrived in)."""
+    return -item[1], item[0]
+
+
+def top_words(items: Iterable[tuple[bytes, int]], n: int) -> list[tuple[bytes, int]]:
+    return heapq.nsmallest(n, items, key=_by_frequency)
+
+
+class TopWordsFn(beam.CombineFn):
+    """The `n` most frequent (word, count) pairs of the buckets' summed counts; the accumulator
+    holds `n` pairs at most. Exact: each word's whole count is in one bucket."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def create_accumulator(self) -> list:
+        return []
+
+    def add_input(self, acc: list, counts: Mapping[bytes, int]) -> list:
+        return top_words(itertools.chain(acc, counts.items()), self.n)
+
+    def merge_accumulators(self, accumulators: Iterable[list]) -> list:
+        return top_words(itertools.chain.from_iterable(accumulators), self.n)
+
+    def extract_output(self, acc: list) -> list:
         return acc
 
 
@@ -390,21 +542,27 @@ class QuarantineFn(beam.DoFn):
         self._file = None
         self._path = ""
         self._counts: dict[str, int] = {}
+        self._watch = _Stopwatch()
 
     def process(self, reject: Reject):
+        started = time.perf_counter()
         if self._file is None:
             tf = _tf()
             self._path = f"{self.directory}/rejected-{uuid.uuid4().hex}.jsonl"
             self._file = tf.io.gfile.GFile(self._path, "w")
         self._file.write(reject.to_json() + "\n")
         self._counts[reject.reason] = self._counts.get(reject.reason, 0) + 1
+        self._watch.add("writing", started)
         return ()
 
     def finish_bundle(self):
         if self._file is None:
             return
+        started = time.perf_counter()
         self._file.close()
-        yield GlobalWindows.windowed_value({"rejected": self._counts, "files": {"quarantine": [self._path]}})
+        self._watch.add("writing", started)
+        yield GlobalWindows.windowed_value({"rejected": self._counts, "files": {"quarantine": [self._path]},
+                                            **self._watch.report()})
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,6 +590,7 @@ class EncodeAndWriteFn(_TokenizingFn):
         self._writers: dict[str, Any] = {}
         self._paths: dict[str, str] = {}
         self._metrics = self._empty_metrics()
+        self._watch = _Stopwatch()
 
     @staticmethod
     def _empty_metrics() -> dict:
@@ -472,6 +631,8 @@ class EncodeAndWriteFn(_TokenizingFn):
 
     def process(self, batch: RecordBatch, vocabularies: Mapping[str, Sequence[str]],
                 learned: Optional[Learned] = None):
+        # Encoding includes the span masking of this pass (inside the encoders' traced function).
+        started = time.perf_counter()
         if self._encoders is None:
             self._build(vocabularies, learned)
         assert self._encoders is not None
@@ -484,13 +645,21 @@ class EncodeAndWriteFn(_TokenizingFn):
         evals = is_eval(digests, c.eval_fraction) if c.eval_fraction > 0 else np.zeros(len(source_text), bool)
         shards = shard_index(digests, c.num_shards) if c.num_shards > 0 else np.full(len(source_text), -1)
         reasons = self._reject_reasons(src["full_length"], tgt["full_length"], src["span_count"])
-        for i in np.flatnonzero(reasons != ""):
+        keep = reasons == ""
+        self._record_stats(src, tgt, keep, evals)
+        self._watch.add("encoding", started)
+        for i in np.flatnonzero(~keep):
             # Counted where all rejects meet, so that conservation checks two independent tallies.
             yield beam.pvalue.TaggedOutput(REJECTED, Reject(
                 batch.path, batch.lines[i], str(reasons[i]), f"{batch.sources[i]}\t{batch.targets[i]}",
                 detail=_span_detail(int(src["span_count"][i])) if reasons[i] == "too_many_spans" else None))
-        keep = reasons == ""
-        self._record_stats(src, tgt, keep, evals)
+        started = time.perf_counter()
+        self._write(src, tgt, source_text, target_text, keep, evals, shards)
+        self._watch.add("writing", started)
+
+    def _write(self, src: dict, tgt: dict, source_text: np.ndarray, target_text: np.ndarray, keep: np.ndarray,
+               evals: np.ndarray, shards: np.ndarray) -> None:
+        """The kept rows as tf.train.Example bytes, into this bundle's file of their split (and shard)."""
         from components.preprocess.examples import serialize_examples
 
         for split, rows in (("train", keep & ~evals), ("eval", keep & evals)):
@@ -552,10 +721,12 @@ class EncodeAndWriteFn(_TokenizingFn):
         return self._writers[key]
 
     def finish_bundle(self):
+        started = time.perf_counter()
         for writer in self._writers.values():
             writer.close()
+        self._watch.add("writing", started)
         # Length histograms have int keys; stringify them so that every coder keeps them.
-        metrics = dict(self._metrics)
+        metrics = {**self._metrics, **self._watch.report()}
         for side in SIDES:
             metrics[f"{side}_lengths"] = {str(k): v for k, v in metrics[f"{side}_lengths"].items()}
         if self.config.num_shards > 0:
@@ -589,6 +760,7 @@ class ConcatenateShardFn(beam.DoFn):
         from apache_beam.io.filesystem import CompressionTypes
         from apache_beam.io.filesystems import FileSystems
 
+        started = time.perf_counter()
         (split, shard), parts = element
         parts = sorted(parts)
         path = f"{self.directory}/{split}-{shard:05d}-of-{self.num_shards:05d}.tfrecord.gz"
@@ -599,7 +771,7 @@ class ConcatenateShardFn(beam.DoFn):
                     while chunk := f.read(1 << 22):
                         out.write(chunk)
         FileSystems.delete(parts)
-        yield {"shards": {split: 1}}
+        yield {"shards": {split: 1}, **stage_report(writing=time.perf_counter() - started)}
 
 
 def publish_files(files: Mapping[str, Sequence[str]], directory: str) -> dict[str, int]:

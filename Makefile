@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 # One pytest worker per core (at most 4: each holds a TensorFlow runtime); a test file's tests stay
-# on one worker, so its module fixtures (a trained model, a preprocess run) are built once.
-PYTEST_ARGS ?= --numprocesses=auto --maxprocesses=4 --dist=loadfile
+# on one worker, so its module fixtures (a trained model, a preprocess run) are built once; the
+# slowest files go first (tests/conftest.py), so that no core idles at the end.
+PYTEST_ARGS ?= --numprocesses=auto --maxprocesses=4 --dist=loadfile --no-loadscope-reorder
 
 .PHONY: run test lint install bench clean
 

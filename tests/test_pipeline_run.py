@@ -230,7 +230,7 @@ def _wait_for(predicate, timeout):
 def test_a_run_killed_during_training_is_resumed_by_the_next_run(capsys, tmp_path):
     artifacts = tmp_path / "artifacts"
     args = ["run", "--data", str(SEED), "--artifacts", str(artifacts), "--config", EMBEDDED, "--json",
-            "--set", "trainer.epochs=150"]
+            "--set", "trainer.epochs=100"]
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -242,7 +242,7 @@ def test_a_run_killed_during_training_is_resumed_by_the_next_run(capsys, tmp_pat
         if proc.poll() is None:
             proc.kill()
     killed_dir = next(artifacts.glob("runs/*/train"))
-    code, result, _ = run(capsys, SEED, artifacts, "--set", "trainer.epochs=150")  # stale lock is taken over
+    code, result, _ = run(capsys, SEED, artifacts, "--set", "trainer.epochs=100")  # stale lock is taken over
     manifest = json.loads(Path(result["manifest"]).read_text())
     train = manifest["components"]["train"]
     assert train.get("resumed") is True and train["output"] == str(killed_dir)

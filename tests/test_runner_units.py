@@ -244,3 +244,35 @@ def test_a_stop_by_signal_is_told_from_a_failure_and_keeps_its_signal_through_be
     stopped.exit_code = 128 + signal.SIGTERM
     assert stop_signal(stopped) == "SIGTERM"
     assert stop_signal(ValueError("bad")) is None and stop_signal(LockedError("held")) is None
+
+
+def test_the_next_run_resumes_an_unfinished_attempt_with_the_same_key_and_nothing_else(tmp_path):
+    """A SIGKILL leaves a component `running` in run.json (a signal: `interrupted`, an error: `failed`);
+    the next run with the same key resumes that attempt's folder, never a finished one, another key's,
+    or one whose folder is gone. Newest first."""
+    from pipeline.runner import find_interrupted
+
+    artifacts = tmp_path / "artifacts"
+
+    def attempt(run_id: str, status: str, key: str = "key", folder: bool = True) -> str:
+        output = artifacts / "runs" / run_id / "train"
+        if folder:
+            output.mkdir(parents=True)
+        (artifacts / "runs" / run_id).mkdir(parents=True, exist_ok=True)
+        entry = {"fingerprint": key, "status": status, "output": str(output)}
+        manifest = {"run_id": run_id, "components": {"train": entry}}
+        (artifacts / "runs" / run_id / "run.json").write_text(json.dumps(manifest))
+        return str(output)
+
+    attempt("20260101T000000.000Z-a", "succeeded")
+    killed = attempt("20260102T000000.000Z-b", "running")
+    assert find_interrupted(str(artifacts), "now", "train", "key") == killed
+    assert find_interrupted(str(artifacts), "now", "train", "other key") is None
+    assert find_interrupted(str(artifacts), "now", "export", "key") is None
+    stopped = attempt("20260103T000000.000Z-c", "interrupted")
+    assert find_interrupted(str(artifacts), "now", "train", "key") == stopped  # the newest
+    attempt("20260104T000000.000Z-d", "failed", folder=False)  # its folder is gone: not resumable
+    assert find_interrupted(str(artifacts), "now", "train", "key") == stopped
+    failed = attempt("20260105T000000.000Z-e", "failed")
+    assert find_interrupted(str(artifacts), "now", "train", "key") == failed
+    assert find_interrupted(str(artifacts), "20260105T000000.000Z-e", "train", "key") == stopped  # not its own

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator, Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 from components.core.config import ConfigError
 from components.core.errors import UserError
@@ -159,7 +159,7 @@ def wait_for_workers(cluster: Cluster, timeout_s: float) -> None:
     logger.info("%s of TF_CONFIG's cluster: waiting up to %.0f s (trainer.registration_timeout_s) for %s to start",
                 cluster.own, timeout_s, ", ".join(map(str, peers)))
     deadline = time.monotonic() + timeout_s
-    with _listening(cluster.own) as listener, _flag_on_signals() as stop:
+    with _listening(cluster.own) as listener, flag_on_signals() as stop:
         missing = peers
         while True:
             _answer(listener)
@@ -223,14 +223,19 @@ def _accepts(task: Task) -> bool:
 
 
 @contextmanager
-def _flag_on_signals() -> Iterator[dict[str, Optional[str]]]:
-    """SIGTERM/SIGINT set a flag the wait checks between looks (at most POLL_SECONDS apart)."""
+def flag_on_signals(on_signal: Optional[Callable[[dict[str, Optional[str]], int], None]] = None
+                    ) -> Iterator[dict[str, Optional[str]]]:
+    """SIGTERM/SIGINT set flag["signal"] to the signal's name, for a loop to check between steps (the
+    registration wait here, the trainer's steps); `on_signal(flag, signum)` runs first and may raise.
+    Outside the main thread no handler can be installed, and the flag stays unset."""
     flag: dict[str, Optional[str]] = {"signal": None}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum, frame):
+        if on_signal is not None:
+            on_signal(flag, signum)
         flag["signal"] = signal.Signals(signum).name
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}

@@ -6,10 +6,9 @@ import logging
 import math
 import re
 import signal
-import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, ContextManager, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +24,7 @@ from components.model import Seq2Seq
 from components.model import checkpoints as ck
 from components.trainer.cluster import (
     RegistrationInterrupted,
+    flag_on_signals,
     keeping_signal_handlers,
     read_tf_config,
     wait_for_workers,
@@ -175,26 +175,16 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-@contextmanager
-def stop_on_signals() -> Iterator[dict[str, Optional[str]]]:
+def _checkpoint_or_abort(flag: dict[str, Optional[str]], signum: int) -> None:
+    """A second SIGINT aborts at once; a first signal is announced (the step loop saves, then stops)."""
+    if flag["signal"] and signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    logger.warning("%s received: saving a checkpoint after this step", signal.Signals(signum).name)
+
+
+def stop_on_signals() -> ContextManager[dict[str, Optional[str]]]:
     """SIGTERM/SIGINT set a flag the loop checks after each step; a second SIGINT aborts at once."""
-    flag: dict[str, Optional[str]] = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag["signal"] and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag["signal"] = signal.Signals(signum).name
-        logger.warning("%s received: saving a checkpoint after this step", flag["signal"])
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    return flag_on_signals(_checkpoint_or_abort)
 
 
 def scalar_summary(name: str, value: float, step: int) -> None:

@@ -84,7 +84,7 @@ def test_learned_model_settings(tmp_path):
     below the characters' needs grows to fit; no words still give a model."""
     import sentencepiece as spm
 
-    from components.preprocess.job import learn_sentencepiece_models, train_sentencepiece
+    from components.preprocess.learners import learn_sentencepiece_models, train_sentencepiece
 
     words = {"Straße…": 3, "%(name)s": 2, "안녕하세요": 5, "{count}": 1, "<b>": 4, "Hallo": 2}
     p = config("preprocess.source_tokenizer=sentencepiece", "preprocess.target_tokenizer=whitespace",

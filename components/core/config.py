@@ -77,6 +77,10 @@ class PreprocessConfig:
     # shared_pieces): the most frequent, ties by the word, so that learning costs the same however
     # large the corpus grows, and the sample is the same on any number of workers.
     learn_max_words: int = 200_000
+    # How wordpiece and subword learn their vocabulary: bpe (SentencePiece's C++ BPE trainer, its
+    # merges as WordPiece pieces) or tensorflow_text (tensorflow-text's pure-Python learner, whose
+    # time grows with the sample: docs/preprocess.md).
+    wordpiece_learner: Literal["bpe", "tensorflow_text"] = "bpe"
     # One piece inventory (WordPiece vocabulary or SentencePiece model) learned from both sides' train
     # words, so a word both sides hold (an identifier, a number, a file name) splits into the same
     # pieces on both: what copy attention needs to copy it piece by piece. Both sides must use the same

@@ -27,7 +27,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import schemas
 from components.core.config import ConfigError, PipelineConfig, PreprocessConfig
 from components.core.errors import ArtifactError, InputError, UserError
-from components.preprocess import fs, inputs, transforms
+from components.preprocess import fs, inputs, learners, transforms
+from components.preprocess.learners import SENTENCEPIECE_MODEL, WORDPIECE_VOCAB
 from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SHARED, SIDES, SPLITS, STAGES, Learned
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,6 @@ SHARD_DIR = "_shards"
 QUARANTINE_DIR = "quarantine"
 QUARANTINE_PREFIX = "rejected"
 PERCENTILES = (50, 90, 95, 99)
-WORDPIECE_VOCAB = "{side}.wordpiece.vocab"
-SENTENCEPIECE_MODEL = "{side}.sentencepiece.model"
-# SentencePiece's trainer splits the EM steps over its threads, and the model it learns depends on
-# their number: a fixed number keeps the model the same on every machine.
-SENTENCEPIECE_THREADS = 4
 
 
 class OutputExistsError(UserError):
@@ -406,7 +402,7 @@ def _learn_step(_: None, p: PreprocessConfig, staging: str, samples: Mapping[str
 
     started = time.perf_counter()
     _check_train_words(totals, p)
-    learned = learn_tokenizers({group: dict(words) for group, words in samples.items()}, p, staging)
+    learned = learners.learn_tokenizers({group: dict(words) for group, words in samples.items()}, p, staging)
     seconds = time.perf_counter() - started
     groups = {side: transforms.learner_group(p, side) for side in p.learned_sides}
     yield learned
@@ -451,19 +447,6 @@ def _tokenizer_names(p: PreprocessConfig) -> str:
     return source if source == target else f"source {source}, target {target}"
 
 
-def learn_tokenizers(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str
-                     ) -> dict[str, Union[list[str], bytes]]:
-    """What each side with a learned tokenizer needs, from its (sampled) train word counts, by side
-    or, with preprocess.shared_pieces, under SHARED: {side: WordPiece pieces (wordpiece, subword) or
-    SentencePiece model bytes (sentencepiece)}; the files are written."""
-    learned: dict[str, Union[list[str], bytes]] = {}
-    if p.wordpiece_sides:
-        learned.update(learn_wordpiece_vocabularies(counts, p, staging))
-    if p.sentencepiece_sides:
-        learned.update(learn_sentencepiece_models(counts, p, staging))
-    return learned
-
-
 def _check_train_words(totals: Mapping[str, int], p: PreprocessConfig) -> None:
     """A learned side needs train words to learn its pieces from: with none, one clear line (a
     ConfigError naming preprocess.eval_fraction when the eval split took them) instead of the
@@ -477,115 +460,6 @@ def _check_train_words(totals: Mapping[str, int], p: PreprocessConfig) -> None:
     if p.eval_fraction > 0:
         raise ConfigError(f"preprocess.eval_fraction={p.eval_fraction:g} leaves {what}; lower preprocess.eval_fraction")
     raise InputError(f"{what}: every record is rejected or empty")
-
-
-def _sorted_words(counts: Mapping[str, Mapping[bytes, int]], side: str, p: PreprocessConfig) -> list[tuple[str, int]]:
-    """A side's train words and counts, or with preprocess.shared_pieces both sides' summed (the
-    job sums them under SHARED already)."""
-    merged: dict[str, int] = {}
-    for name in ((SHARED,) if SHARED in counts else SIDES if p.shared_pieces else (side,)):
-        for word, count in counts.get(name, {}).items():
-            key = word.decode("utf-8") if isinstance(word, bytes) else word
-            merged[key] = merged.get(key, 0) + count
-    # Sorted input: a learner's output must not depend on the order the counts arrived in.
-    return sorted(merged.items())
-
-
-def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str
-                                 ) -> dict[str, list[str]]:
-    """Learn each WordPiece side's vocabulary from its train word counts (tensorflow-text's learner).
-
-    Writes SIDE.wordpiece.vocab and returns {side: pieces}; the 4 special tokens come first.
-    """
-    from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
-
-    from components.core.spans import has_sentinel
-    from components.core.vocabulary import SPECIAL_TOKENS
-    from components.text.spans import reserved_tokens
-
-    result: dict[str, list[str]] = {}
-    for side in p.wordpiece_sides:
-        if p.shared_pieces and result:  # one inventory for both sides: learned once
-            pieces = next(iter(result.values()))
-        else:
-            words = _sorted_words(counts, side, p)
-            reserved = list(SPECIAL_TOKENS) + reserved_tokens(p, side)
-            pieces = learner.learn(words, vocab_size=p.wordpiece_vocab_size, reserved_tokens=reserved,
-                                   lower_thresh=1, max_unique_chars=max(1000, p.wordpiece_vocab_size // 4))
-            # The reserved tokens come first; the learner's own copies of sentinel characters are dropped.
-            pieces = reserved + [piece for piece in pieces if piece not in reserved and not has_sentinel(piece)]
-        fs.write_text(f"{staging}/{WORDPIECE_VOCAB.format(side=side)}", "".join(t + "\n" for t in pieces))
-        logger.info("learned a %d-piece WordPiece vocabulary for the %s side", len(pieces), side)
-        result[side] = pieces
-    return result
-
-
-def learn_sentencepiece_models(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str
-                               ) -> dict[str, bytes]:
-    """Train each SentencePiece side's unigram model on its train word counts.
-
-    Writes SIDE.sentencepiece.model (atomically) and returns {side: model bytes}. See
-    `train_sentencepiece` for the settings.
-    """
-    from components.core import io
-    from components.text.spans import reserved_tokens
-
-    result: dict[str, bytes] = {}
-    for side in p.sentencepiece_sides:
-        if p.shared_pieces and result:  # one model for both sides: learned once
-            model = next(iter(result.values()))
-        else:
-            model = train_sentencepiece(_sorted_words(counts, side, p), p.wordpiece_vocab_size, side,
-                                        reserved_tokens(p, side))
-        io.write_bytes_atomic(f"{staging}/{SENTENCEPIECE_MODEL.format(side=side)}", model)
-        result[side] = model
-    return result
-
-
-def train_sentencepiece(words: Sequence[tuple[str, int]], vocab_size: int, side: str = "",
-                        user_symbols: Sequence[str] = ()) -> bytes:
-    """A SentencePiece unigram model (serialized) learned from (word, count) pairs.
-
-    The words are normalized text already (the tokenizer normalizes before the model sees it), so
-    the model normalizes nothing (`identity`) and its pieces spell the text exactly; every character
-    of the words is covered, byte fallback is off, and the model's only special piece is its unknown
-    piece, named `<unk>` like the pipeline's, so that text the model does not cover becomes `<unk>`.
-    `vocab_size` pieces at most (fewer when the words hold fewer); at least one per character.
-    """
-    from io import BytesIO
-
-    import sentencepiece as spm
-
-    from components.core.vocabulary import UNK
-
-    # Words are whitespace-split, so they hold no tab or newline: one `word<TAB>count` row each.
-    words = [(w, n) for w, n in words if w]
-    if not words:
-        # No train words: the job then fails with a clear count error; this model is never used.
-        words = [(UNK, 1)]
-    # every character, the word-start mark, <unk>, the user symbols (protected-span sentinels)
-    needed = len({c for w, _ in words for c in w} | set(user_symbols)) + 2 + len(user_symbols)
-    if vocab_size < needed:
-        logger.warning("preprocess.wordpiece_vocab_size %d is smaller than the %d pieces the %s side's "
-                       "characters need: learning a %d-piece SentencePiece model", vocab_size, needed, side, needed)
-        vocab_size = needed
-    model = BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([f"{w}\t{n}" for w, n in words]), input_format="tsv", model_writer=model,
-        model_type="unigram", vocab_size=vocab_size, hard_vocab_limit=False,
-        character_coverage=1.0, byte_fallback=False, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, split_digits=False,
-        unk_id=0, unk_piece=UNK, bos_id=-1, eos_id=-1, pad_id=-1,
-        user_defined_symbols=list(user_symbols), num_threads=SENTENCEPIECE_THREADS, minloglevel=2)
-    data = model.getvalue()
-    logger.info("learned a %d-piece SentencePiece model for the %s side", _piece_count(data), side)
-    return data
-
-
-def _piece_count(model: bytes) -> int:
-    import sentencepiece as spm
-
-    return spm.SentencePieceProcessor(model_proto=model).get_piece_size()
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,12 @@ becomes one unknown token.
 In the graph: every substring of up to `max_piece_chars` characters at every position is looked up
 in one hash table at once ([words, chars, lengths]), and a `tf.while_loop` then walks each word from
 match to match.
+
+`CompiledWordpiece` is the same segmentation by tensorflow-text's `FastWordpieceTokenizer` (a
+compiled trie, LinMaxMatch): the Beam job segments the corpus with it, and the SavedModel keeps
+`CoreWordpiece`, so the served model needs no tensorflow-text. Both give the same pieces for every
+word (tests/test_subword.py on real and random words; tests/test_encode_parity.py through the Beam
+job and the SavedModel's `encode`).
 """
 from __future__ import annotations
 
@@ -36,14 +42,19 @@ def _piece_chars(piece: str) -> int:
     return len(piece[len(SUFFIX_INDICATOR):] if piece.startswith(SUFFIX_INDICATOR) else piece)
 
 
+def check_pieces(pieces: Sequence[str]) -> list[str]:
+    pieces = list(pieces)
+    if not pieces:
+        raise ValueError("a WordPiece vocabulary needs at least one piece")
+    return pieces
+
+
 class CoreWordpiece(tf.Module):
     """Greedy longest-match WordPiece over a fixed piece list, in core ops only."""
 
     def __init__(self, pieces: Sequence[str], unknown_token: str = UNK, name: str = "core_wordpiece"):
         super().__init__(name=name)
-        pieces = list(pieces)
-        if not pieces:
-            raise ValueError("a WordPiece vocabulary needs at least one piece")
+        pieces = check_pieces(pieces)
         self.max_piece_chars = max(1, max(_piece_chars(p) for p in pieces))
         self.unknown_token = unknown_token
         self._pieces = tf.constant(pieces, tf.string)
@@ -116,3 +127,25 @@ class CoreWordpiece(tf.Module):
         piece_ids = tf.cond(steps > 0, lambda: tf.transpose(emitted.stack()),
                             lambda: tf.zeros([words, 0], tf.int64))
         return piece_ids, count, failed
+
+
+class CompiledWordpiece(tf.Module):
+    """`CoreWordpiece`'s segmentation by tensorflow-text's compiled FastWordpieceTokenizer: the
+    same pieces, far faster on large batches (docs/preprocess.md), but its op needs tensorflow-text
+    in the process, so only the Beam job uses it."""
+
+    def __init__(self, pieces: Sequence[str], unknown_token: str = UNK, name: str = "compiled_wordpiece"):
+        super().__init__(name=name)
+        from components.core.tftext import register_tensorflow_text_ops
+
+        pieces = check_pieces(pieces)
+        if unknown_token not in pieces:  # the compiled tokenizer emits it, so it must be a piece
+            pieces = pieces + [unknown_token]
+        self._impl = register_tensorflow_text_ops().FastWordpieceTokenizer(
+            vocab=pieces, suffix_indicator=SUFFIX_INDICATOR, max_bytes_per_word=MAX_BYTES_PER_WORD,
+            token_out_type=tf.string, unknown_token=unknown_token, no_pretokenization=True,
+            support_detokenization=False)
+
+    def tokenize(self, words: tf.Tensor) -> tf.RaggedTensor:
+        """[N] words (no whitespace inside) -> [N, (pieces)] piece strings."""
+        return self._impl.tokenize(tf.convert_to_tensor(words, tf.string))

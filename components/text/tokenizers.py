@@ -23,7 +23,7 @@ import tensorflow as tf
 from components.core.config import SENTENCEPIECE_TOKENIZERS, WORDPIECE_TOKENIZERS
 from components.core.tftext import register_tensorflow_text_ops
 from components.core.vocabulary import UNK
-from components.text.subword import CoreWordpiece, read_pieces
+from components.text.subword import CompiledWordpiece, CoreWordpiece, read_pieces
 
 TOKENIZERS = ("whitespace", "unicode_script", "wordpiece", "subword", "sentencepiece")
 WORDPIECE_SUFFIX = "##"
@@ -159,10 +159,13 @@ class SubwordTokenizer(Tokenizer):
 
     name = "subword"
 
-    def __init__(self, vocab: Union[str, Sequence[str]], lowercase: bool = False):
+    def __init__(self, vocab: Union[str, Sequence[str]], lowercase: bool = False, compiled: bool = False):
+        """`compiled`: segment with tensorflow-text's compiled FastWordpieceTokenizer (the same
+        pieces; the Beam job's choice) instead of the core ops a SavedModel keeps."""
         super().__init__(lowercase)
         self.vocab_path = vocab if isinstance(vocab, str) else None
-        self._impl = CoreWordpiece(read_pieces(vocab), unknown_token=UNK)
+        self.needs_tensorflow_text = compiled
+        self._impl = (CompiledWordpiece if compiled else CoreWordpiece)(read_pieces(vocab), unknown_token=UNK)
 
     def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:
         return self._pieces(texts).merge_dims(-2, -1)
@@ -234,11 +237,13 @@ class SentencepieceTokenizer(Tokenizer):
 
 def make_tokenizer(name: str, lowercase: bool = False,
                    wordpiece_vocab: Optional[Union[str, Sequence[str]]] = None,
-                   sentencepiece_model: Optional[Union[str, bytes]] = None) -> Tokenizer:
+                   sentencepiece_model: Optional[Union[str, bytes]] = None, compiled: bool = False) -> Tokenizer:
     """Build the tokenizer `preprocess.tokenizer` names.
 
     `wordpiece` and `subword` need their learned vocabulary: the file path, or the token list
-    itself; `sentencepiece` its learned model: the file path, or the model's bytes.
+    itself; `sentencepiece` its learned model: the file path, or the model's bytes. `compiled`
+    (the Beam job) segments both WordPiece tokenizers with tensorflow-text's compiled
+    FastWordpieceTokenizer: the same pieces, tokens and surfaces as the tokenizer a SavedModel keeps.
     """
     if name == "whitespace":
         return WhitespaceTokenizer(lowercase)
@@ -247,6 +252,8 @@ def make_tokenizer(name: str, lowercase: bool = False,
     if name in WORDPIECE_TOKENIZERS:
         if not wordpiece_vocab:
             raise ValueError(f"the {name} tokenizer needs the vocabulary learned by preprocessing")
+        if compiled:
+            return SubwordTokenizer(wordpiece_vocab, lowercase, compiled=True)
         return (WordpieceTokenizer if name == "wordpiece" else SubwordTokenizer)(wordpiece_vocab, lowercase)
     if name in SENTENCEPIECE_TOKENIZERS:
         if not sentencepiece_model:

@@ -251,19 +251,25 @@ def _configure_logging(verbose: bool) -> None:
         handler.addFilter(_not_a_cloud_notice)
 
 
-def _beam_runner(beam_args: Sequence[str]) -> str:
+def _beam_option(beam_args: Sequence[str], name: str, default: str) -> str:
+    """The value of `--NAME=V` or `--NAME V` among the Beam args."""
     for i, arg in enumerate(beam_args):
-        if arg.startswith("--runner="):
+        if arg.startswith(f"--{name}="):
             return arg.split("=", 1)[1]
-        if arg == "--runner" and i + 1 < len(beam_args):
+        if arg == f"--{name}" and i + 1 < len(beam_args):
             return beam_args[i + 1]
-    return "DirectRunner"
+    return default
 
 
 def _runs_tensorflow_here(args: argparse.Namespace) -> bool:
-    """Whether this process will import TensorFlow: every command but a `preprocess` sent to
-    another runner (portable, Dataflow, Flink, Spark), whose launcher leaves it to the workers."""
-    return args.command != "preprocess" or _beam_runner(getattr(args, "beam_args", ())).endswith("DirectRunner")
+    """Whether this process will import TensorFlow: every command but a `preprocess` whose workers
+    are other processes (another runner: portable, Dataflow, Flink, Spark; or the DirectRunner's
+    multi_processing mode), whose launcher leaves it to the workers and saves its seconds."""
+    if args.command != "preprocess":
+        return True
+    beam_args = getattr(args, "beam_args", ())
+    return (_beam_option(beam_args, "runner", "DirectRunner").endswith("DirectRunner")
+            and _beam_option(beam_args, "direct_running_mode", "in_memory") != "multi_processing")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

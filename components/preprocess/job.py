@@ -227,6 +227,7 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
     # Beam logs every string type hint it cannot resolve; ours are for readers, not for Beam.
     logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
     options = pipeline_options(beam_args)
+    threads = transforms.worker_threads(options.get_all_options())
     pipeline = beam.Pipeline(runner=_direct_runner(options), options=options)
     units_pc = pipeline | "ReadUnits" >> beam.Create(list(units))
 
@@ -240,15 +241,15 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
         if reused[1] is not None:
             learned = beam.pvalue.AsSingleton(pipeline | "ReusedPieces" >> beam.Create([reused[1]]))
     elif p.learned_sides:
-        learned = _learn_pieces(pipeline, first.batches, p, staging, reports)
+        learned = _learn_pieces(pipeline, first.batches, p, staging, reports, threads)
         second = units_pc | "ReadForTokenCounts" >> beam.ParDo(
-            transforms.ReadFn(p, final=False)).with_outputs(NEWLINES, METRICS, main="batches")
+            transforms.ReadFn(p, final=False), after=learned).with_outputs(NEWLINES, METRICS, main="batches")
         reports.append(second[METRICS])
         counted = second.batches | "CountTokens" >> beam.ParDo(
-            transforms.CountTokensFn(p, None, True), learned=learned).with_outputs(METRICS, main="counts")
+            transforms.CountTokensFn(p, None, True, threads), learned=learned).with_outputs(METRICS, main="counts")
     else:
         counted = first.batches | "CountTokens" >> beam.ParDo(
-            transforms.CountTokensFn(p, None, True)).with_outputs(METRICS, main="counts")
+            transforms.CountTokensFn(p, None, True, threads)).with_outputs(METRICS, main="counts")
     if reused is None:
         built = (counted.counts
                  | "SumTokens" >> beam.CombineGlobally(transforms.SumCountsFn())
@@ -265,7 +266,7 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
     if learned is not None:
         side_inputs["learned"] = learned
     encoded = final.batches | "EncodeAndWrite" >> beam.ParDo(
-        transforms.EncodeAndWriteFn(p, f"{staging}/{SHARD_DIR}"), **side_inputs
+        transforms.EncodeAndWriteFn(p, f"{staging}/{SHARD_DIR}", threads), **side_inputs
     ).with_outputs(REJECTED, METRICS, transforms.SHARD_PARTS, main="unused")
     quarantined = ((final[REJECTED], encoded[REJECTED])
                    | "AllRejects" >> beam.Flatten()
@@ -358,7 +359,7 @@ class _WorkerLogFilter(logging.Filter):
         return True
 
 
-def _learn_pieces(pipeline, batches, p: PreprocessConfig, staging: str, reports: list):
+def _learn_pieces(pipeline, batches, p: PreprocessConfig, staging: str, reports: list, threads: Optional[int]):
     """The learned sides' pieces, as a singleton side input, learned from a bounded sample: the
     `preprocess.learn_max_words` most frequent train words of each side (or of both sides, with
     preprocess.shared_pieces), ties by the word.
@@ -371,7 +372,7 @@ def _learn_pieces(pipeline, batches, p: PreprocessConfig, staging: str, reports:
     import apache_beam as beam
 
     words = batches | "CountWords" >> beam.ParDo(
-        transforms.CountTokensFn(p, "whitespace", True)).with_outputs(METRICS, main="counts")
+        transforms.CountTokensFn(p, "whitespace", True, threads)).with_outputs(METRICS, main="counts")
     buckets = (words.counts
                | "WordBuckets" >> beam.FlatMap(transforms.word_buckets, p)
                | "SumWords" >> beam.CombinePerKey(transforms.SumWordCountsFn()))
@@ -384,32 +385,38 @@ def _learn_pieces(pipeline, batches, p: PreprocessConfig, staging: str, reports:
     totals = (words.counts
               | "WordTotals" >> beam.FlatMap(transforms.word_totals)
               | "SumWordTotals" >> beam.CombinePerKey(sum))
+    # One element per learner group (each side, or SHARED), so the runner may learn them in parallel.
+    groups = sorted({transforms.learner_group(p, side) for side in p.learned_sides})
     learned = (pipeline
-               | "LearnOnce" >> beam.Create([None])
+               | "LearnerGroups" >> beam.Create(groups)
                | "LearnPieces" >> beam.FlatMap(
                    _learn_step, p, staging, samples=beam.pvalue.AsDict(samples),
                    distinct=beam.pvalue.AsDict(distinct), totals=beam.pvalue.AsDict(totals)
                ).with_outputs(METRICS, main="learned"))
+    merged = (learned.learned
+              | "AllLearned" >> beam.combiners.ToList()
+              | "MergeLearned" >> beam.Map(lambda parts: {side: value for part in parts for side, value in part.items()}))
     reports += [words[METRICS], learned[METRICS]]
-    return beam.pvalue.AsSingleton(learned.learned)
+    return beam.pvalue.AsSingleton(merged)
 
 
-def _learn_step(_: None, p: PreprocessConfig, staging: str, samples: Mapping[str, Sequence[tuple[bytes, int]]],
+def _learn_step(group: str, p: PreprocessConfig, staging: str, samples: Mapping[str, Sequence[tuple[bytes, int]]],
                 distinct: Mapping[str, int], totals: Mapping[str, int]):
-    """Learn the pieces from the sampled words: the learned dict, then a METRICS report of the
-    learning time and of how many distinct words the learners saw, of how many in the train split."""
+    """Learn one group's pieces (a side's, or both sides' under SHARED) from its sampled words:
+    {side: learned}, then a METRICS report of the learning time and of how many distinct words the
+    learners saw, of how many in the train split."""
     import apache_beam as beam
 
     started = time.perf_counter()
     _check_train_words(totals, p)
-    learned = learners.learn_tokenizers({group: dict(words) for group, words in samples.items()}, p, staging)
+    sides = [side for side in p.learned_sides if transforms.learner_group(p, side) == group]
+    learned = learners.learn_tokenizers({group: dict(samples.get(group, ()))}, p, staging, sides)
     seconds = time.perf_counter() - started
-    groups = {side: transforms.learner_group(p, side) for side in p.learned_sides}
     yield learned
     yield beam.pvalue.TaggedOutput(METRICS, {
         **transforms.stage_report(learning=seconds),
-        "learner_words": {side: len(samples.get(group, ())) for side, group in groups.items()},
-        "train_words_distinct": {side: int(distinct.get(group, 0)) for side, group in groups.items()}})
+        "learner_words": {side: len(samples.get(group, ())) for side in sides},
+        "train_words_distinct": {side: int(distinct.get(group, 0)) for side in sides}})
 
 
 def _vocabularies_step(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str):

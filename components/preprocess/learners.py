@@ -15,7 +15,7 @@ corpus alone: the same on any number of workers and in every run.
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 from components.core.config import PreprocessConfig
 from components.preprocess import fs
@@ -33,19 +33,18 @@ WORD_START = "\u2581"
 WORDPIECE_SUFFIX = "##"
 
 
-def learn_tokenizers(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str
-                     ) -> dict[str, Union[list[str], bytes]]:
-    """What each side with a learned tokenizer needs, from its (sampled) train word counts, by side
-    or, with preprocess.shared_pieces, under SHARED: {side: WordPiece pieces (wordpiece, subword) or
-    SentencePiece model bytes (sentencepiece)}; the files are written."""
+def learn_tokenizers(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str,
+                     sides: Optional[Sequence[str]] = None) -> dict[str, Union[list[str], bytes]]:
+    """What each side with a learned tokenizer needs (of `sides`, default all), from its (sampled)
+    train word counts, by side or, with preprocess.shared_pieces, under SHARED: {side: WordPiece
+    pieces (wordpiece, subword) or SentencePiece model bytes (sentencepiece)}; the files are written."""
     learned: dict[str, Union[list[str], bytes]] = {}
-    if p.wordpiece_sides:
-        learned.update(learn_wordpiece_vocabularies(counts, p, staging))
-    if p.sentencepiece_sides:
-        learned.update(learn_sentencepiece_models(counts, p, staging))
+    wanted = tuple(sides) if sides is not None else SIDES
+    if set(p.wordpiece_sides) & set(wanted):
+        learned.update(learn_wordpiece_vocabularies(counts, p, staging, wanted))
+    if set(p.sentencepiece_sides) & set(wanted):
+        learned.update(learn_sentencepiece_models(counts, p, staging, wanted))
     return learned
-
-
 
 
 def _sorted_words(counts: Mapping[str, Mapping[bytes, int]], side: str, p: PreprocessConfig) -> list[tuple[str, int]]:
@@ -60,8 +59,8 @@ def _sorted_words(counts: Mapping[str, Mapping[bytes, int]], side: str, p: Prepr
     return sorted(merged.items())
 
 
-def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str
-                                 ) -> dict[str, list[str]]:
+def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str,
+                                 sides: Sequence[str] = SIDES) -> dict[str, list[str]]:
     """Learn each WordPiece side's vocabulary from its train word counts (`preprocess.wordpiece_learner`).
 
     Writes SIDE.wordpiece.vocab and returns {side: pieces}: the 4 special tokens first, then the
@@ -73,7 +72,7 @@ def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: P
 
     learn = learn_wordpiece_bpe if p.wordpiece_learner == "bpe" else learn_wordpiece_tensorflow_text
     result: dict[str, list[str]] = {}
-    for side in p.wordpiece_sides:
+    for side in (side for side in p.wordpiece_sides if side in sides):
         if p.shared_pieces and result:  # one inventory for both sides: learned once
             pieces = next(iter(result.values()))
         else:
@@ -200,8 +199,8 @@ def _bpe_pieces(words: Sequence[tuple[str, int]], vocab_size: int, characters: i
             if not processor.is_unknown(i) and processor.id_to_piece(i) != WORD_START]
 
 
-def learn_sentencepiece_models(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str
-                               ) -> dict[str, bytes]:
+def learn_sentencepiece_models(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str,
+                               sides: Sequence[str] = SIDES) -> dict[str, bytes]:
     """Train each SentencePiece side's unigram model on its train word counts.
 
     Writes SIDE.sentencepiece.model (atomically) and returns {side: model bytes}. See
@@ -211,7 +210,7 @@ def learn_sentencepiece_models(counts: Mapping[str, Mapping[bytes, int]], p: Pre
     from components.text.spans import reserved_tokens
 
     result: dict[str, bytes] = {}
-    for side in p.sentencepiece_sides:
+    for side in (side for side in p.sentencepiece_sides if side in sides):
         if p.shared_pieces and result:  # one model for both sides: learned once
             model = next(iter(result.values()))
         else:

@@ -132,7 +132,11 @@ class ReadFn(beam.DoFn):
         self.final = final
         self.newlines_only = newlines_only  # reused vocabularies: the first read only numbers lines
 
-    def process(self, unit: ReadUnit, newline_counts: Sequence[tuple[str, int, int]] = ()) -> Iterator[Any]:
+    def process(self, unit: ReadUnit, newline_counts: Sequence[tuple[str, int, int]] = (),
+                after: Any = None) -> Iterator[Any]:
+        """`after`: a side input the read does not use, which makes the runner read this unit only
+        once that step is done, in the step that consumes the batches (instead of reading it early
+        and holding every batch until then)."""
         watch = _Stopwatch()
         started = time.perf_counter()
         if self.newlines_only:
@@ -240,10 +244,12 @@ class ReadFn(beam.DoFn):
 class _TokenizingFn(beam.DoFn):
     """Shared setup: TF imported in the worker, tokenizers built once per DoFn instance."""
 
-    def __init__(self, config: PreprocessConfig, tokenizer: Optional[str] = None):
+    def __init__(self, config: PreprocessConfig, tokenizer: Optional[str] = None, threads: Optional[int] = None):
         """`tokenizer` overrides both sides' (the piece learners count whitespace words);
-        None uses each side's own from the config."""
+        None uses each side's own from the config. `threads`: TensorFlow's thread pools in this
+        worker (`worker_threads`), or None for its default."""
         self.config = config
+        self.threads = threads
         self.side_tokenizers = {side: tokenizer or config.tokenizer_of(side) for side in SIDES}
         self.words_only = tokenizer is not None
 
@@ -252,9 +258,13 @@ class _TokenizingFn(beam.DoFn):
         from components.text.tokenizers import needs_tensorflow_text
 
         tf = _tf()
+        if self.threads:
+            _set_tf_threads(self.threads)
         if any(needs_tensorflow_text(name) for name in self.side_tokenizers.values()):
             register_tensorflow_text_ops()  # in this worker process
-        self._normalize = tf.function(self._normalize_impl, input_signature=[tf.TensorSpec([None], tf.string)])
+        # autograph=False: nothing here branches on tensors, and converting the code costs tracing time
+        self._normalize = tf.function(self._normalize_impl, input_signature=[tf.TensorSpec([None], tf.string)],
+                                      autograph=False)
         self._tokenizers: Optional[dict[str, Any]] = None
 
     def _normalize_impl(self, texts):
@@ -278,37 +288,50 @@ class _TokenizingFn(beam.DoFn):
 
     def _protect(self, sources, targets):
         """Both sides with their protected spans masked (preprocess.protected_spans), in the graph,
-        as the encoders do; unchanged when protection is off."""
+        as the encoders do, and whether each source is within the span slots; unchanged (and all
+        within) when protection is off. A source with more spans than SPAN_SLOTS is quarantined by
+        the encoder as too_many_spans, so its pair is not counted either."""
+        from components.core.spans import SPAN_SLOTS
         from components.text.spans import masker_for
         from components.text.tokenizers import normalize
 
+        tf = _tf()
         # The piece learners' words (a tokenizer override) hold each sentinel as a word of its own,
         # so no learned piece glues a sentinel to text; the vocabulary reserves the sentinels.
         separate = True if self.words_only else None
         maskers = {side: masker_for(self.config, side, separate) for side in SIDES}
         if maskers["source"] is None:
-            return sources, targets
-        masked_sources, spans = maskers["source"].mask(normalize(sources, lowercase=False))
-        return masked_sources, maskers["target"].mask_like(normalize(targets, lowercase=False), spans)
-
-    def _within_span_slots(self, sources):
-        """[B] bool: the source has at most SPAN_SLOTS protected spans (always, when protection is
-        off); the encoder quarantines the others as too_many_spans, so they are not counted either."""
-        from components.core.spans import SPAN_SLOTS
-        from components.text.spans import masker_for
-        from components.text.tokenizers import normalize
-
-        masker = masker_for(self.config, "source", True)
-        if masker is None:
-            tf = _tf()
-            return tf.ones(tf.shape(sources), tf.bool)
-        return masker.count(normalize(sources, lowercase=False)) <= SPAN_SLOTS
+            return sources, targets, tf.ones(tf.shape(sources), tf.bool)
+        masked_sources, spans, counts = maskers["source"].mask_and_count(normalize(sources, lowercase=False))
+        masked_targets = maskers["target"].mask_like(normalize(targets, lowercase=False), spans)
+        return masked_sources, masked_targets, counts <= SPAN_SLOTS
 
     def _split_flags(self, batch: RecordBatch) -> np.ndarray:
         if self.config.eval_fraction <= 0:
             return np.zeros(len(batch.sources), bool)
         digests = source_digests(self._normalize(batch.sources).numpy().tolist())
         return is_eval(digests, self.config.eval_fraction)
+
+
+def worker_threads(options: Mapping[str, Any]) -> Optional[int]:
+    """TensorFlow threads per worker for a job whose workers share this machine (the DirectRunner's
+    multi_processing mode): its cores split between them, since each worker's own pools would
+    otherwise take every core and the workers would contend for them (docs/preprocess.md). None
+    (TensorFlow's default) for workers elsewhere."""
+    from components.core.cpu import cpu_cores
+
+    if options.get("direct_running_mode") != "multi_processing":
+        return None
+    return max(1, cpu_cores() // max(1, int(options.get("direct_num_workers") or 1)))
+
+
+def _set_tf_threads(threads: int) -> None:
+    tf = _tf()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow has run ops in this process already: its pools are fixed
+        pass
 
 
 def length_limits(config: PreprocessConfig) -> tuple[int, int]:
@@ -336,8 +359,9 @@ class CountTokensFn(_TokenizingFn):
     when the bundle ends keeps both the Python work and the data sent to the combiner small.
     """
 
-    def __init__(self, config: PreprocessConfig, tokenizer: Optional[str], apply_length_policy: bool):
-        super().__init__(config, tokenizer)
+    def __init__(self, config: PreprocessConfig, tokenizer: Optional[str], apply_length_policy: bool,
+                 threads: Optional[int] = None):
+        super().__init__(config, tokenizer, threads)
         self.apply_length_policy = apply_length_policy
 
     def start_bundle(self) -> None:
@@ -370,10 +394,10 @@ class CountTokensFn(_TokenizingFn):
         tf = _tf()
         strings = tf.TensorSpec([None], tf.string)
         self._tokenizers = self._make_tokenizers(learned)
-        self._mask = tf.function(self._mask_impl, input_signature=[strings, strings])
+        self._mask = tf.function(self._mask_impl, input_signature=[strings, strings], autograph=False)
         # One traced function for both sides: tracing tensorflow-text tokenizers takes seconds.
         self._count = tf.function(self._count_impl, input_signature=[
-            strings, strings, tf.TensorSpec([None], tf.bool), tf.TensorSpec([None], tf.bool)])
+            strings, strings, tf.TensorSpec([None], tf.bool), tf.TensorSpec([None], tf.bool)], autograph=False)
 
     def finish_bundle(self):
         if any(self._counts.values()):
@@ -383,9 +407,7 @@ class CountTokensFn(_TokenizingFn):
 
     def _mask_impl(self, sources, targets):
         """Both sides with their spans masked, and whether the source is within the span slots."""
-        within = self._within_span_slots(sources)
-        sources, targets = self._protect(sources, targets)
-        return sources, targets, within
+        return self._protect(sources, targets)
 
     def _count_impl(self, sources, targets, within_span_slots, train):
         """Each side's kept tokens of the train records that the encoder will not reject.
@@ -487,7 +509,8 @@ def top_words(items: Iterable[tuple[bytes, int]], n: int) -> list[tuple[bytes, i
 
 class TopWordsFn(beam.CombineFn):
     """The `n` most frequent (word, count) pairs of the buckets' summed counts; the accumulator
-    holds `n` pairs at most. Exact: each word's whole count is in one bucket."""
+    holds under 2n pairs (plus one input), cut to the top n whenever it reaches 2n, so each pair is
+    ranked a bounded number of times. Exact: each word's whole count is in one bucket."""
 
     def __init__(self, n: int):
         self.n = n
@@ -495,14 +518,21 @@ class TopWordsFn(beam.CombineFn):
     def create_accumulator(self) -> list:
         return []
 
+    def _bounded(self, acc: list) -> list:
+        return top_words(acc, self.n) if len(acc) >= 2 * self.n else acc
+
     def add_input(self, acc: list, counts: Mapping[bytes, int]) -> list:
-        return top_words(itertools.chain(acc, counts.items()), self.n)
+        acc.extend(counts.items())
+        return self._bounded(acc)
 
     def merge_accumulators(self, accumulators: Iterable[list]) -> list:
-        return top_words(itertools.chain.from_iterable(accumulators), self.n)
+        merged: list = []
+        for acc in accumulators:
+            merged = self._bounded(merged + acc)
+        return merged
 
     def extract_output(self, acc: list) -> list:
-        return acc
+        return top_words(acc, self.n)
 
 
 class NestedSumFn(beam.CombineFn):
@@ -580,8 +610,8 @@ class EncodeAndWriteFn(_TokenizingFn):
     records rejected by the length rules go to the quarantine output.
     """
 
-    def __init__(self, config: PreprocessConfig, shard_dir: str):
-        super().__init__(config)
+    def __init__(self, config: PreprocessConfig, shard_dir: str, threads: Optional[int] = None):
+        super().__init__(config, threads=threads)
         self.shard_dir = shard_dir
 
     def setup(self) -> None:
@@ -614,20 +644,14 @@ class EncodeAndWriteFn(_TokenizingFn):
                                  name="target_encoder", masker=masker_for(c, "target"))
         self._modules = (source, target)  # keep the lookup tables alive
         spec = [tf.TensorSpec([None], tf.string)] * 2
-        self._encoders = tf.function(self._encode_impl, input_signature=spec)
+        self._encoders = tf.function(self._encode_impl, input_signature=spec, autograph=False)
 
     def _encode_impl(self, sources, targets):
         """Both sides in one traced function (tracing tensorflow-text tokenizers takes seconds)."""
-        from components.text.copying import source_copy_ids, source_surface, target_copy_output
+        from components.text.copying import encode_pairs
         from components.text.tokenizers import normalize
 
-        source, target = self._modules
-        encoded_source, encoded_target = source.encode_source(sources), target.encode_target(targets, sources)
-        surface, valid = source_surface(source, source.protect(sources)[0])
-        encoded_source["source_copy_ids"] = source_copy_ids(surface, valid, target.table)
-        encoded_target["target_copy_output"] = target_copy_output(
-            target, target.protect_target(targets, sources), surface, valid)
-        encoded_source["span_count"] = source.span_counts(sources)
+        encoded_source, encoded_target = encode_pairs(*self._modules, sources, targets)
         return (encoded_source, encoded_target,
                 normalize(sources, self.config.lowercase), normalize(targets, self.config.lowercase))
 

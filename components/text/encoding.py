@@ -113,18 +113,33 @@ class SequenceEncoder(tf.Module):
             return tf.zeros(tf.shape(texts), tf.int64)
         return self.masker.count(normalize(texts, lowercase=False))
 
+    def protect_with_counts(self, texts: tf.Tensor) -> tuple[tf.Tensor, Optional[tf.RaggedTensor], tf.Tensor]:
+        """`protect` and `span_counts` in one pass: (masked [B], spans [B, (n)] or None, counts [B])."""
+        texts = tf.convert_to_tensor(texts, tf.string)
+        if self.masker is None:
+            return texts, None, tf.zeros(tf.shape(texts), tf.int64)
+        return self.masker.mask_and_count(normalize(texts, lowercase=False))
+
     def protect_target(self, texts: tf.Tensor, sources: Optional[tf.Tensor]) -> tf.Tensor:
         """[B] target texts with the spans of their sources masked (unchanged without a masker)."""
         if self.masker is None:
             return texts
         if sources is None:
             raise ValueError("masking a target's spans needs its source texts")
-        _, source_spans = self.protect(sources)
+        return self.protect_target_like(texts, self.protect(sources)[1])
+
+    def protect_target_like(self, texts: tf.Tensor, source_spans: Optional[tf.RaggedTensor]) -> tf.Tensor:
+        """`protect_target` with the sources' spans found already (by `protect`)."""
+        if self.masker is None:
+            return texts
         return self.masker.mask_like(normalize(tf.convert_to_tensor(texts, tf.string), lowercase=False), source_spans)
 
     def token_ids(self, texts: tf.Tensor) -> tf.RaggedTensor:
         """[B] (masked) strings -> [B, (n)] int64 ids, untruncated."""
-        tokens = self.tokenizer.tokenize(texts)
+        return self.ids_of(self.tokenizer.tokenize(texts))
+
+    def ids_of(self, tokens: tf.RaggedTensor) -> tf.RaggedTensor:
+        """[B, (n)] string tokens -> [B, (n)] int64 ids (<unk> for tokens the vocabulary lacks)."""
         return tf.ragged.map_flat_values(self.table.lookup, tokens)
 
     def encode_source(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -133,7 +148,10 @@ class SequenceEncoder(tf.Module):
 
     def encode_masked_source(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
         """`encode_source` of texts `protect` has masked already."""
-        ids = self.token_ids(texts)
+        return self.source_features(self.token_ids(texts))
+
+    def source_features(self, ids: tf.RaggedTensor) -> dict[str, tf.Tensor]:
+        """A source's ids [B, (n)] -> source_ids, source_length, full_length (see `encode_source`)."""
         full_length = ids.row_lengths()
         kept = ids[:, : self.width]
         return {
@@ -146,7 +164,10 @@ class SequenceEncoder(tf.Module):
         """target_input = <bos> y <eos>, target_output = y <eos>, both [B, width]; y keeps width-2 ids.
 
         With a masker, `sources` (the pairs' source texts) say which target spans become sentinels."""
-        ids = self.token_ids(self.protect_target(texts, sources))
+        return self.target_features(self.token_ids(self.protect_target(texts, sources)))
+
+    def target_features(self, ids: tf.RaggedTensor) -> dict[str, tf.Tensor]:
+        """A target's ids [B, (n)] -> target_input, target_output, target_length, full_length."""
         full_length = ids.row_lengths()
         kept = ids[:, : self.width - 2]
         batch = kept.nrows()

@@ -54,7 +54,9 @@ class SpanMasker(tf.Module):
 
     def mask(self, texts: tf.Tensor) -> tuple[tf.Tensor, tf.RaggedTensor]:
         """[B] texts -> (masked texts [B], spans [B, (n)] in order, at most SPAN_SLOTS per text)."""
-        pieces, is_span = self._pieces(tf.convert_to_tensor(texts, tf.string))
+        return self._masked(*self._pieces(tf.convert_to_tensor(texts, tf.string)))
+
+    def _masked(self, pieces: tf.RaggedTensor, is_span: tf.RaggedTensor) -> tuple[tf.Tensor, tf.RaggedTensor]:
         slot = tf.ragged.range(pieces.row_lengths()) // 2
         masked_flat = tf.where(is_span.flat_values & (slot.flat_values < SPAN_SLOTS),
                                tf.gather(self._sentinel_texts, tf.minimum(slot.flat_values, SPAN_SLOTS - 1)),
@@ -62,6 +64,12 @@ class SpanMasker(tf.Module):
         masked = tf.strings.reduce_join(pieces.with_flat_values(masked_flat), axis=1)
         spans = tf.ragged.boolean_mask(pieces, is_span)[:, :SPAN_SLOTS]
         return self._tidy(masked), spans
+
+    def mask_and_count(self, texts: tf.Tensor) -> tuple[tf.Tensor, tf.RaggedTensor, tf.Tensor]:
+        """`mask` and `count` from one pass of the patterns: (masked [B], spans [B, (n)], counts [B])."""
+        pieces, is_span = self._pieces(tf.convert_to_tensor(texts, tf.string))
+        masked, spans = self._masked(pieces, is_span)
+        return masked, spans, tf.reduce_sum(tf.cast(is_span, tf.int64), axis=1)
 
     def count(self, texts: tf.Tensor) -> tf.Tensor:
         """[B] texts -> int64 [B]: every span of each text, those past SPAN_SLOTS included (which

@@ -29,7 +29,7 @@ from components.core.config import ConfigError, PipelineConfig, PreprocessConfig
 from components.core.errors import ArtifactError, InputError, UserError
 from components.preprocess import fs, inputs, learners, transforms
 from components.preprocess.learners import SENTENCEPIECE_MODEL, WORDPIECE_VOCAB
-from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SHARED, SIDES, SPLITS, STAGES, Learned
+from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SIDES, SPLITS, STAGES, Learned
 
 logger = logging.getLogger(__name__)
 

@@ -358,8 +358,9 @@ def main(argv=None) -> int:
             (small, large) = results[0], results[-1]
             time_growth, memory_growth = large["wall"] / small["wall"], large["peak"] / small["peak"]
             factor = sizes[-1] / sizes[0]
+            # The issue's targets: 5.5x the time for 5x the pairs, i.e. 1.1x the pairs' growth.
             print(f"growth {sizes[0]:,} -> {sizes[-1]:,} pairs ({factor:.0f}x): time {time_growth:.2f}x "
-                  f"(target <= {0.55 * factor:.1f}x: {'PASS' if time_growth <= 0.55 * factor else 'FAIL'}), "
+                  f"(target <= {1.1 * factor:.1f}x: {'PASS' if time_growth <= 1.1 * factor else 'FAIL'}), "
                   f"peak memory {memory_growth:.2f}x (target <= 1.5x: {'PASS' if memory_growth <= 1.5 else 'FAIL'})")
         print(f"cpus: {os.cpu_count()}, load average at the end: {os.getloadavg()[0]:.2f} "
               f"(other processes share the CPUs: wall-clock ratios are only meaningful on a quiet machine)")

@@ -58,6 +58,7 @@ ABLATIONS: dict[str, dict[str, object]] = {
     "+ word dropout 0.1": {"model.word_dropout": 0.1},
     "label smoothing": {"trainer.label_smoothing": 0.0},
     "cosine schedule": {"trainer.lr_schedule": "constant", "trainer.warmup_steps": 0},
+    "bpe wordpiece learner": {"preprocess.wordpiece_learner": "tensorflow_text"},
     "chrF selection": {"trainer.select_by": "loss"},
     "length bucketing": {"trainer.bucket_by_length": False},
     "protected spans": {"preprocess.protected_spans": "[]"},

@@ -1,7 +1,7 @@
 """Train/serve parity of the ids: the Beam job segments with compiled tensorflow-text ops and
-encodes each batch in one fused function (`copying.encode_pairs`); the SavedModel keeps the core-op
-segmenter and the step-by-step functions. Both must give the same ids, for every tokenizer, on
-real localization strings and on random ones."""
+encodes each batch in one fused function (`copying.encode_pairs`); an exported model keeps the
+core-op segmenter and the step-by-step functions. Both must give the same ids, for every
+tokenizer, on real localization strings and on random ones."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,7 @@ import tensorflow as tf
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tests.export_fixtures import BEAM_ARGS, write_tsv  # noqa: E402
+from export_fixtures import BEAM_ARGS, write_tsv  # noqa: E402
 
 REAL = [
     ("Cannot open file %s", "파일 %s을(를) 열 수 없습니다"),
@@ -37,7 +37,7 @@ _ALPHABET = ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789éü
 _PLACEHOLDERS = ["%s", "%d", "%(name)s", "{0}", "{count}", "<b>", "</b>", "&amp;", "%1$s"]
 
 
-def _records(examples: str) -> dict[str, np.ndarray]:
+def records_of(examples: str) -> dict[str, np.ndarray]:
     from components.core.artifacts import PreprocessArtifact
 
     artifact = PreprocessArtifact.load(examples)
@@ -61,52 +61,86 @@ def _random_text(rng: random.Random) -> str:
     return "".join(w + rng.choice(separators) for w in words).strip() or "x"
 
 
-def _corpus() -> list[tuple[str, str]]:
+def write_corpus(path) -> list[tuple[str, str]]:
+    pairs = corpus()
+    write_tsv(path, pairs)
+    return pairs
+
+
+def corpus() -> list[tuple[str, str]]:
+    """Real localization strings and random ones (placeholders, markup, scripts, words longer than
+    the 100-byte limit, NBSP and ideographic spaces)."""
     rng = random.Random(5)
     return REAL * 4 + [(_random_text(rng), _random_text(rng)) for _ in range(160)]
 
 
-@pytest.mark.parametrize("tokenizer", ["subword", "wordpiece", "sentencepiece", "whitespace", "unicode_script"])
-def test_beam_ids_equal_the_savedmodel_encode_ids(tmp_path, tokenizer):
+def raw_pairs(records: dict[str, np.ndarray], pairs: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """The raw (source, target) of each record, found by its normalized source text."""
+    from components.text.tokenizers import normalize
+
+    raw = {key: pair for key, pair in zip(normalize(tf.constant([s for s, _ in pairs]), False).numpy(), pairs)}
+    return [raw[key][0] for key in records["source_text"]], [raw[key][1] for key in records["source_text"]]
+
+
+# Every tokenizer on one side or the other, in three jobs (each side is encoded by its own code).
+SIDE_TOKENIZERS = [("subword", "wordpiece"), ("sentencepiece", "unicode_script"), ("whitespace", "subword")]
+
+
+@pytest.mark.parametrize("source_tokenizer,target_tokenizer", SIDE_TOKENIZERS)
+def test_beam_ids_equal_the_serving_encoders_ids(tmp_path, source_tokenizer, target_tokenizer):
+    """The Beam job (compiled segmenters, the fused `encode_pairs`) against the encoders an exported
+    model embeds (`encoder_for`: core-op subword, tensorflow-text's WordpieceTokenizer) run step by
+    step; tests/test_export.py checks the SavedModel's own `encode` signature on this corpus."""
     from components.core.artifacts import PreprocessArtifact
-    from components.exporter.export import export_model
-    from components.model.seq2seq import Seq2Seq
     from components.preprocess import run_preprocess
     from components.text.artifacts import encoder_for
     from components.text.copying import source_copy_ids, source_surface, target_copy_output
-    from components.text.tokenizers import normalize
     from pipeline.config import load_config
 
-    pairs = _corpus()
-    config = load_config(None, [f"preprocess.tokenizer={tokenizer}", "preprocess.wordpiece_vocab_size=300",
-                                "preprocess.max_source_length=24", "preprocess.max_target_length=26",
-                                "preprocess.eval_fraction=0", "preprocess.max_length_factor=0",
-                                "model.embedding_dim=4", "model.units=4", "model.bidirectional=false"])
+    config = load_config(None, [f"preprocess.source_tokenizer={source_tokenizer}",
+                                f"preprocess.target_tokenizer={target_tokenizer}",
+                                "preprocess.wordpiece_vocab_size=300", "preprocess.max_source_length=24",
+                                "preprocess.max_target_length=26", "preprocess.eval_fraction=0",
+                                "preprocess.max_length_factor=0"])
     examples = str(tmp_path / "preprocess")
-    run_preprocess(str(write_tsv(tmp_path / "corpus.tsv", pairs)), examples, config, beam_args=BEAM_ARGS)
-    records = _records(examples)
-    raw = {key: pair for key, pair in zip(normalize(tf.constant([s for s, _ in pairs]), False).numpy(), pairs)}
-    sources = [raw[key][0] for key in records["source_text"]]
-    targets = [raw[key][1] for key in records["source_text"]]
+    pairs = write_corpus(tmp_path / "corpus.tsv")
+    run_preprocess(str(tmp_path / "corpus.tsv"), examples, config, beam_args=BEAM_ARGS)
+    records = records_of(examples)
+    sources, targets = (tf.constant(texts) for texts in raw_pairs(records, pairs))
     assert len(sources) > 150 and (records["source_length"] == 24).any()  # truncation exercised
 
     artifact = PreprocessArtifact.load(examples)
-    model = Seq2Seq.from_config(config.model, len(artifact.vocabulary("source")), len(artifact.vocabulary("target")))
-    export = export_model(model, artifact, str(tmp_path / "export"), config)
-    encoded = tf.saved_model.load(export).signatures["encode"](text=tf.constant(sources))
-    np.testing.assert_array_equal(encoded["source_ids"].numpy(), records["source_ids"])
-    np.testing.assert_array_equal(encoded["source_length"].numpy(), records["source_length"])
-
-    # The target side and the copy ids, by the serving tokenizer and the step-by-step functions.
     source_encoder, target_encoder = encoder_for(artifact, "source"), encoder_for(artifact, "target")
-    target = target_encoder.encode_target(tf.constant(targets), tf.constant(sources))
-    for name in ("target_input", "target_output", "target_length"):
-        np.testing.assert_array_equal(target[name].numpy(), records[name])
-    surface, valid = source_surface(source_encoder, source_encoder.protect(tf.constant(sources))[0])
+    source = source_encoder.encode_source(sources)
+    target = target_encoder.encode_target(targets, sources)
+    for name, got in (("source_ids", source), ("source_length", source), ("target_input", target),
+                      ("target_output", target), ("target_length", target)):
+        np.testing.assert_array_equal(got[name].numpy(), records[name], err_msg=name)
+    surface, valid = source_surface(source_encoder, source_encoder.protect(sources)[0])
     np.testing.assert_array_equal(source_copy_ids(surface, valid, target_encoder.table).numpy(),
                                   records["source_copy_ids"])
-    masked_targets = target_encoder.protect_target(tf.constant(targets), tf.constant(sources))
+    masked_targets = target_encoder.protect_target(targets, sources)
     np.testing.assert_array_equal(target_copy_output(target_encoder, masked_targets, surface, valid).numpy(),
                                   records["target_copy_output"])
-    if tokenizer in ("subword", "wordpiece"):  # some random words are <unk> pieces
-        assert (records["source_ids"] == 3).any()
+    for side, name in (("source", source_tokenizer), ("target", target_tokenizer)):
+        if name in ("subword", "wordpiece"):  # some random words are <unk> to the learned pieces
+            assert (records[f"{side}_ids" if side == "source" else "target_output"] == 3).any()
+
+
+def test_first_match_equals_comparing_every_pair():
+    """`copying._first_match` (one tf.unique over (row, text) pairs) against the plain [B, Q, K]
+    comparison, on random rows full of repeats, with padding and unneeded queries."""
+    from components.text.copying import _first_match
+
+    rng = np.random.default_rng(3)
+    words = np.array([b"a", b"b", b"c", b"", b"12", b"1\x002"], dtype=object)
+    queries, keys = words[rng.integers(0, 6, (64, 9))], words[rng.integers(0, 6, (64, 7))]
+    query_valid, key_valid = rng.random((64, 9)) < 0.8, rng.random((64, 7)) < 0.7
+    needed = rng.random((64, 9)) < 0.6
+    first, found = _first_match(tf.constant(queries), tf.constant(query_valid), tf.constant(keys),
+                                tf.constant(key_valid), tf.constant(needed))
+    equal = (queries[:, :, None] == keys[:, None, :]) & query_valid[:, :, None] & key_valid[:, None, :]
+    wanted = needed & query_valid
+    np.testing.assert_array_equal(found.numpy(), equal.any(axis=2) & wanted)
+    np.testing.assert_array_equal(first.numpy(), np.where(wanted & equal.any(axis=2), equal.argmax(axis=2), 0))
+    assert found.numpy().any() and not found.numpy().all()

@@ -190,6 +190,29 @@ def test_encode_signature_reproduces_the_tfrecords(synthetic_run, synthetic_corp
     assert (eval_records["source_length"] == 12).any() and (eval_records["source_ids"] == 3).any()
 
 
+def test_encode_signature_equals_the_beam_job_on_real_and_random_text(synthetic_run, tmp_path):
+    """The SavedModel's core-op subword segmenter against the Beam job's compiled one: the job
+    encodes real and random strings with the served model's vocabularies (reuse_served), and the
+    model's `encode` must give the same ids (tests/test_encode_parity.py covers every tokenizer)."""
+    from export_fixtures import SYNTHETIC_CONFIG
+    from test_encode_parity import raw_pairs, records_of, write_corpus
+
+    from components.preprocess import run_preprocess
+    from pipeline.config import load_config
+
+    config = load_config(None, SYNTHETIC_CONFIG + ["preprocess.vocabulary=reuse_served", "preprocess.eval_fraction=0",
+                                                   "preprocess.max_length_factor=0"])
+    pairs = write_corpus(tmp_path / "corpus.tsv")
+    run_preprocess(str(tmp_path / "corpus.tsv"), str(tmp_path / "preprocess"), config, beam_args=BEAM_ARGS,
+                   served_vocabularies=synthetic_run["examples"])
+    records = records_of(str(tmp_path / "preprocess"))
+    sources, _ = raw_pairs(records, pairs)
+    encoded = tf.saved_model.load(synthetic_run["export"]).signatures["encode"](text=tf.constant(sources))
+    np.testing.assert_array_equal(encoded["source_ids"].numpy(), records["source_ids"])
+    np.testing.assert_array_equal(encoded["source_length"].numpy(), records["source_length"])
+    assert len(sources) > 150 and (records["source_ids"] == 3).any() and (records["source_length"] == 12).any()
+
+
 def test_savedmodel_equals_the_trainer_greedy_decoder(synthetic_run, synthetic_corpus):
     from components.core.spans import ALL_SPAN_KINDS, SPAN_SLOTS, find_spans
     from components.model.checkpoints import restore_model

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import tensorflow as tf
 
-from components.text.subword import CoreWordpiece
+from components.text.subword import CompiledWordpiece, CoreWordpiece
 from components.text.tokenizers import make_tokenizer, normalize
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -39,6 +39,39 @@ def test_same_pieces_as_tensorflow_text_on_random_words():
     got = CoreWordpiece(PIECES).tokenize(tf.constant(words)).to_list()
     want = _reference(PIECES).tokenize(tf.constant(words)).to_list()
     assert [w for w, g, r in zip(words, got, want) if g != r] == []
+
+
+def test_compiled_segmenter_gives_the_core_pieces_on_random_words_and_a_bpe_vocabulary():
+    """The Beam job's compiled FastWordpieceTokenizer against the SavedModel's core ops."""
+    from components.preprocess.learners import learn_wordpiece_bpe
+
+    rng = random.Random(11)
+    alphabet = list("abcxz%{}s/<>#") + ["한", "국", "어", "é"]
+    words = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(3000)]
+    words += ["a" * 101, "한" * 34, "한" * 33, "##", "#", "<unk>", "##a"]
+    for pieces in (PIECES, learn_wordpiece_bpe([(w, 1 + i % 7) for i, w in enumerate(sorted(set(words[:2000])))],
+                                               200, SPECIALS)):
+        got = CompiledWordpiece(pieces).tokenize(tf.constant(words)).to_list()
+        want = CoreWordpiece(pieces).tokenize(tf.constant(words)).to_list()
+        assert [w for w, g, r in zip(words, got, want) if g != r] == []
+
+
+def test_bpe_learner_spells_every_word_and_keeps_only_pieces_the_segmentation_uses():
+    from components.preprocess.learners import learn_wordpiece_bpe
+
+    words = sorted({"translation": 50, "translated": 40, "translating": 30, "transfer": 20, "relation": 9,
+                    "한국어": 12, "한국": 7, "국어": 3}.items())
+    pieces = learn_wordpiece_bpe(words, 60, SPECIALS)
+    assert pieces[:4] == SPECIALS and len(pieces) <= 60 and len(set(pieces)) == len(pieces)
+    chars = sorted({c for w, _ in words for c in w})
+    assert pieces[4:4 + 2 * len(chars)] == [form for c in chars for form in (c, "##" + c)]  # the alphabet first
+    assert learn_wordpiece_bpe(words, 60, SPECIALS) == pieces  # deterministic
+    segmented = CoreWordpiece(pieces).tokenize(tf.constant([w for w, _ in words])).to_list()
+    used = {p.decode() for row in segmented for p in row}
+    assert b"<unk>" not in {p for row in segmented for p in row}
+    merges = pieces[4 + 2 * len(chars):]
+    assert merges and set(merges) <= used  # no merge the greedy segmentation never picks
+    assert "translat" in pieces or "translation" in pieces  # frequent stems become whole pieces
 
 
 def test_same_pieces_as_tensorflow_text_with_a_learned_vocabulary():

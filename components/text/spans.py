@@ -102,12 +102,19 @@ def _occurrence(spans: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
 
 def _match_spans(spans: tf.RaggedTensor, source_spans: tf.RaggedTensor) -> tuple[tf.Tensor, tf.Tensor]:
     """(slot, found) per target span (flat, in ragged order): the source span with equal text and
-    equal occurrence number."""
+    equal occurrence number.
+
+    Only the rows whose target has a span take part (most rows have none), and the sources are
+    padded to their longest row there, not to SPAN_SLOTS: the [rows, spans, spans] comparisons
+    are what this costs (docs/preprocess.md). A row's flat spans keep their order, so the result
+    lines up with `spans.flat_values`."""
+    rows = tf.where(spans.row_lengths() > 0)[:, 0]
+    spans, source_spans = tf.gather(spans, rows), tf.gather(source_spans, rows)
     target = spans.to_tensor("")
     target_valid = tf.sequence_mask(spans.row_lengths(), tf.shape(target)[1])
-    # A fixed width (sources keep at most SPAN_SLOTS spans), so the argmax below never runs over an empty axis.
-    source = span_table(source_spans)
-    source_valid = tf.sequence_mask(source_spans.row_lengths(), SPAN_SLOTS)
+    # One empty column more, so the argmax below never runs over an empty axis.
+    source = tf.concat([source_spans.to_tensor(""), tf.fill([tf.shape(rows)[0], 1], "")], axis=1)
+    source_valid = tf.sequence_mask(source_spans.row_lengths(), tf.shape(source)[1])
     match = (tf.equal(target[:, :, None], source[:, None, :])
              & tf.equal(_occurrence(target, target_valid)[:, :, None], _occurrence(source, source_valid)[:, None, :])
              & target_valid[:, :, None] & source_valid[:, None, :])

@@ -123,7 +123,8 @@ def learn_wordpiece_bpe(words: Sequence[tuple[str, int]], vocab_size: int, reser
                                                              for form in (char, WORDPIECE_SUFFIX + char)]))
     if len(base) >= vocab_size or not trained:
         return base
-    merges = [piece for piece in _wordpiece_merges(trained, 2 * vocab_size, len(allowed)) if piece not in set(base)]
+    in_base = set(base)
+    merges = [piece for piece in _wordpiece_merges(trained, 2 * vocab_size, len(allowed)) if piece not in in_base]
     budget = vocab_size - len(base)
     taken, offered = merges[:budget], min(budget, len(merges))
     for _ in range(PRUNING_ROUNDS):
@@ -149,10 +150,9 @@ def _used_pieces(pieces: Sequence[str], words: Sequence[tuple[str, int]]) -> set
     segmenter: the same pieces as the SavedModel's, tests/test_subword.py)."""
     import tensorflow as tf
 
-    from components.core.vocabulary import UNK
     from components.text.subword import CompiledWordpiece
 
-    segmenter = CompiledWordpiece(list(pieces) if UNK in pieces else list(pieces) + [UNK])
+    segmenter = CompiledWordpiece(pieces)  # it adds <unk> when the pieces lack it
     segmented = segmenter.tokenize(tf.constant([w for w, _ in words]))
     return {piece.decode("utf-8") for piece in set(segmented.flat_values.numpy().tolist())}
 
@@ -178,23 +178,11 @@ def _alphabet(words: Sequence[tuple[str, int]], size: int) -> set[str]:
 def _bpe_pieces(words: Sequence[tuple[str, int]], vocab_size: int, characters: int) -> list[str]:
     """SentencePiece BPE's learned pieces (merges first, in order; its characters after), without
     <unk> and the bare word-start mark."""
-    from io import BytesIO
-
     import sentencepiece as spm
 
-    from components.core.vocabulary import UNK
-
-    model = BytesIO()
     # Room for every character and the word-start mark, or the trainer refuses the size.
-    size = max(vocab_size, characters + 3)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([f"{w}\t{n}" for w, n in words]), input_format="tsv", model_writer=model,
-        model_type="bpe", vocab_size=size, hard_vocab_limit=False,
-        character_coverage=1.0, byte_fallback=False, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, split_digits=False,
-        unk_id=0, unk_piece=UNK, bos_id=-1, eos_id=-1, pad_id=-1,
-        num_threads=SENTENCEPIECE_THREADS, minloglevel=2)
-    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    model = _train_on_word_counts(words, "bpe", max(vocab_size, characters + 3))
+    processor = spm.SentencePieceProcessor(model_proto=model)
     return [processor.id_to_piece(i) for i in range(processor.get_piece_size())
             if not processor.is_unknown(i) and processor.id_to_piece(i) != WORD_START]
 
@@ -231,10 +219,6 @@ def train_sentencepiece(words: Sequence[tuple[str, int]], vocab_size: int, side:
     piece, named `<unk>` like the pipeline's, so that text the model does not cover becomes `<unk>`.
     `vocab_size` pieces at most (fewer when the words hold fewer); at least one per character.
     """
-    from io import BytesIO
-
-    import sentencepiece as spm
-
     from components.core.vocabulary import UNK
 
     # Words are whitespace-split, so they hold no tab or newline: one `word<TAB>count` row each.
@@ -248,17 +232,30 @@ def train_sentencepiece(words: Sequence[tuple[str, int]], vocab_size: int, side:
         logger.warning("preprocess.wordpiece_vocab_size %d is smaller than the %d pieces the %s side's "
                        "characters need: learning a %d-piece SentencePiece model", vocab_size, needed, side, needed)
         vocab_size = needed
+    data = _train_on_word_counts(words, "unigram", vocab_size, user_symbols)
+    logger.info("learned a %d-piece SentencePiece model for the %s side", _piece_count(data), side)
+    return data
+
+
+def _train_on_word_counts(words: Sequence[tuple[str, int]], model_type: str, vocab_size: int,
+                          user_symbols: Sequence[str] = ()) -> bytes:
+    """A serialized SentencePiece model (`model_type` bpe or unigram) trained on (word, count)
+    pairs with the settings both learners share (`train_sentencepiece` says why)."""
+    from io import BytesIO
+
+    import sentencepiece as spm
+
+    from components.core.vocabulary import UNK
+
     model = BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter([f"{w}\t{n}" for w, n in words]), input_format="tsv", model_writer=model,
-        model_type="unigram", vocab_size=vocab_size, hard_vocab_limit=False,
+        model_type=model_type, vocab_size=vocab_size, hard_vocab_limit=False,
         character_coverage=1.0, byte_fallback=False, normalization_rule_name="identity",
         remove_extra_whitespaces=False, split_digits=False,
         unk_id=0, unk_piece=UNK, bos_id=-1, eos_id=-1, pad_id=-1,
         user_defined_symbols=list(user_symbols), num_threads=SENTENCEPIECE_THREADS, minloglevel=2)
-    data = model.getvalue()
-    logger.info("learned a %d-piece SentencePiece model for the %s side", _piece_count(data), side)
-    return data
+    return model.getvalue()
 
 
 def _piece_count(model: bytes) -> int:

@@ -4,6 +4,7 @@ core-op segmenter and the step-by-step functions. Both must give the same ids, f
 tokenizer, on real localization strings and on random ones."""
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -125,6 +126,11 @@ def test_beam_ids_equal_the_serving_encoders_ids(tmp_path, source_tokenizer, tar
     for side, name in (("source", source_tokenizer), ("target", target_tokenizer)):
         if name in ("subword", "wordpiece"):  # some random words are <unk> to the learned pieces
             assert (records[f"{side}_ids" if side == "source" else "target_output"] == 3).any()
+        # Truncated sides: each written token is counted, from words or a read (a word that
+        # straddles the limit counts all its pieces).
+        vocabulary, counted = vocabulary_counts(examples, side)
+        written = written_token_counts(records, vocabulary, side)
+        assert all(counted[token] >= n for token, n in written.items() if token != "<unk>"), side
 
 
 def test_first_match_equals_comparing_every_pair():
@@ -144,3 +150,46 @@ def test_first_match_equals_comparing_every_pair():
     np.testing.assert_array_equal(found.numpy(), equal.any(axis=2) & wanted)
     np.testing.assert_array_equal(first.numpy(), np.where(wanted & equal.any(axis=2), equal.argmax(axis=2), 0))
     assert found.numpy().any() and not found.numpy().all()
+
+
+def written_token_counts(records: dict[str, np.ndarray], vocabulary: list[str], side: str) -> dict[str, int]:
+    """{token: count} over a side's ids in the written train records (the target's without <eos>)."""
+    ids, lengths = ((records["source_ids"], records["source_length"]) if side == "source"
+                    else (records["target_output"], records["target_length"] - 1))
+    kept = ids[np.arange(ids.shape[1])[None, :] < lengths[:, None]]
+    return {vocabulary[i]: int(n) for i, n in zip(*np.unique(kept, return_counts=True))}
+
+
+def vocabulary_counts(examples: str, side: str) -> tuple[list[str], dict[str, int]]:
+    """SIDE.vocab's tokens and SIDE.vocab.counts.tsv's non-zero counts."""
+    rows = [line.rsplit("\t", 1) for line in
+            open(f"{examples}/{side}.vocab.counts.tsv", encoding="utf-8").read().splitlines()]
+    return [token for token, _ in rows], {token: int(n) for token, n in rows if int(n)}
+
+
+def test_vocabulary_counts_are_the_written_train_tokens(tmp_path):
+    """A learned side's token counts come from the train words' counts, each distinct word
+    segmented once (`transforms.CountPiecesFn`), not from another read of the corpus; a whitespace
+    side's are its word counts. With no side truncated they are exactly the tokens written, words
+    with a glued sentinel (`(%s)`, `%s을(를)`) and <unk> words included."""
+    from components.core.spans import slot_of
+    from components.preprocess import run_preprocess
+    from pipeline.config import load_config
+
+    config = load_config(None, ["preprocess.target_tokenizer=whitespace", "preprocess.wordpiece_vocab_size=300",
+                                "preprocess.max_source_length=500", "preprocess.max_target_length=502",
+                                "preprocess.eval_fraction=0"])
+    examples = str(tmp_path / "preprocess")
+    write_corpus(tmp_path / "corpus.tsv")
+    run_preprocess(str(tmp_path / "corpus.tsv"), examples, config, beam_args=BEAM_ARGS)
+    records = records_of(examples)
+    stats = json.loads((tmp_path / "preprocess" / "stats.json").read_text())
+    assert len(records["source_ids"]) > 150 and stats["truncated"] == {"source": 0, "target": 0}, stats["truncated"]
+    for side in ("source", "target"):
+        vocabulary, counted = vocabulary_counts(examples, side)
+        written = written_token_counts(records, vocabulary, side)
+        assert counted == {token: n for token, n in written.items() if token != "<unk>"}, side  # specials: no count
+    source_vocabulary, source_counts = vocabulary_counts(examples, "source")
+    glued = [token for token in source_counts if token.startswith("##") and slot_of(token) >= 0]
+    assert written_token_counts(records, source_vocabulary, "source")["<unk>"] > 0
+    assert source_counts["\ue000"] > 0 and glued

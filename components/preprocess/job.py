@@ -1,7 +1,6 @@
 """`run_preprocess`: build and run the Beam job, check its counts, publish the output folder.
 
-The pipeline reads the corpus twice (three times for a learned tokenizer: wordpiece, subword,
-sentencepiece) instead of holding it anywhere:
+The pipeline reads the corpus twice instead of holding it anywhere:
 
     read #1 -> validate -> tokenize -> count train tokens --CombineGlobally--> vocabularies
     read #2 -> validate -> encode with the vocabularies (side input) -> gzip TFRecord shards
@@ -9,7 +8,8 @@ sentencepiece) instead of holding it anywhere:
 
 With a learned tokenizer, read #1 counts whitespace words instead, summed per (side, hash bucket)
 key; the learners get the `preprocess.learn_max_words` most frequent (a bounded top N per bucket,
-then overall), and a further read counts the learned pieces for the vocabularies.
+then overall). A WordPiece side's token counts then come from the summed buckets, each distinct
+word segmented once; a SentencePiece or unicode_script side needs a further read to count them.
 
 Only counts, vocabularies and file names cross between stages, so memory stays flat as the
 corpus grows, and every stage splits over the runner's workers by read unit. Each step also
@@ -241,22 +241,30 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
         if reused[1] is not None:
             learned = beam.pvalue.AsSingleton(pipeline | "ReusedPieces" >> beam.Create([reused[1]]))
     elif p.learned_sides:
-        learned = _learn_pieces(pipeline, first.batches, p, staging, reports, threads)
-        second = units_pc | "ReadForTokenCounts" >> beam.ParDo(
-            transforms.ReadFn(p, final=False), after=learned).with_outputs(NEWLINES, METRICS, main="batches")
-        reports.append(second[METRICS])
-        counted = second.batches | "CountTokens" >> beam.ParDo(
-            transforms.CountTokensFn(p, None, True, threads), learned=learned).with_outputs(METRICS, main="counts")
+        learned, words, side_buckets = _learn_pieces(pipeline, first.batches, p, staging, reports, threads)
+        if transforms.counts_pieces_from_words(p):
+            counts = _count_pieces_from_words(words, side_buckets, learned, p, threads, reports)
+        else:  # a SentencePiece or unicode_script side: its tokens are not its words' pieces
+            second = units_pc | "ReadForTokenCounts" >> beam.ParDo(
+                transforms.ReadFn(p, final=False), after=learned).with_outputs(NEWLINES, METRICS, main="batches")
+            reports.append(second[METRICS])
+            counted = second.batches | "CountTokens" >> beam.ParDo(
+                transforms.CountTokensFn(p, None, True, threads), learned=learned
+            ).with_outputs(METRICS, main="counts")
+            counts = counted.counts
+            reports.append(counted[METRICS])
     else:
         counted = first.batches | "CountTokens" >> beam.ParDo(
             transforms.CountTokensFn(p, None, True, threads)).with_outputs(METRICS, main="counts")
+        counts = counted.counts
+        reports.append(counted[METRICS])
     if reused is None:
-        built = (counted.counts
+        built = (counts
                  | "SumTokens" >> beam.CombineGlobally(transforms.SumCountsFn())
                  | "Vocabularies" >> beam.FlatMap(_vocabularies_step, p, staging).with_outputs(
                      METRICS, main="vocabularies"))
         vocabularies = built.vocabularies
-        reports += [counted[METRICS], built[METRICS]]
+        reports.append(built[METRICS])
 
     newline_counts = first[NEWLINES] | "NewlineCounts" >> beam.combiners.ToList()
     final = units_pc | "Read" >> beam.ParDo(
@@ -362,9 +370,10 @@ class _WorkerLogFilter(logging.Filter):
 def _learn_pieces(pipeline, batches, p: PreprocessConfig, staging: str, reports: list, threads: Optional[int]):
     """The learned sides' pieces, as a singleton side input, learned from a bounded sample: the
     `preprocess.learn_max_words` most frequent train words of each side (or of both sides, with
-    preprocess.shared_pieces), ties by the word.
+    preprocess.shared_pieces), ties by the word. Also returns the bundles' word counts and the
+    summed ((side, bucket), {word: count}) buckets.
 
-    The word counts are summed per (group, hash bucket) key, so each worker sums a share of the
+    The word counts are summed per (side, hash bucket) key, so each worker sums a share of the
     words, and each bucket keeps only its own top N before one combiner picks the top N of those:
     no step holds every unique word, and the sample is the same however the work was split.
     Appends the steps' METRICS to `reports`.
@@ -373,9 +382,14 @@ def _learn_pieces(pipeline, batches, p: PreprocessConfig, staging: str, reports:
 
     words = batches | "CountWords" >> beam.ParDo(
         transforms.CountTokensFn(p, "whitespace", True, threads)).with_outputs(METRICS, main="counts")
-    buckets = (words.counts
-               | "WordBuckets" >> beam.FlatMap(transforms.word_buckets, p)
-               | "SumWords" >> beam.CombinePerKey(transforms.SumWordCountsFn()))
+    side_buckets = (words.counts
+                    | "WordBuckets" >> beam.FlatMap(transforms.word_buckets, p)
+                    | "SumWords" >> beam.CombinePerKey(transforms.SumWordCountsFn()))
+    buckets = side_buckets
+    if p.shared_pieces:
+        buckets = (side_buckets
+                   | "GroupBuckets" >> beam.Map(transforms.group_bucket, p)
+                   | "SumGroupWords" >> beam.CombinePerKey(transforms.SumWordCountsFn()))
     samples = (buckets
                | "WordsByGroup" >> beam.Map(lambda kv: (kv[0][0], kv[1]))
                | "TopWords" >> beam.CombinePerKey(transforms.TopWordsFn(p.learn_max_words)))
@@ -397,7 +411,24 @@ def _learn_pieces(pipeline, batches, p: PreprocessConfig, staging: str, reports:
               | "AllLearned" >> beam.combiners.ToList()
               | "MergeLearned" >> beam.Map(lambda parts: {side: value for part in parts for side, value in part.items()}))
     reports += [words[METRICS], learned[METRICS]]
-    return beam.pvalue.AsSingleton(merged)
+    return beam.pvalue.AsSingleton(merged), words, side_buckets
+
+
+def _count_pieces_from_words(words, side_buckets, learned, p: PreprocessConfig, threads: Optional[int],
+                             reports: list):
+    """Every side's token counts without reading the corpus again: a WordPiece side's from its
+    summed word buckets (`transforms.CountPiecesFn`); a whitespace side's are its word counts.
+    Appends the step's METRICS to `reports`."""
+    import apache_beam as beam
+
+    pieces = side_buckets | "CountPieces" >> beam.ParDo(
+        transforms.CountPiecesFn(p, threads=threads), learned=learned).with_outputs(METRICS, main="counts")
+    reports.append(pieces[METRICS])
+    own = [side for side in SIDES if side not in p.learned_sides]
+    if not own:
+        return pieces.counts
+    own_counts = words.counts | "OwnTokenCounts" >> beam.Map(transforms.own_token_counts, own)
+    return (pieces.counts, own_counts) | "AllTokenCounts" >> beam.Flatten()
 
 
 def _learn_step(group: str, p: PreprocessConfig, staging: str, samples: Mapping[str, Sequence[tuple[bytes, int]]],

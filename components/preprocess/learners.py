@@ -15,6 +15,7 @@ corpus alone: the same on any number of workers and in every run.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Mapping, Optional, Sequence, Union
 
 from components.core.config import PreprocessConfig
@@ -59,6 +60,26 @@ def _sorted_words(counts: Mapping[str, Mapping[bytes, int]], side: str, p: Prepr
     return sorted(merged.items())
 
 
+def _text_between_sentinels(words: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Sorted (word, count) pairs with each word that holds a sentinel (`file%s` masked, glued as
+    the learned tokenizer sees it) replaced by its parts between sentinels, counted as often: the
+    vocabulary reserves the sentinels, and no learned piece holds one."""
+    from components.core.spans import SENTINEL_BASE, SPAN_SLOTS
+
+    sentinel_run = re.compile(f"[{chr(SENTINEL_BASE)}-{chr(SENTINEL_BASE + SPAN_SLOTS - 1)}]+")
+    glued = [i for i, (word, _) in enumerate(words) if sentinel_run.search(word)]
+    if not glued:
+        return list(words)
+    merged = dict(words)
+    for i in glued:
+        word, count = words[i]
+        del merged[word]
+        for part in sentinel_run.split(word):
+            if part:
+                merged[part] = merged.get(part, 0) + count
+    return sorted(merged.items())
+
+
 def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: PreprocessConfig, staging: str,
                                  sides: Sequence[str] = SIDES) -> dict[str, list[str]]:
     """Learn each WordPiece side's vocabulary from its train word counts (`preprocess.wordpiece_learner`).
@@ -77,7 +98,7 @@ def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: P
             pieces = next(iter(result.values()))
         else:
             reserved = list(SPECIAL_TOKENS) + reserved_tokens(p, side)
-            words = [(w, n) for w, n in _sorted_words(counts, side, p) if not has_sentinel(w)]
+            words = _text_between_sentinels(_sorted_words(counts, side, p))
             learned = learn(words, p.wordpiece_vocab_size, reserved)
             # The reserved tokens come first; the learner's own copies of sentinel characters are dropped.
             pieces = reserved + [piece for piece in learned if piece not in reserved and not has_sentinel(piece)]
@@ -117,8 +138,9 @@ def learn_wordpiece_bpe(words: Sequence[tuple[str, int]], vocab_size: int, reser
     unseen word that matched one would get <unk>), and later merges take their room, up to
     `vocab_size` pieces in all.
     """
-    allowed = _alphabet(words, alphabet_size(vocab_size))
-    trained = [(w, n) for w, n in words if w and all(c in allowed for c in w)]
+    characters = _character_counts(words)
+    allowed = _alphabet(characters, alphabet_size(vocab_size))
+    trained = _spelled_with(words, allowed, set(characters))
     base: list[str] = list(dict.fromkeys(list(reserved) + [form for char in sorted(allowed)
                                                              for form in (char, WORDPIECE_SUFFIX + char)]))
     if len(base) >= vocab_size or not trained:
@@ -154,7 +176,7 @@ def _used_pieces(pieces: Sequence[str], words: Sequence[tuple[str, int]]) -> set
 
     segmenter = CompiledWordpiece(pieces)  # it adds <unk> when the pieces lack it
     segmented = segmenter.tokenize(tf.constant([w for w, _ in words]))
-    return {piece.decode("utf-8") for piece in set(segmented.flat_values.numpy().tolist())}
+    return {piece.decode("utf-8") for piece in tf.unique(segmented.flat_values).y.numpy().tolist()}
 
 
 def _wordpiece_merges(words: Sequence[tuple[str, int]], vocab_size: int, characters: int) -> list[str]:
@@ -167,12 +189,33 @@ def _wordpiece_merges(words: Sequence[tuple[str, int]], vocab_size: int, charact
     return list(dict.fromkeys(pieces))
 
 
-def _alphabet(words: Sequence[tuple[str, int]], size: int) -> set[str]:
-    totals: dict[str, int] = {}
+def _character_counts(words: Sequence[tuple[str, int]]) -> dict[str, int]:
+    """{character: occurrences in the words, each word counted as often as it occurs}."""
+    import collections
+
+    # Words grouped by count, so that the characters are counted in C, one string per count.
+    by_count: dict[int, list[str]] = {}
     for word, count in words:
-        for char in word:
-            totals[char] = totals.get(char, 0) + count
-    return {char for char, _ in sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:size]}
+        by_count.setdefault(count, []).append(word)
+    totals: collections.Counter = collections.Counter()
+    for count, group in by_count.items():
+        for char, n in collections.Counter("".join(group)).items():
+            totals[char] += n * count
+    return dict(totals)
+
+
+def _alphabet(characters: Mapping[str, int], size: int) -> set[str]:
+    """The `size` most frequent characters, ties by character."""
+    return {char for char, _ in sorted(characters.items(), key=lambda item: (-item[1], item[0]))[:size]}
+
+
+def _spelled_with(words: Sequence[tuple[str, int]], allowed: set[str], present: set[str]) -> list[tuple[str, int]]:
+    """The non-empty words that use only `allowed` characters (`present`: every character of the words)."""
+    rare = present - allowed
+    if not rare:
+        return [(w, n) for w, n in words if w]
+    pattern = re.compile("[" + "".join(re.escape(c) for c in sorted(rare)) + "]")
+    return [(w, n) for w, n in words if w and not pattern.search(w)]
 
 
 def _bpe_pieces(words: Sequence[tuple[str, int]], vocab_size: int, characters: int) -> list[str]:

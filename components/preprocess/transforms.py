@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import heapq
 import itertools
 import logging
 import time
@@ -45,6 +44,7 @@ SHARED = "shared"  # the learner group of both sides' words under preprocess.sha
 # A bundle's token counts are sent on once they hold this many distinct tokens, so a worker's
 # counts stay bounded however large its bundle is (the combiner adds them up all the same).
 FLUSH_DISTINCT_TOKENS = 100_000
+GZIP_LEVEL = 1  # of the TFRecord shards
 
 
 def stage_report(**seconds: float) -> dict[str, dict[str, float]]:
@@ -251,15 +251,15 @@ class _TokenizingFn(beam.DoFn):
         self.config = config
         self.threads = threads
         self.side_tokenizers = {side: tokenizer or config.tokenizer_of(side) for side in SIDES}
-        self.words_only = tokenizer is not None
 
     def setup(self) -> None:
         from components.core.tftext import register_tensorflow_text_ops
         from components.text.tokenizers import needs_tensorflow_text
 
         tf = _tf()
-        if self.threads:
+        if self.threads:  # one of the DirectRunner's worker processes on this machine
             _set_tf_threads(self.threads)
+            _exit_without_teardown()
         if any(needs_tensorflow_text(name) for name in self.side_tokenizers.values()):
             register_tensorflow_text_ops()  # in this worker process
         # autograph=False: nothing here branches on tensors, and converting the code costs tracing time
@@ -296,10 +296,10 @@ class _TokenizingFn(beam.DoFn):
         from components.text.tokenizers import normalize
 
         tf = _tf()
-        # The piece learners' words (a tokenizer override) hold each sentinel as a word of its own,
-        # so no learned piece glues a sentinel to text; the vocabulary reserves the sentinels.
-        separate = True if self.words_only else None
-        maskers = {side: masker_for(self.config, side, separate) for side in SIDES}
+        # Each side's sentinels as its own tokenizer has them (glued to their neighbours for a
+        # learned one), also in the piece learners' words: a word with a sentinel is then the word
+        # the learned tokenizer segments, and the learners learn from its parts between sentinels.
+        maskers = {side: masker_for(self.config, side) for side in SIDES}
         if maskers["source"] is None:
             return sources, targets, tf.ones(tf.shape(sources), tf.bool)
         masked_sources, spans, counts = maskers["source"].mask_and_count(normalize(sources, lowercase=False))
@@ -323,6 +323,45 @@ def worker_threads(options: Mapping[str, Any]) -> Optional[int]:
     if options.get("direct_running_mode") != "multi_processing":
         return None
     return max(1, cpu_cores() // max(1, int(options.get("direct_num_workers") or 1)))
+
+
+_EXIT_HOOKED = False
+
+
+def _exit_without_teardown() -> None:
+    """Let this worker process end without TensorFlow's teardown once its harness returns.
+
+    The DirectRunner stops its worker processes one after another and waits for each to exit, and a
+    process that has run TensorFlow takes over a second to tear down: that wait came at the end of
+    every job. Every output is closed by then (each bundle closes its files), so a process that ends
+    normally leaves at once (logs flushed, exit status 0); one that ends with an uncaught exception
+    tears down as usual, keeping its traceback and status. Only for the DirectRunner's own workers.
+    """
+    import atexit
+    import os
+    import sys
+
+    global _EXIT_HOOKED
+    if _EXIT_HOOKED:
+        return
+    _EXIT_HOOKED = True
+    failed = []
+    previous_hook = sys.excepthook
+
+    def note_failure(*exc_info):
+        failed.append(True)
+        previous_hook(*exc_info)
+
+    def exit_now() -> None:
+        if failed:
+            return
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    sys.excepthook = note_failure
+    atexit.register(exit_now)
 
 
 def _set_tf_threads(threads: int) -> None:
@@ -459,16 +498,78 @@ def learner_group(config: PreprocessConfig, side: str) -> str:
 
 def word_buckets(counts: Mapping[str, Mapping[bytes, int]], config: PreprocessConfig
                  ) -> Iterator[tuple[tuple[str, int], dict[bytes, int]]]:
-    """One bundle's {side: {word: count}} -> ((learner group, bucket), {word: count}) for the
-    learned sides. The bucket is a stable hash of the word (crc32, the same in every process, unlike
-    Python's `hash`), so a word's counts from every bundle meet under one key."""
+    """One bundle's {side: {word: count}} -> ((side, bucket), {word: count}) for the learned sides.
+    The bucket is a stable hash of the word (crc32, the same in every process, unlike Python's
+    `hash`), so a word's counts from every bundle meet under one key."""
     for side in config.learned_sides:
         buckets: dict[int, dict[bytes, int]] = {}
         for word, count in counts.get(side, {}).items():
             buckets.setdefault(zlib.crc32(word) % WORD_BUCKETS, {})[word] = count
-        group = learner_group(config, side)
         for bucket, words in buckets.items():
-            yield (group, bucket), words
+            yield (side, bucket), words
+
+
+def group_bucket(element: tuple[tuple[str, int], Mapping[bytes, int]], config: PreprocessConfig
+                 ) -> tuple[tuple[str, int], Mapping[bytes, int]]:
+    """((side, bucket), words) -> ((learner group, bucket), words): with preprocess.shared_pieces,
+    both sides' buckets of one hash meet under SHARED (a word hashes to one bucket on either side)."""
+    (side, bucket), words = element
+    return (learner_group(config, side), bucket), words
+
+
+def counts_pieces_from_words(config: PreprocessConfig) -> bool:
+    """Whether the learned sides' token counts can be found from their train words' counts, each
+    distinct word segmented once, instead of from a further read of the corpus: when every learned
+    side is a WordPiece one (a text's pieces are its words' pieces) and every other side splits at
+    whitespace (its words are its tokens)."""
+    from components.core.config import WORDPIECE_TOKENIZERS
+
+    return bool(config.learned_sides) and all(
+        config.tokenizer_of(side) in WORDPIECE_TOKENIZERS + ("whitespace",) for side in SIDES)
+
+
+class CountPiecesFn(_TokenizingFn):
+    """((side, bucket), {word: count}) of a WordPiece side -> {side: {piece: count}}: each distinct
+    word segmented once by the side's learned tokenizer, its pieces counted as often as the word.
+
+    The words are those counted for the learners (`CountTokensFn` with the whitespace override),
+    so these are the counts of the tokens that a read of the corpus would count, except where a
+    side is truncated: there the words are cut at the limit, and a word that straddles it counts
+    all its pieces (docs/preprocess.md, "Vocabularies")."""
+
+    def process(self, element: tuple[tuple[str, int], Mapping[bytes, int]], learned: Learned):
+        started = time.perf_counter()
+        if self._tokenizers is None:
+            self._build(learned)
+        (side, _), words = element
+        tf = _tf()
+        pieces, counts = self._count[side](tf.constant(list(words.keys()), tf.string),
+                                           tf.constant(list(words.values()), tf.int64))
+        yield {side: dict(zip(pieces.numpy().tolist(), counts.numpy().tolist()))}
+        yield beam.pvalue.TaggedOutput(METRICS, stage_report(counting=time.perf_counter() - started))
+
+    def _build(self, learned: Learned) -> None:
+        tf = _tf()
+        self._tokenizers = self._make_tokenizers(learned)
+        spec = [tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int64)]
+        self._count = {side: tf.function(self._counter(self._tokenizers[side]), input_signature=spec,
+                                         autograph=False)
+                       for side in self.config.wordpiece_sides}
+
+    @staticmethod
+    def _counter(tokenizer):
+        def count(words, counts):
+            tf = _tf()
+            pieces = tokenizer.word_pieces(words)
+            unique, index = tf.unique(pieces.flat_values)
+            weights = tf.repeat(counts, pieces.row_lengths())
+            return unique, tf.math.unsorted_segment_sum(weights, index, tf.size(unique))
+        return count
+
+
+def own_token_counts(counts: Mapping[str, Mapping[bytes, int]], sides: Sequence[str]) -> dict[str, Mapping[bytes, int]]:
+    """A bundle's whitespace word counts, of the sides that are not learned: their token counts."""
+    return {side: counts[side] for side in sides if side in counts}
 
 
 def word_totals(counts: Mapping[str, Mapping[bytes, int]]) -> Iterator[tuple[str, int]]:
@@ -503,8 +604,21 @@ def _by_frequency(item: tuple[bytes, int]) -> tuple[int, bytes]:
     return -item[1], item[0]
 
 
-def top_words(items: Iterable[tuple[bytes, int]], n: int) -> list[tuple[bytes, int]]:
-    return heapq.nsmallest(n, items, key=_by_frequency)
+def top_words(items: Sequence[tuple[bytes, int]], n: int) -> list[tuple[bytes, int]]:
+    """The `n` first (word, count) pairs in `_by_frequency` order, sorted that way."""
+    return sorted(_top_unsorted(items, n), key=_by_frequency)
+
+
+def _top_unsorted(items: Sequence[tuple[bytes, int]], n: int) -> list[tuple[bytes, int]]:
+    """The `n` first pairs in `_by_frequency` order, in no order: every pair above the n-th
+    largest count (found by numpy's partition), then the smallest words of those at that count."""
+    if len(items) <= n:
+        return list(items)
+    counts = np.fromiter((count for _, count in items), np.int64, len(items))
+    cut = int(np.partition(counts, len(counts) - n)[len(counts) - n])
+    above = [items[i] for i in np.flatnonzero(counts > cut).tolist()]
+    tied = sorted(items[i][0] for i in np.flatnonzero(counts == cut).tolist())[:n - len(above)]
+    return above + [(word, cut) for word in tied]
 
 
 class TopWordsFn(beam.CombineFn):
@@ -519,7 +633,7 @@ class TopWordsFn(beam.CombineFn):
         return []
 
     def _bounded(self, acc: list) -> list:
-        return top_words(acc, self.n) if len(acc) >= 2 * self.n else acc
+        return _top_unsorted(acc, self.n) if len(acc) >= 2 * self.n else acc
 
     def add_input(self, acc: list, counts: Mapping[bytes, int]) -> list:
         acc.extend(counts.items())
@@ -742,7 +856,10 @@ class EncodeAndWriteFn(_TokenizingFn):
         if key not in self._writers:
             tf = _tf()
             path = f"{self.shard_dir}/{split}-{shard}-{uuid.uuid4().hex}.tfrecord.gz"
-            self._writers[key] = tf.io.TFRecordWriter(path, options=tf.io.TFRecordOptions("GZIP"))
+            # zlib's fastest level: compressing took half the writing time at the default level,
+            # for files a tenth smaller (docs/preprocess.md, "Performance").
+            options = tf.io.TFRecordOptions("GZIP", compression_level=GZIP_LEVEL)
+            self._writers[key] = tf.io.TFRecordWriter(path, options=options)
             self._paths[key] = path
         return self._writers[key]
 

@@ -109,7 +109,26 @@ class UnicodeScriptTokenizer(Tokenizer):
         return self._impl.tokenize(texts)
 
 
-class WordpieceTokenizer(Tokenizer):
+class _WordpieceTokenizer(Tokenizer):
+    """Whitespace words, each segmented into WordPiece pieces by `self._impl` (continuation pieces
+    start with ##)."""
+
+    def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        return self._pieces(texts).merge_dims(-2, -1)
+
+    def _pieces(self, texts: tf.Tensor) -> tf.RaggedTensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def word_pieces(self, words: tf.Tensor) -> tf.RaggedTensor:
+        """[N] normalized words (no whitespace inside) -> [N, (pieces)]: each word as `tokenize`
+        segments it within a text."""
+        return self._impl.tokenize(words)
+
+    def detokenize(self, tokens: tf.RaggedTensor) -> tf.Tensor:
+        return join_wordpieces(super().detokenize(tokens))
+
+
+class WordpieceTokenizer(_WordpieceTokenizer):
     """Whitespace words, then greedy longest-match WordPiece; continuation pieces start with ##."""
 
     name = "wordpiece"
@@ -136,9 +155,6 @@ class WordpieceTokenizer(Tokenizer):
             token_out_type=tf.string, max_bytes_per_word=100,
         )
 
-    def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:
-        return self._pieces(texts).merge_dims(-2, -1)
-
     def _pieces(self, texts: tf.Tensor) -> tf.RaggedTensor:
         """[B] normalized texts -> [B, (words), (pieces)]."""
         return self._impl.tokenize(tf.strings.split(texts))
@@ -149,11 +165,8 @@ class WordpieceTokenizer(Tokenizer):
         surface = pieces.with_values(_unknown_words_as_surface(pieces.values, words.flat_values)).merge_dims(-2, -1)
         return pieces.merge_dims(-2, -1), surface
 
-    def detokenize(self, tokens: tf.RaggedTensor) -> tf.Tensor:
-        return join_wordpieces(super().detokenize(tokens))
 
-
-class SubwordTokenizer(Tokenizer):
+class SubwordTokenizer(_WordpieceTokenizer):
     """WordPiece in core TensorFlow ops (`components/text/subword.py`): the same pieces as
     `wordpiece` from the same learned vocabulary, and a SavedModel that needs no tensorflow-text."""
 
@@ -167,9 +180,6 @@ class SubwordTokenizer(Tokenizer):
         self.needs_tensorflow_text = compiled
         self._impl = (CompiledWordpiece if compiled else CoreWordpiece)(read_pieces(vocab), unknown_token=UNK)
 
-    def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:
-        return self._pieces(texts).merge_dims(-2, -1)
-
     def _pieces(self, texts: tf.Tensor) -> tf.RaggedTensor:
         """[B] normalized texts -> [B, (words), (pieces)]."""
         words = tf.strings.split(texts)
@@ -182,9 +192,6 @@ class SubwordTokenizer(Tokenizer):
         words = tf.strings.split(normalized).flat_values
         surface = pieces.with_values(_unknown_words_as_surface(pieces.values, words)).merge_dims(-2, -1)
         return pieces.merge_dims(-2, -1), surface
-
-    def detokenize(self, tokens: tf.RaggedTensor) -> tf.Tensor:
-        return join_wordpieces(super().detokenize(tokens))
 
 
 class SentencepieceTokenizer(Tokenizer):

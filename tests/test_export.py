@@ -109,6 +109,62 @@ def test_layout_assets_and_model_card(seed_run):
     assert card["checkpoint"] and card["checkpoint"].startswith(str(train))
     readme = (export / "assets" / "README.md").read_text(encoding="utf-8")
     assert "serving_default" in readme and "import tensorflow_text" not in readme
+    # Issue 23: identity of the data, intended use, and where the evaluation is (not at export).
+    assert card["training_data"]["pairs"] == {"train": 4, "eval": 0}
+    assert card["training_data"]["languages"]["source"] is None  # no config key names them
+    assert card["model_details"]["selected_by"].startswith("trainer.select_by: loss")  # embedded.yaml
+    assert card["intended_use"]["limitations"] and card["intended_use"]["out_of_scope"]
+    assert card["evaluation"]["status"] == "not evaluated at export"
+    assert "## Intended use and limitations" in readme
+
+
+def test_card_signatures_are_the_saved_models(seed_run):
+    """The card documents every input and output each signature really has (source_copy_ids too)."""
+    card = json.loads((Path(seed_run["export"]) / "assets" / "model_card.json").read_text(encoding="utf-8"))
+    loaded = tf.saved_model.load(seed_run["export"])
+    assert set(loaded.signatures) == set(card["signatures"])
+    for name, signature in loaded.signatures.items():
+        documented = card["signatures"][name]
+        outputs = documented["outputs"]
+        if isinstance(outputs, str):  # "as serving_default"
+            outputs = card["signatures"][outputs.removeprefix("as ")]["outputs"]
+        assert set(signature.structured_outputs) == set(outputs), name
+        assert set(signature.structured_input_signature[1]) == set(documented["inputs"]), name
+    assert "source_copy_ids" in card["signatures"]["encode"]["outputs"]
+
+
+def test_default_subword_export_assets_hold_no_piece_file(synthetic_run):
+    """docs/export.md's Layout: the subword tokenizer (default.yaml's) keeps its pieces in the graph."""
+    export = Path(synthetic_run["export"])
+    card = json.loads((export / "assets" / "model_card.json").read_text(encoding="utf-8"))
+    assert card["tokenizer"]["name"] == "subword"
+    assert {p.name for p in (export / "assets").iterdir()} == {"source.vocab", "target.vocab",
+                                                               "model_card.json", "README.md"}
+
+
+def test_the_pushed_card_holds_the_evaluation(seed_run, tmp_path):
+    """The pusher's evaluated card: assets.extra/model_card.json with the evaluator's metrics, decoder
+    and verdict; assets/ (the content fingerprint the blessing judged) stays as exported."""
+    from components.core.artifacts import Evaluation, ExportedModel
+    from components.pusher.executor import EVALUATED_CARD, write_evaluated_card
+
+    version = tmp_path / "1"
+    shutil.copytree(seed_run["export"], version)
+    before = ExportedModel(str(version)).content_fingerprint()
+    evaluation = Evaluation(str(tmp_path / "evaluation"))
+    os.makedirs(evaluation.uri)
+    evaluation.write({"split": "train", "examples": 4, "bleu": 91.5, "chrf": 95.25, "exact_match": 75.0,
+                      "decoder": "beam", "beam_width": 4, "baseline_model": None, "baseline": None},
+                     {"blessed": True, "reason": "no model in service", "content_fingerprint": before})
+    write_evaluated_card(str(version), evaluation, "run-1")
+    card = json.loads((version / EVALUATED_CARD).read_text(encoding="utf-8"))
+    assert card["evaluation"]["status"] == "evaluated" and card["evaluation"]["run_id"] == "run-1"
+    assert (card["evaluation"]["bleu"], card["evaluation"]["chrf"], card["evaluation"]["decoder"],
+            card["evaluation"]["beam_width"]) == (91.5, 95.25, "beam", 4)
+    assert card["evaluation"]["blessing"] == {"blessed": True, "reason": "no model in service",
+                                              "content_fingerprint": before}
+    assert card["signatures"] == ExportedModel(str(version)).card()["signatures"]
+    assert ExportedModel(str(version)).content_fingerprint() == before
 
 
 def test_seed_corpus_translates_exactly(seed_run):
@@ -357,7 +413,7 @@ def test_tensorflow_text_tokenizer_model_loads_in_a_fresh_process(tmp_path):
     tokenizer = "wordpiece"
     pairs = seed_pairs() + [("Hello, world! déjà-vu?", "안녕, 세계!")]
     config = load_config(str(REPO / "pipeline" / "embedded.yaml"),
-                         [f"preprocess.tokenizer={tokenizer}", "preprocess.wordpiece_vocab_size=200"])
+                         [f"preprocess.tokenizer={tokenizer}", "preprocess.vocab_pieces=200"])
     examples = str(tmp_path / "preprocess")
     run_preprocess(str(write_tsv(tmp_path / "corpus.tsv", pairs)), examples, config, beam_args=BEAM_ARGS)
     artifact = PreprocessArtifact.load(examples)

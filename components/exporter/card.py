@@ -92,6 +92,11 @@ SIGNATURES: dict[str, Any] = {
             "source_ids": {"dtype": "int64", "shape": [None, "max_source_length"],
                            "meaning": "source vocabulary ids, truncated and padded with 0 (<pad>); <unk>=3 for unknown tokens"},
             "source_length": {"dtype": "int64", "shape": [None], "meaning": "number of real source tokens"},
+            "source_copy_ids": {"dtype": "int64", "shape": [None, "max_source_length"],
+                                "meaning": "each source token's id in the extended target vocabulary "
+                                           "(model.copy_attention): its target id, else target vocabulary "
+                                           "size + the first source position of the same token; 0 (<pad>) "
+                                           "after the tokens; computed whatever model.copy_attention says"},
         },
     },
     "source_tokens": {
@@ -129,6 +134,42 @@ SPAN_OUTPUTS = (
     "token_ids, encode's source_ids and source_tokens show the sentinels themselves."
 )
 
+
+# The card's `intended_use` (Hugging Face model card: "Uses", "Bias, Risks, and Limitations"; Model
+# Card Toolkit: considerations.use_cases / limitations). What this pipeline's models are and are not.
+INTENDED_USE: dict[str, Any] = {
+    "primary_uses": "Translating short sentences of the training corpus's domain and language pair, from raw "
+                    "text, in a TensorFlow or TF Serving process; the quality is the evaluation's, on that corpus.",
+    "out_of_scope": "Other language pairs or domains than the corpus's; decisions that need a correct translation "
+                    "without a human check; documents (each input is one sentence, cut at max_source_length).",
+    "limitations": [
+        "A small GRU encoder-decoder with attention, trained on one corpus: expect dropped, repeated or invented "
+        "words, above all on long or out-of-domain sentences.",
+        "Sources longer than preprocess.max_source_length tokens are truncated; translations stop at "
+        "decoding.max_decode_length tokens.",
+        "Words outside the vocabularies become <unk> (export.replace_unknown copies the most attended source "
+        "token instead).",
+        "Protected spans are kept exactly only when preprocess.protected_spans names their kind, and only the "
+        "first max_spans_per_text of a sentence (see protected_spans).",
+        "The training data's biases are the model's: nothing here measures or removes them.",
+    ],
+}
+
+# Languages: no config key names them, so the card says so rather than guessing.
+UNKNOWN_LANGUAGES = {"source": None, "target": None,
+                     "note": "unknown: no config key names the languages; see the corpus"}
+
+CORPUS_NOTE = ("the corpus files are not recorded in the preprocess output; for `seq2seq run`, run.json's "
+               "inputs.corpus maps each corpus file to its sha256. train_records_sha256 identifies the "
+               "examples this model was trained on")
+
+# The card's `evaluation` at export: the pipeline evaluates the exported model afterwards, and the
+# pusher writes the completed card into the pushed version (components/pusher/executor.py).
+NOT_EVALUATED = {
+    "status": "not evaluated at export",
+    "where": "the evaluator scores this exported model after export (evaluation.json, blessing.json); a version "
+             "pushed by `seq2seq run` holds the card with this section filled in at assets.extra/model_card.json",
+}
 
 def beam_entry(export) -> dict[str, Any]:
     """The card's decoding.beam: the beam_search signatures' defaults (export.*) and how they rank."""
@@ -186,9 +227,15 @@ def training_data_fingerprint(artifact) -> dict[str, Any]:
         except (ValueError, OSError) as e:
             logger.warning("could not read %s/stats.json: %s", artifact.directory, e)
             stats = {}
-        for key in ("records_read", "records_written", "rejected_total", "vocabulary_size", "tokenizer"):
+        for key in ("records_read", "records_written", "rejected_total", "vocabulary_size", "tokenizer",
+                    "vocabularies_from"):
             if key in stats:
                 fingerprint[key] = stats[key]
+        if isinstance(stats.get("records_written"), dict):  # the pair counts, by split
+            fingerprint["pairs"] = dict(stats["records_written"])
+    fingerprint["languages"] = dict(UNKNOWN_LANGUAGES)
+    # The preprocess output does not name its corpus files; a pipeline run's run.json does.
+    fingerprint["corpus"] = CORPUS_NOTE
     return fingerprint
 
 
@@ -212,10 +259,13 @@ def build_card(
     load += "model = tf.saved_model.load(SAVED_MODEL_DIR)\n" \
             "out = model.signatures['serving_default'](text=tf.constant(['I feel hungry']))\n" \
             "print(out['translation'].numpy()[0].decode('utf-8'))"
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return {
         "format": CARD_FORMAT,
         "card_version": CARD_VERSION,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": created,
+        "model_details": model_details(config, created),
+        "intended_use": INTENDED_USE,
         "signatures": SIGNATURES,
         "tokenizer": {
             "name": p.tokenizer,
@@ -241,7 +291,25 @@ def build_card(
         "checkpoint": checkpoint,
         "training_data": training_data_fingerprint(artifact),
         "eval_metrics": metrics,
+        "evaluation": dict(NOT_EVALUATED),
         "config": config.to_dict(),
+    }
+
+
+def model_details(config, created: str) -> dict[str, Any]:
+    """The card's `model_details` (Model Card Toolkit's model_details; Hugging Face's "Model Details")."""
+    m = config.model
+    encoder = "bidirectional GRU" if m.bidirectional else "GRU"
+    attention = "no attention" if m.attention == "none" else f"{m.attention} attention"
+    copy = ", copy attention" if m.copy_attention else ""
+    return {
+        "name": "seq2seq-pipeline translator",
+        "architecture": f"{encoder} encoder, GRU decoder, {attention}{copy}; embedding {m.embedding_dim}, "
+                        f"{m.units} units",
+        "created": created,
+        "framework": "TensorFlow SavedModel (TF2 signatures; TF Serving layout once pushed)",
+        "selected_by": f"trainer.select_by: {config.trainer.select_by} (the best/ checkpoint, unless "
+                       f"trainer.average_last averages the last checkpoints)",
     }
 
 
@@ -293,7 +361,16 @@ def render_readme(card: dict[str, Any]) -> str:
         f"- beam search defaults: {json.dumps(_beam_defaults(card))}",
         f"- training data: {card['training_data'].get('vocabulary_sha256')} (vocabularies), "
         f"{card['training_data'].get('train_records_sha256')} (train records)",
-        f"- eval metrics: {json.dumps(card['eval_metrics']) if card['eval_metrics'] else 'not known at export'}",
+        f"- pairs: {json.dumps(card['training_data'].get('pairs'))}; languages: unknown (no config key names them)",
+        f"- training metrics (metrics.json): "
+        f"{json.dumps(card['eval_metrics']) if card['eval_metrics'] else 'none recorded'}",
+        f"- evaluation: {card['evaluation']['status']} ({card['evaluation'].get('where', '')})",
+        "",
+        "## Intended use and limitations",
+        "",
+        f"- uses: {card['intended_use']['primary_uses']}",
+        f"- out of scope: {card['intended_use']['out_of_scope']}",
+        *[f"- limitation: {text}" for text in card["intended_use"]["limitations"]],
         "",
         "The full details are in model_card.json beside this file.",
         "",

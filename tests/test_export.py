@@ -133,13 +133,25 @@ def test_card_signatures_are_the_saved_models(seed_run):
     assert "source_copy_ids" in card["signatures"]["encode"]["outputs"]
 
 
-def test_default_subword_export_assets_hold_no_piece_file(synthetic_run):
-    """docs/export.md's Layout: the subword tokenizer (default.yaml's) keeps its pieces in the graph."""
-    export = Path(synthetic_run["export"])
-    card = json.loads((export / "assets" / "model_card.json").read_text(encoding="utf-8"))
+def test_a_subword_export_carries_its_pieces_for_reuse_served(synthetic_run, tmp_path):
+    """The subword segmenter keeps its pieces as graph constants, so the export also carries the
+    SIDE.wordpiece.vocab files in assets/: a retrain with preprocess.vocabulary=reuse_served reads
+    the vocabularies and pieces from there (it failed with "does not exist" before)."""
+    from components.core.artifacts import ExportedModel, PreprocessArtifact
+    from components.preprocess.job import _copy_reused_vocabularies
+
+    export = ExportedModel(synthetic_run["export"])
+    card = json.loads(Path(export.card_path).read_text(encoding="utf-8"))
     assert card["tokenizer"]["name"] == "subword"
-    assert {p.name for p in (export / "assets").iterdir()} == {"source.vocab", "target.vocab",
-                                                               "model_card.json", "README.md"}
+    assert {p.name for p in Path(export.assets_dir).iterdir()} == {
+        "source.vocab", "target.vocab", "source.wordpiece.vocab", "target.wordpiece.vocab",
+        "model_card.json", "README.md"}
+    artifact = PreprocessArtifact.load(synthetic_run["examples"])
+    vocabularies, learned = _copy_reused_vocabularies(export.assets_dir, artifact.config.preprocess, str(tmp_path))
+    for side in ("source", "target"):
+        pieces = Path(artifact.wordpiece_vocab_path(side)).read_text(encoding="utf-8").splitlines()
+        assert learned[side] == pieces and len(pieces) > 4
+        assert vocabularies[side] == Path(artifact.vocab_path(side)).read_text(encoding="utf-8").splitlines()
 
 
 def test_the_pushed_card_holds_the_evaluation(seed_run, tmp_path):

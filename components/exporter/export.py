@@ -143,9 +143,23 @@ def export_model(model, artifact, out: str, config: Optional[PipelineConfig] = N
                       checkpoint=checkpoint, metrics=metrics)
     logger.info("export: tracing and saving (tokenizer %s, max decode length %d)",
                 config.preprocess.tokenizer, max_length)
-    return save_module(lambda assets: build_module(model, artifact, max_length, assets,
+    pieces = piece_assets(artifact, config)
+    return save_module(lambda assets: build_module(model, artifact, max_length, {**assets, **pieces},
                                                    config.export.replace_unknown, config.export),
                        card, out, overwrite)
+
+
+def piece_assets(artifact, config: PipelineConfig) -> dict[str, str]:
+    """The learned WordPiece files of the `subword` sides, as extra assets: the core-op segmenter
+    holds its pieces as graph constants, so without them a retrain with
+    `preprocess.vocabulary=reuse_served` would find no SIDE.wordpiece.vocab to reuse (`wordpiece`'s
+    op reads its file, which the saver copies already)."""
+    assets = {}
+    for side in ("source", "target"):
+        path = artifact.wordpiece_vocab_path(side)
+        if path and config.preprocess.tokenizer_of(side) == "subword":
+            assets[f"{side}_wordpiece_vocab"] = path
+    return assets
 
 
 def run_export(model_dir: str, out: str, overrides: Sequence[str] = (), overwrite: bool = False,

@@ -16,6 +16,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_BLESSED = 3  # as `seq2seq run`: evaluated (or asked to push) but not blessed
+DISTRIBUTION = "seq2seq-pipeline"  # pyproject.toml's [project] name, for --version
 
 
 def _split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -31,6 +32,40 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML config merged over the packaged defaults")
     p.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
                    help="override one config key (repeatable), e.g. --set trainer.epochs=5")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (defaults <- --config <- --set) as YAML and exit")
+
+
+def package_version() -> str:
+    """The installed distribution's version; from a source checkout that is not installed, the
+    version in its pyproject.toml; else "unknown"."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        pass
+    import tomllib
+
+    pyproject = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
+    try:
+        with open(pyproject, "rb") as f:
+            return str(tomllib.load(f)["project"]["version"]) + " (not installed)"
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
+
+
+def cmd_print_config(args: argparse.Namespace) -> int:
+    """--print-config: the config the command would run with, as YAML on stdout (what it writes
+    into its output folder as config.yaml), and nothing run."""
+    sys.stdout.write(_load_config(args).to_yaml())
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _examples(*lines: str) -> str:
+    """An argparse epilog: real command lines, shown as written (RawDescriptionHelpFormatter)."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _load_config(args: argparse.Namespace):
@@ -156,11 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seq2seq",
         description="Parallel corpus -> Beam preprocessing -> attention seq2seq -> servable SavedModel.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and TensorFlow's and SentencePiece's own start-up lines")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("run", help="run the whole pipeline",
-                       description="Run every component in order. Arguments after `--` go to Beam.")
+    p = sub.add_parser("run", help="run the whole pipeline", formatter_class=raw,
+                       description="Run every component in order. Arguments after `--` go to Beam.",
+                       epilog=_examples(
+                           "seq2seq run --data data/raw --artifacts /tmp/artifacts --config pipeline/embedded.yaml",
+                           "seq2seq run --data 'corpus/*.tsv' --set trainer.epochs=20 --json",
+                           "seq2seq run --config pipeline/embedded.yaml --set trainer.epochs=5 --print-config"))
     p.add_argument("--data", default="data/raw", help="corpus path, directory or glob (default: data/raw)")
     p.add_argument("--artifacts", default="artifacts", help="artifacts root (default: artifacts)")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
@@ -168,22 +210,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("preprocess", help="Beam job: corpus -> vocabularies + padded TFRecords",
+    p = sub.add_parser("preprocess", help="Beam job: corpus -> vocabularies + padded TFRecords", formatter_class=raw,
                        description="Arguments after `--` are Beam pipeline options "
-                                   "(--runner, --direct_num_workers, Dataflow/Flink/Spark options).")
+                                   "(--runner, --direct_num_workers, Dataflow/Flink/Spark options).",
+                       epilog=_examples(
+                           "seq2seq preprocess --data data/raw --out /tmp/prep",
+                           "seq2seq preprocess --data 'corpus/*.tsv.gz' --out /tmp/prep --set preprocess.tokenizer=wordpiece \\",
+                           "    -- --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing"))
     p.add_argument("--data", required=True, help="corpus path, directory or glob (gs:// works)")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     _add_config_args(p)
     p.set_defaults(func=cmd_preprocess)
 
-    p = sub.add_parser("train", help="train the attention seq2seq on preprocessed TFRecords")
+    p = sub.add_parser("train", help="train the attention seq2seq on preprocessed TFRecords", formatter_class=raw,
+                       epilog=_examples(
+                           "seq2seq train --examples /tmp/prep --out /tmp/train --set trainer.epochs=20",
+                           "seq2seq train --examples /tmp/prep --out /tmp/train --config pipeline/embedded.yaml"))
     p.add_argument("--examples", required=True, help="output folder of `seq2seq preprocess`")
     p.add_argument("--out", required=True, help="training folder (an existing one is resumed)")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="write a SavedModel with greedy-decode signatures")
+    p = sub.add_parser("export", help="write a SavedModel with greedy and beam-search signatures", formatter_class=raw,
+                       epilog=_examples(
+                           "seq2seq export --model /tmp/train --out /tmp/model",
+                           "seq2seq export --model /tmp/train --out /tmp/model --set export.beam_width=8"))
     p.add_argument("--model", required=True, help="output folder of `seq2seq train`")
     p.add_argument("--out", required=True, help="SavedModel folder to create")
     p.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
@@ -191,7 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="score an exported SavedModel against the model in service",
-                       description="The evaluator of `seq2seq run`, on its own (exit code 3: not blessed).")
+                       description="The evaluator of `seq2seq run`, on its own (exit code 3: not blessed).",
+                       formatter_class=raw, epilog=_examples(
+                           "seq2seq evaluate --model /tmp/model --examples /tmp/prep --out /tmp/evaluation \\",
+                           "    --training /tmp/train --serving /tmp/serving"))
     p.add_argument("--model", required=True, help="SavedModel folder (output of `seq2seq export`)")
     p.add_argument("--examples", required=True, help="output folder of `seq2seq preprocess` (references)")
     p.add_argument("--out", required=True, help="evaluation folder to create")
@@ -203,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("push", help="publish a blessed SavedModel as the next serving version",
-                       description="The pusher of `seq2seq run`, on its own (exit code 3: not blessed).")
+                       description="The pusher of `seq2seq run`, on its own (exit code 3: not blessed).",
+                       formatter_class=raw, epilog=_examples(
+                           "seq2seq push --model /tmp/model --evaluation /tmp/evaluation --serving /tmp/serving"))
     p.add_argument("--model", required=True, help="SavedModel folder (output of `seq2seq export`)")
     p.add_argument("--evaluation", required=True, help="output folder of `seq2seq evaluate` for this model")
     p.add_argument("--serving", required=True, help="serving folder (TF Serving's model_base_path); a push holds "
@@ -211,9 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_push)
 
-    p = sub.add_parser("translate", help="translate with an exported SavedModel")
+    p = sub.add_parser("translate", help="translate with an exported SavedModel", formatter_class=raw,
+                       epilog=_examples(
+                           "seq2seq translate --model /tmp/serving/1 \"I feel hungry\" \"tensorflow is very difficult\"",
+                           "echo \"I feel hungry\" | seq2seq translate --model /tmp/serving/1 --json",
+                           "seq2seq translate --model /tmp/serving/1 --input news.en --output news.ko --beam-width 4",
+                           "seq2seq translate --model /tmp/serving/1 --n-best 3 --no-repeat-ngram-size 2 \"I feel hungry\""))
     p.add_argument("--model", required=True, help="SavedModel folder")
-    p.add_argument("text", nargs="*", help="sentences; with none, read lines from stdin")
+    p.add_argument("text", nargs="*", help="sentences; with none, read lines from stdin (or --input)")
+    p.add_argument("--input", metavar="FILE", help="read the sentences from FILE, one a line ('-': stdin)")
+    p.add_argument("--output", metavar="FILE", help="write the translations to FILE ('-': stdout), "
+                                                     "all at once when done (a temporary file, then a rename)")
     p.add_argument("--max-length", type=_decode_length, default=None, metavar="N",
                    help="maximum decoded tokens, 1 to 1024 (MAX_DECODE_LENGTH_LIMIT); default: the model's")
     p.add_argument("--beam-width", type=int, default=None, metavar="K",
@@ -226,7 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-penalty", type=float, default=None, metavar="A",
                    help="with beam search: GNMT length penalty alpha >= 0 (0 ranks by log-probability); "
                         "default: the model's (export.length_penalty)")
-    p.add_argument("--batch-size", type=int, default=64, help="lines per batch when reading stdin")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N",
+                   help="with beam search: no hypothesis repeats an N-gram of its own tokens (0: no blocking); "
+                        "default: the model's (export.no_repeat_ngram_size)")
+    p.add_argument("--batch-size", type=int, default=64, help="lines per batch when reading stdin or --input")
     p.add_argument("--json", action="store_true", help="one JSON object per line: translation, tokens, score")
     p.add_argument("--attention-plot", metavar="FILE.png", help="draw the attention of the first sentence")
     p.set_defaults(func=cmd_translate)
@@ -241,12 +309,26 @@ def _not_a_cloud_notice(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith(_IGNORED_NOTICES)
 
 
+def _console_handler() -> logging.Handler:
+    """Plain `HH:MM:SS LEVEL name: message` lines when stderr is a file or a pipe; on a terminal,
+    Rich's handler, whose console `seq2seq run`'s live display shares (pipeline/console.py), so log
+    lines stay above the live area instead of being erased by its redraw."""
+    if not (sys.stderr.isatty() and os.environ.get("TERM") != "dumb"):
+        handler: logging.Handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        return handler
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False, log_time_format="%H:%M:%S")
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    return handler
+
+
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    # basicConfig leaves a logger that already has handlers alone (a second main() in one
+    # process, pytest's capture).
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[_console_handler()])
     for handler in logging.getLogger().handlers:
         handler.addFilter(_not_a_cloud_notice)
 
@@ -273,11 +355,15 @@ def _runs_tensorflow_here(args: argparse.Namespace) -> bool:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from components.core.quiet import quiet_environment
+
     own, beam_args = _split_beam_args(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(own)
     args.beam_args = beam_args
+    quiet_environment(args.verbose)  # before TF is imported here or in a process this one starts
+    if getattr(args, "print_config", False):
+        args.func = cmd_print_config
     _configure_logging(args.verbose)
     if not args.verbose and _runs_tensorflow_here(args):
         from components.core.quiet import import_tensorflow_quietly

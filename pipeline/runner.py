@@ -2,6 +2,7 @@
 
     ARTIFACTS/runs/<run_id>/<component>/   each component's output
     ARTIFACTS/runs/<run_id>/run.json       the manifest, rewritten (atomically) after every step
+    ARTIFACTS/runs/<run_id>/run.log        every log line of the run (INFO and up; DEBUG with --verbose)
     ARTIFACTS/serving/<version>/           blessed models, TF Serving layout
 
 Exit codes: 0 pushed (or already serving), 3 not blessed, 1 failed, 2 bad config/usage,
@@ -31,6 +32,7 @@ from components.core.component import RunContext
 from components.core.config import PipelineConfig
 from components.core.errors import ArtifactError, InputError, UserError
 from components.core.io import digest, write_json_atomic
+from pipeline.console import Progress
 from pipeline.fingerprint import code_digest, corpus_fingerprint, library_versions, package_versions, resolve_corpus
 from pipeline.lock import LockedError, RunLock
 from pipeline.pipeline import CORPUS, LATEST_SERVED, PIPELINE, SERVED_FROM_OTHER_DATA, ComponentSpec
@@ -127,6 +129,7 @@ class RunState:
     baseline: Optional[ExportedModel] = None
     samples: list[dict[str, str]] = field(default_factory=list)
     manifest_written: bool = False
+    log: Optional[str] = None  # RUN_DIR/run.log, once it is being written
 
     @property
     def run_dir(self) -> str:
@@ -157,7 +160,7 @@ class RunState:
             "config": self.config.to_dict(), "inputs": {"corpus": self.corpus},
             "components": self.components, "metrics": self.metrics,
             "serving_model": self.serving_model, "baseline_model": self.baseline.uri if self.baseline else None,
-            "versions": package_versions(),
+            "log": self.log, "versions": package_versions(),
         }
 
     def save(self) -> None:
@@ -277,7 +280,7 @@ def _run_component(state: RunState, spec: ComponentSpec, progress: "Progress") -
         entry.update(status=CACHED, output=hit["output"], cached_from=hit["run_id"], ended_at=_now(),
                      seconds=0.0, metrics=hit.get("metrics", {}))
         logger.info("%s: reusing the output of run %s (same inputs and config)", spec.name, hit["run_id"])
-        progress.done(spec.name, "cached")
+        progress.done(spec.name, CACHED)
         return
     out = f"{state.run_dir}/{spec.name}"
     if spec.resumable and state.use_cache:
@@ -300,7 +303,7 @@ def _run_component(state: RunState, spec: ComponentSpec, progress: "Progress") -
         progress.done(spec.name, status)
         raise
     entry.update(status=SUCCEEDED, ended_at=_now(), seconds=round(time.time() - started, 3))
-    progress.done(spec.name, f"{entry['seconds']:.1f}s")
+    progress.done(spec.name, SUCCEEDED)
     state.save()
 
 
@@ -324,11 +327,13 @@ def _reuse_for_served(state: RunState, spec: ComponentSpec, progress: "Progress"
                 state.outputs[spec.name] = spec.output(entry["output"], entry.get("fingerprint"))
                 state.components[spec.name] = {**entry, "status": CACHED, "seconds": 0.0,
                                                "cached_from": entry.get("cached_from") or manifest["run_id"]}
-                progress.done(spec.name, "cached")
+                logger.info("%s: reusing the output of run %s (its %s is the served model)", spec.name,
+                            state.components[spec.name]["cached_from"], upstream)
+                progress.done(spec.name, CACHED)
                 return
     state.components[spec.name] = {"status": SKIPPED, "fingerprint": state.fingerprints[upstream],
                                    "reason": f"this {upstream} is already served as {state.baseline.uri}"}
-    progress.done(spec.name, "skipped")
+    progress.done(spec.name, SKIPPED, state.components[spec.name]["reason"])
 
 
 def execute(state: RunState, progress: "Progress") -> int:
@@ -363,36 +368,6 @@ def _serving_model(state: RunState) -> Optional[str]:
 # ---------------------------------------------------------------- presentation
 
 
-class Progress:
-    """A live per-component display on stderr (plain log lines when stderr is not a terminal)."""
-
-    def __init__(self, names: list[str]):
-        from rich.console import Console
-        from rich.progress import Progress as RichProgress
-        from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        self.console = Console(stderr=True)
-        self._progress = RichProgress(SpinnerColumn(), TextColumn("{task.description:<11}"),
-                                      TextColumn("{task.fields[state]}"), TimeElapsedColumn(),
-                                      console=self.console, transient=False)
-        self._tasks = {n: self._progress.add_task(n, total=1, state="waiting", start=False) for n in names}
-
-    def __enter__(self) -> "Progress":
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._progress.__exit__(*exc)
-
-    def start(self, name: str) -> None:
-        self._progress.start_task(self._tasks[name])
-        self._progress.update(self._tasks[name], state="running")
-
-    def done(self, name: str, what: str) -> None:
-        self._progress.update(self._tasks[name], state=what, completed=1)
-        self._progress.stop_task(self._tasks[name])
-
-
 def _summary(state: RunState) -> str:
     from rich.console import Console
     from rich.table import Table
@@ -422,6 +397,8 @@ def _summary(state: RunState) -> str:
             console.print(f"reason: {state.reason}")
         if state.manifest_written:  # not after a lock refusal, nor when the folder cannot be written
             console.print(f"manifest: {state.run_dir}/run.json")
+        if state.log:
+            console.print(f"log: {state.log}")
         console.print(f"serving model: {state.serving_model or 'none pushed'}")
         for sample in state.samples:
             console.print(f"  {sample['source']}  ->  {sample['translation']}")
@@ -462,13 +439,62 @@ def run_pipeline(args: argparse.Namespace, config: PipelineConfig) -> int:
         state.status, state.reason = FAILED, f"cannot use the artifacts folder {artifacts}: {e}"
     else:
         try:
-            with interrupt_on_signals():
+            with interrupt_on_signals(), run_log(state):
                 code = _run_locked(state, args.data)
         finally:
             lock.release()
     _print_summary(state, args.json)
     # A lock refusal and a stop by signal keep their own exit codes; any other failure is 1, even after a push.
     return EXIT_FAILED if state.status == FAILED and code in (EXIT_PUSHED, EXIT_NOT_BLESSED) else code
+
+
+RUN_LOG = "run.log"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@contextmanager
+def run_log(state: RunState) -> Iterator[None]:
+    """Every log record of the run also goes to RUN_DIR/run.log: INFO and up, DEBUG too with
+    --verbose (the root logger's level decides). A remote run folder gets a copy of a local file
+    at the end; a log that cannot be written is a warning, never a failed run."""
+    local = "://" not in state.run_dir
+    path = f"{state.run_dir}/{RUN_LOG}"
+    try:
+        if local:
+            os.makedirs(state.run_dir, exist_ok=True)
+            handler = logging.FileHandler(path, encoding="utf-8")
+        else:
+            import tempfile
+
+            fd, scratch = tempfile.mkstemp(prefix="seq2seq-run-", suffix=".log")
+            os.close(fd)
+            handler = logging.FileHandler(scratch, encoding="utf-8")
+    except OSError as e:
+        logger.warning("cannot write %s (%s): the run goes on without its log file", path, e)
+        yield
+        return
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    state.log = path
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        if not local:
+            _upload_log(handler.baseFilename, path, state)
+
+
+def _upload_log(scratch: str, path: str, state: RunState) -> None:
+    try:
+        with open(scratch, encoding="utf-8") as f:
+            io.write_text_atomic(path, f.read())
+    except Exception as e:  # noqa: BLE001 - the summary must still be printed
+        logger.warning("could not copy the run's log to %s: %s", path, e)
+        state.log = None
+    finally:
+        os.remove(scratch)
 
 
 def _print_summary(state: RunState, as_json: bool) -> None:
@@ -580,4 +606,5 @@ def json_summary(state: RunState) -> dict[str, Any]:
         "metrics": {k: state.metrics.get(k) for k in ("bleu", "chrf", "exact_match", "placeholder_fidelity",
                                                       "copy_rate", "eval_loss")},
         "cached": state.cached, "manifest": f"{state.run_dir}/run.json" if state.manifest_written else None,
+        "log": state.log,
     }

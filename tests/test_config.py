@@ -117,3 +117,35 @@ def test_export_decode_length_is_checked_with_the_config():
     for bad in (0, MAX_DECODE_LENGTH_LIMIT + 1):
         with pytest.raises(ConfigError, match=r"export\.max_decode_length"):
             load_config(overrides=[f"export.max_decode_length={bad}"])
+
+
+# ------------------------------------------------- preprocess.vocab_pieces, formerly wordpiece_vocab_size
+
+def test_the_old_piece_size_key_is_read_with_one_warning_naming_the_new(tmp_path, caplog):
+    config = load_config(overrides=["preprocess.wordpiece_vocab_size=123"])
+    assert config.preprocess.vocab_pieces == 123
+    assert "preprocess.wordpiece_vocab_size is deprecated, use preprocess.vocab_pieces" in caplog.text
+    path = tmp_path / "c.yaml"
+    path.write_text("preprocess:\n  wordpiece_vocab_size: 77\n")
+    assert load_config(str(path)).preprocess.vocab_pieces == 77  # over default.yaml's new key: no conflict
+    assert load_config(str(path), ["preprocess.vocab_pieces=5"]).preprocess.vocab_pieces == 5  # --set wins
+    assert load_config().preprocess.vocab_pieces == 4000  # pipeline/default.yaml, under the new name
+    snapshot = write_config(load_config(overrides=["preprocess.vocab_pieces=9"]), str(tmp_path))
+    text = open(snapshot).read()
+    assert "vocab_pieces: 9" in text and "wordpiece_vocab_size" not in text
+    # A snapshot an older version wrote (an artifact's config.yaml) reads the same, without the warning.
+    caplog.clear()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.yaml").write_text(text.replace("vocab_pieces: 9", "wordpiece_vocab_size: 9"))
+    assert read_config(str(tmp_path / "old")).preprocess.vocab_pieces == 9
+    assert "deprecated" not in caplog.text
+
+
+def test_the_old_and_new_piece_size_keys_at_once_are_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="wordpiece_vocab_size and preprocess.vocab_pieces are the same key") as e:
+        load_config(overrides=["preprocess.vocab_pieces=10", "preprocess.wordpiece_vocab_size=20"])
+    assert e.value.exit_code == 2
+    path = tmp_path / "both.yaml"
+    path.write_text("preprocess:\n  vocab_pieces: 10\n  wordpiece_vocab_size: 20\n")
+    with pytest.raises(ConfigError, match=f"config file {path}: preprocess.wordpiece_vocab_size and"):
+        load_config(str(path))

@@ -219,7 +219,7 @@ def test_shared_pieces_split_a_word_of_both_sides_the_same_way(tmp_path):
              zip(sorted(VERBS) * 20, (identifier(random.Random(i)) for i in range(100)))]
     data = write_tsv(tmp_path / "c.tsv", pairs)
     # Spans off: `code` would take the snake_case identifiers out of the piece learner's words.
-    config = load_config(None, ["preprocess.tokenizer=subword", "preprocess.wordpiece_vocab_size=120",
+    config = load_config(None, ["preprocess.tokenizer=subword", "preprocess.vocab_pieces=120",
                                 "preprocess.eval_fraction=0", "preprocess.shared_pieces=true",
                                 "preprocess.protected_spans=[]"])
     run_preprocess(str(data), str(tmp_path / "out"), config, beam_args=BEAM_ARGS)

@@ -100,7 +100,7 @@ def test_beam_ids_equal_the_serving_encoders_ids(tmp_path, source_tokenizer, tar
 
     config = load_config(None, [f"preprocess.source_tokenizer={source_tokenizer}",
                                 f"preprocess.target_tokenizer={target_tokenizer}",
-                                "preprocess.wordpiece_vocab_size=300", "preprocess.max_source_length=24",
+                                "preprocess.vocab_pieces=300", "preprocess.max_source_length=24",
                                 "preprocess.max_target_length=26", "preprocess.eval_fraction=0",
                                 "preprocess.max_length_factor=0"])
     examples = str(tmp_path / "preprocess")
@@ -176,7 +176,7 @@ def test_vocabulary_counts_are_the_written_train_tokens(tmp_path):
     from components.preprocess import run_preprocess
     from pipeline.config import load_config
 
-    config = load_config(None, ["preprocess.target_tokenizer=whitespace", "preprocess.wordpiece_vocab_size=300",
+    config = load_config(None, ["preprocess.target_tokenizer=whitespace", "preprocess.vocab_pieces=300",
                                 "preprocess.max_source_length=500", "preprocess.max_target_length=502",
                                 "preprocess.eval_fraction=0"])
     examples = str(tmp_path / "preprocess")

@@ -27,7 +27,7 @@ from tests.preprocess_helpers import config, quarantine, run, serialized_example
 from tests.test_preprocess_runner import synthetic_pairs
 
 VENV_BIN = Path(sys.executable).parent
-CONFIG = ("preprocess.eval_fraction=0.3", "preprocess.tokenizer=wordpiece", "preprocess.wordpiece_vocab_size=200",
+CONFIG = ("preprocess.eval_fraction=0.3", "preprocess.tokenizer=wordpiece", "preprocess.vocab_pieces=200",
           "preprocess.max_source_length=8", "preprocess.max_target_length=8",
           "preprocess.protected_spans=[printf, braces]")
 # Normalization turns a run of whitespace into one space: padding the TSV's sources pushes the file

@@ -52,7 +52,7 @@ def test_one_worker_and_two_processes_give_identical_outputs(tmp_path, monkeypat
     # pair; target 120 stem+ending words), so that the bounded top-N and its ties by the word
     # decide what the learner sees.
     cfg = config("preprocess.eval_fraction=0.3", f"preprocess.tokenizer={tokenizer}",
-                 "preprocess.wordpiece_vocab_size=200", "preprocess.max_source_length=8",
+                 "preprocess.vocab_pieces=200", "preprocess.max_source_length=8",
                  "preprocess.max_target_length=8", f"preprocess.learn_max_words={LEARN_MAX_WORDS}")
     one = run(data, tmp_path / "one", cfg)
     two = run(data, tmp_path / "two", cfg,

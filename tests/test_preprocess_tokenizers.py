@@ -40,7 +40,7 @@ def test_unicode_script_splits_punctuation_and_scripts(tmp_path):
 def test_wordpiece_learns_subwords_and_round_trips(tmp_path):
     data = write_lines(tmp_path / "c.tsv", synthetic_pairs(600))
     out = tmp_path / "out"
-    stats = run(data, out, config("preprocess.tokenizer=wordpiece", "preprocess.wordpiece_vocab_size=120",
+    stats = run(data, out, config("preprocess.tokenizer=wordpiece", "preprocess.vocab_pieces=120",
                                   "preprocess.eval_fraction=0", "preprocess.max_target_length=40"))
     pieces = (out / "target.wordpiece.vocab").read_text(encoding="utf-8").split("\n")[:-1]
     assert pieces[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -106,7 +106,7 @@ def test_subword_writes_the_same_pieces_and_examples_as_wordpiece(tmp_path):
     outputs = {}
     for name in ("wordpiece", "subword"):
         outputs[name] = tmp_path / name
-        run(data, outputs[name], config(f"preprocess.tokenizer={name}", "preprocess.wordpiece_vocab_size=120",
+        run(data, outputs[name], config(f"preprocess.tokenizer={name}", "preprocess.vocab_pieces=120",
                                         "preprocess.eval_fraction=0", "preprocess.max_target_length=40"))
     for side in ("source", "target"):
         assert (outputs["subword"] / f"{side}.wordpiece.vocab").read_text() == \
@@ -122,7 +122,7 @@ def test_each_side_can_have_its_own_tokenizer(tmp_path):
     data = write_lines(tmp_path / "c.tsv", synthetic_pairs(300))
     out = tmp_path / "out"
     stats = run(data, out, config("preprocess.tokenizer=whitespace", "preprocess.target_tokenizer=subword",
-                                  "preprocess.wordpiece_vocab_size=100",
+                                  "preprocess.vocab_pieces=100",
                                   "preprocess.eval_fraction=0", "preprocess.max_target_length=40"))
     assert not (out / "source.wordpiece.vocab").exists() and (out / "target.wordpiece.vocab").exists()
     assert not any(t.startswith("##") for t in vocab(out, "source"))  # whole whitespace words

@@ -18,7 +18,7 @@ from pipeline.config import load_config
 # (an option the recipe leaves off) is on too, so the export is checked with every kind of noise.
 TINY = ["model.word_dropout=0.1", "model.embedding_dim=8", "model.units=16", "trainer.epochs=3", "trainer.max_minutes=null",
         "trainer.batch_size=16", "trainer.warmup_steps=5", "trainer.select_sample=24",
-        "preprocess.wordpiece_vocab_size=300", "preprocess.eval_fraction=0.2", "trainer.log_every_steps=1000"]
+        "preprocess.vocab_pieces=300", "preprocess.eval_fraction=0.2", "trainer.log_every_steps=1000"]
 
 WORDS = {"open": "열기", "file": "파일", "save": "저장", "user": "사용자", "delete": "삭제", "new": "새",
          "folder": "폴더", "error": "오류", "settings": "설정", "name": "이름"}

@@ -33,7 +33,7 @@ PAIRS = [pair for en, de, ko in TRIPLES for pair in ((en, ko), (de, en), (ko, de
 # Pinned, whatever pipeline/default.yaml says: every pair trains, nothing is cut or dropped.
 PINNED = ["preprocess.max_source_length=64", "preprocess.max_target_length=66", "preprocess.eval_fraction=0",
           "preprocess.lowercase=false", "preprocess.min_frequency=1", "preprocess.max_vocab_size=null",
-          "preprocess.wordpiece_vocab_size=150"]
+          "preprocess.vocab_pieces=150"]
 
 
 def _corpus(tmp_path: Path) -> Path:
@@ -88,7 +88,7 @@ def test_learned_model_settings(tmp_path):
 
     words = {"Straße…": 3, "%(name)s": 2, "안녕하세요": 5, "{count}": 1, "<b>": 4, "Hallo": 2}
     p = config("preprocess.source_tokenizer=sentencepiece", "preprocess.target_tokenizer=whitespace",
-               "preprocess.wordpiece_vocab_size=60").preprocess
+               "preprocess.vocab_pieces=60").preprocess
     counts = {"source": {w.encode(): n for w, n in words.items()}, "target": {b"ignored": 1}}
     learned = learn_sentencepiece_models(counts, p, str(tmp_path))
     assert set(learned) == {"source"} and os.listdir(tmp_path) == ["source.sentencepiece.model"]

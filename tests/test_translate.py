@@ -1,4 +1,5 @@
-"""`seq2seq translate`: arguments, stdin streamed in batches, --json, --max-length, --attention-plot."""
+"""`seq2seq translate`: arguments, stdin streamed in batches, --input/--output files, --json,
+--max-length, --attention-plot, beam search's --n-best and --no-repeat-ngram-size."""
 from __future__ import annotations
 
 import io
@@ -99,6 +100,57 @@ def test_real_cli_streams_a_pipe(seed_run):
             proc.kill()
     assert first == "나는 배가 고프다\n"
     assert rest == "텐서플로우는 매우 빠르게 변화한다\n"
+
+
+@pytest.mark.slow
+def test_input_and_output_files_the_output_written_atomically(seed_run, tmp_path, capsys, caplog):
+    model = seed_run["export"]
+    source, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    source.write_text("".join(s + "\n" for s, _ in SEED), encoding="utf-8")
+    assert main(["translate", "--model", model, "--input", str(source), "--output", str(out)]) == 0
+    assert out.read_text(encoding="utf-8").splitlines() == [t for _, t in SEED]
+    assert capsys.readouterr().out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt"]  # no temporary file left
+
+    # A translation that fails leaves the file it would have replaced as it was.
+    out.write_text("old\n")
+    source.write_text("\nI feel hungry\n")  # an empty first sentence: no attention to draw
+    assert main(["translate", "--model", model, "--input", str(source), "--output", str(out),
+                 "--attention-plot", str(tmp_path / "a.png")]) == 1
+    assert out.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt"]
+
+    # Usage errors (exit 2), one line each: no such input; sentences and --input at once; no such folder.
+    assert main(["translate", "--model", model, "--input", str(tmp_path / "missing.txt")]) == 2
+    assert main(["translate", "--model", model, "--input", str(source), "I feel hungry"]) == 2
+    assert main(["translate", "--model", model, "--output", str(tmp_path / "no" / "out.txt"), "x"]) == 2
+    assert "--input" in caplog.text and "not both" in caplog.text and "no such folder" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.slow
+def test_no_repeat_ngram_size_and_the_default_width_line(seed_run, capsys, monkeypatch, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    model = seed_run["export"]
+    width = json.load(open(os.path.join(model, "assets", "model_card.json")))["decoding"]["beam"]["beam_width"]
+    # Inputs that repeat a word, which the seed model's beams then repeat without blocking.
+    code, lines = run_cli(["translate", "--model", model, "--n-best", str(width), "--no-repeat-ngram-size", "1",
+                           "--max-length", "8", "--json", "I I I I I I", "very very very very",
+                           "hungry hungry hungry"], capsys, monkeypatch)
+    assert code == 0 and len(lines) == 3
+    for line in lines:
+        hypotheses = [h["translation"].split() for h in json.loads(line)["n_best"]]
+        assert len(hypotheses) == width
+        assert all(len(set(words)) == len(words) for words in hypotheses), hypotheses  # no word twice
+    assert f"--n-best {width} without --beam-width: beam search with the model's default width {width}" in caplog.text
+    # More than the model's width without --beam-width: a usage error before anything is decoded.
+    assert main(["translate", "--model", model, "--n-best", str(width + 1), "x"]) == 2
+    assert f"give --beam-width {width + 1} or more" in caplog.text
+    with pytest.raises(SystemExit) as usage:
+        main(["translate", "--model", model, "--no-repeat-ngram-size", "x", "y"])
+    assert usage.value.code == 2
 
 
 def test_stream_batches_by_size_and_by_what_is_waiting():

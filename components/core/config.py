@@ -40,6 +40,9 @@ MAX_DECODE_LENGTH_LIMIT = 1024
 # The widest beam (and the longest n-best list) a model may be asked for: the SavedModel's
 # signatures refuse more in the graph, as the config and the CLI do. Memory grows with width x length.
 MAX_BEAM_WIDTH_LIMIT = 64
+# Keys renamed: (section, old) -> new. The old name is still read, with a warning naming the new one;
+# both in one source (a config file, the --set list, a snapshot) is a ConfigError.
+RENAMED_KEYS = {("preprocess", "wordpiece_vocab_size"): "vocab_pieces"}
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,8 @@ class PreprocessConfig:
     max_vocab_size: Optional[int] = None  # counts the 4 special tokens; None = unlimited
     max_rejected_fraction: float = 0.1
     # Pieces learned per side from the train split: the WordPiece vocabulary (wordpiece, subword)
-    # or the SentencePiece model (sentencepiece).
-    wordpiece_vocab_size: int = 8000
+    # or the SentencePiece model (sentencepiece). Formerly wordpiece_vocab_size (still read).
+    vocab_pieces: int = 8000
     # The learners see at most this many distinct train words per side (both sides together with
     # shared_pieces): the most frequent, ties by the word, so that learning costs the same however
     # large the corpus grows, and the sample is the same on any number of workers.
@@ -303,6 +306,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     for name in data:
         if not isinstance(name, str):
             raise ConfigError(f"{prefix or 'config'}: key {name!r} is not a name (keys are strings)")
+    if prefix:  # a snapshot (config.yaml of an older artifact); what a user wrote is renamed before
+        data = _renamed(prefix, data, "config", warn=False)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -323,6 +328,27 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     config = cls(**kwargs)
     _validate(config, prefix)
     return config
+
+
+def _renamed(section: str, values: Mapping[str, Any], where: str, warn: bool = True) -> Mapping[str, Any]:
+    """VALUES of SECTION (from WHERE: a file, --set) with each renamed key under its new name; the
+    warning is for what a user wrote (`warn`), not for a snapshot an older version wrote."""
+    renamed = dict(values)
+    for (in_section, old), new in RENAMED_KEYS.items():
+        if in_section != section or old not in renamed:
+            continue
+        if new in renamed:
+            raise ConfigError(f"{where}: {section}.{old} and {section}.{new} are the same key "
+                              f"({old} is its old name): give only {section}.{new}")
+        logger.log(logging.WARNING if warn else logging.DEBUG, "%s: %s.%s is deprecated, use %s.%s",
+                   where, section, old, section, new)
+        renamed[new] = renamed.pop(old)
+    return renamed
+
+
+def _renamed_sections(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    return {section: (_renamed(section, values, where) if isinstance(values, Mapping) else values)
+            for section, values in data.items()}
 
 
 def _short(value: Any) -> str:
@@ -447,6 +473,7 @@ def _merge_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str
         if section in sections and values is not None and not isinstance(values, Mapping):
             raise ConfigError(f"{section}: expected a mapping of keys, got {_short(values)}")
     merged = {section: (dict(values) if isinstance(values, Mapping) else values) for section, values in data.items()}
+    given: dict[str, dict[str, Any]] = {}
     for text in overrides:
         (section, key), value = parse_override(text)
         if section not in sections:
@@ -455,7 +482,11 @@ def _merge_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str
                 f"(sections: {', '.join(sorted(sections))})"
             )
         # A YAML scalar like `1e-3` stays a string in YAML 1.1; the typed coercion handles it.
-        merged.setdefault(section, {})[key] = value
+        given.setdefault(section, {})[key] = value
+    for section, values in _renamed_sections(given, "--set").items():
+        if merged.get(section) is None:  # absent, or `section:` with nothing under it
+            merged[section] = {}
+        merged[section].update(values)
     return merged
 
 
@@ -480,7 +511,7 @@ def load_config(defaults: Mapping[str, Any], path: Optional[str] = None,
     """DEFAULTS <- FILE (if given) <- --set overrides, strictly typed."""
     data = {section: values for section, values in defaults.items()}
     if path:
-        for section, values in read_yaml(path).items():
+        for section, values in _renamed_sections(read_yaml(path), f"config file {path}").items():
             if isinstance(values, Mapping) and isinstance(data.get(section), Mapping):
                 data[section] = {**data[section], **values}
             else:

@@ -292,9 +292,10 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
          | "WriteMetrics" >> beam.Map(lambda m: _write_json(f"{staging}/{METRICS_FILE}", m)))
 
     all_options = options.get_all_options()
-    logger.info("running the Beam job on %s (%s workers, %s; %d read units)",
-                all_options.get("runner") or DEFAULT_RUNNER, all_options.get("direct_num_workers"),
-                all_options.get("direct_running_mode"), len(units))
+    workers = all_options.get("direct_num_workers")
+    logger.info("running the Beam job on %s (%s worker%s, %s; %d read unit%s)",
+                all_options.get("runner") or DEFAULT_RUNNER, workers, "" if workers == 1 else "s",
+                all_options.get("direct_running_mode"), len(units), "" if len(units) == 1 else "s")
     relay = logging.getLogger("apache_beam.runners.portability.local_job_service")
     worker_filter = _WorkerLogFilter()
     relay.addFilter(worker_filter)

@@ -99,7 +99,7 @@ def learn_wordpiece_vocabularies(counts: Mapping[str, Mapping[bytes, int]], p: P
         else:
             reserved = list(SPECIAL_TOKENS) + reserved_tokens(p, side)
             words = _text_between_sentinels(_sorted_words(counts, side, p))
-            learned = learn(words, p.wordpiece_vocab_size, reserved)
+            learned = learn(words, p.vocab_pieces, reserved)
             # The reserved tokens come first; the learner's own copies of sentinel characters are dropped.
             pieces = reserved + [piece for piece in learned if piece not in reserved and not has_sentinel(piece)]
         fs.write_text(f"{staging}/{WORDPIECE_VOCAB.format(side=side)}", "".join(t + "\n" for t in pieces))
@@ -245,7 +245,7 @@ def learn_sentencepiece_models(counts: Mapping[str, Mapping[bytes, int]], p: Pre
         if p.shared_pieces and result:  # one model for both sides: learned once
             model = next(iter(result.values()))
         else:
-            model = train_sentencepiece(_sorted_words(counts, side, p), p.wordpiece_vocab_size, side,
+            model = train_sentencepiece(_sorted_words(counts, side, p), p.vocab_pieces, side,
                                         reserved_tokens(p, side))
         io.write_bytes_atomic(f"{staging}/{SENTENCEPIECE_MODEL.format(side=side)}", model)
         result[side] = model
@@ -272,7 +272,7 @@ def train_sentencepiece(words: Sequence[tuple[str, int]], vocab_size: int, side:
     # every character, the word-start mark, <unk>, the user symbols (protected-span sentinels)
     needed = len({c for w, _ in words for c in w} | set(user_symbols)) + 2 + len(user_symbols)
     if vocab_size < needed:
-        logger.warning("preprocess.wordpiece_vocab_size %d is smaller than the %d pieces the %s side's "
+        logger.warning("preprocess.vocab_pieces %d is smaller than the %d pieces the %s side's "
                        "characters need: learning a %d-piece SentencePiece model", vocab_size, needed, side, needed)
         vocab_size = needed
     data = _train_on_word_counts(words, "unigram", vocab_size, user_symbols)

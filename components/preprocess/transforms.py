@@ -10,6 +10,7 @@ import collections
 import hashlib
 import itertools
 import logging
+import sys
 import time
 import uuid
 import zlib
@@ -111,6 +112,12 @@ def shard_index(digests: Sequence[bytes], num_shards: int) -> np.ndarray:
 
 
 def _tf():
+    """TensorFlow, imported without its start-up lines in a worker process unless the CLI was given
+    --verbose (see components/core/quiet.py)."""
+    if "tensorflow" not in sys.modules:  # the first call in this process: called per batch after it
+        from components.core.quiet import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
     import tensorflow as tf
 
     return tf
@@ -253,10 +260,10 @@ class _TokenizingFn(beam.DoFn):
         self.side_tokenizers = {side: tokenizer or config.tokenizer_of(side) for side in SIDES}
 
     def setup(self) -> None:
+        tf = _tf()  # first: components.text imports TensorFlow, and this import keeps it quiet
         from components.core.tftext import register_tensorflow_text_ops
         from components.text.tokenizers import needs_tensorflow_text
 
-        tf = _tf()
         if self.threads:  # one of the DirectRunner's worker processes on this machine
             _set_tf_threads(self.threads)
             _exit_without_teardown()

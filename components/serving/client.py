@@ -5,6 +5,7 @@ it adds the model card, the `import tensorflow_text` the card asks for, and nump
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -14,7 +15,7 @@ import numpy as np
 from components.core.artifacts import ExportedModel
 from components.core.config import MAX_BEAM_WIDTH_LIMIT, MAX_DECODE_LENGTH_LIMIT
 from components.core.errors import ArtifactError, UserError
-from components.core.tftext import register_tensorflow_text_ops
+from components.core.tftext import card_uses_sentencepiece, register_tensorflow_text_ops, sentencepiece_quietly
 
 logger = logging.getLogger(__name__)
 
@@ -217,4 +218,7 @@ def load_translator(saved_model_dir: str) -> Translator:
     if card.get("tokenizer", {}).get("needs_tensorflow_text"):
         register_tensorflow_text_ops()
     logger.debug("loading %s (tokenizer %s)", saved_model_dir, card.get("tokenizer", {}).get("name"))
-    return Translator(saved_model_dir, tf.saved_model.load(saved_model_dir), card)
+    # Only then: the descriptor redirect would also hide any other C++ line of the load.
+    with sentencepiece_quietly() if card_uses_sentencepiece(card) else contextlib.nullcontext():
+        loaded = tf.saved_model.load(saved_model_dir)
+    return Translator(saved_model_dir, loaded, card)

@@ -1,11 +1,14 @@
-"""`seq2seq translate --model SAVED_MODEL_DIR [TEXT ...]`: arguments, or stdin streamed in batches."""
+"""`seq2seq translate --model SAVED_MODEL_DIR [TEXT ...]`: arguments, or stdin (or --input FILE)
+streamed in batches, to stdout (or --output FILE, written atomically)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import select
 import sys
+import uuid
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, TextIO, Union
 
@@ -15,21 +18,28 @@ from components.core.io import json_line, without_non_finite
 logger = logging.getLogger(__name__)
 
 
+class TranslateUsageError(UserError):
+    """Arguments of `seq2seq translate` that cannot go together, or a path that cannot be used: exit 2."""
+
+    exit_code = 2
+
+
 @dataclass(frozen=True)
 class BadLine:
     """An input line that is not UTF-8: reported on stderr, answered with an empty output line."""
 
     number: int
     reason: str
+    where: str = "stdin"  # or the --input file's path
 
     def __str__(self) -> str:
-        return f"stdin line {self.number}: not valid UTF-8 ({self.reason})"
+        return f"{self.where} line {self.number}: not valid UTF-8 ({self.reason})"
 
 
 Line = Union[str, BadLine]
 
 
-def _lines_from_fd(fd: int) -> Iterator[tuple[list[Line], bool]]:
+def _lines_from_fd(fd: int, where: str = "stdin") -> Iterator[tuple[list[Line], bool]]:
     """(complete lines, whether more input is waiting right now) per read from a file descriptor."""
     pending = b""
     number = 0
@@ -41,17 +51,17 @@ def _lines_from_fd(fd: int) -> Iterator[tuple[list[Line], bool]]:
         lines = []
         for raw in complete:
             number += 1
-            lines.append(_decode(raw, number))
+            lines.append(_decode(raw, number, where))
         yield lines, _ready(fd)
     if pending:
-        yield [_decode(pending, number + 1)], False
+        yield [_decode(pending, number + 1, where)], False
 
 
-def _decode(raw: bytes, number: int) -> Line:
+def _decode(raw: bytes, number: int, where: str = "stdin") -> Line:
     try:
         return raw.decode("utf-8").rstrip("\r")
     except UnicodeDecodeError as e:
-        return BadLine(number, f"{e.reason} at byte {e.start}")
+        return BadLine(number, f"{e.reason} at byte {e.start}", where)
 
 
 def _ready(fd: int) -> bool:
@@ -59,9 +69,9 @@ def _ready(fd: int) -> bool:
     return bool(ready)
 
 
-def stream_batches(stream: TextIO, batch_size: int) -> Iterator[list[Line]]:
+def stream_batches(stream: TextIO, batch_size: int, where: str = "stdin") -> Iterator[list[Line]]:
     """Lines of `stream` (newline stripped) in batches of at most `batch_size`; a line that is not
-    UTF-8 comes as a `BadLine` in its place, so the stream goes on.
+    UTF-8 comes as a `BadLine` (naming WHERE and the line number) in its place, so the stream goes on.
 
     On a real file or pipe, a batch is also cut short when no further input is waiting, so a line
     typed into an interactive pipe is translated at once instead of after `batch_size` lines.
@@ -73,13 +83,13 @@ def stream_batches(stream: TextIO, batch_size: int) -> Iterator[list[Line]]:
     if fd is None:
         binary = getattr(stream, "buffer", None)  # a text wrapper over bytes: decode line by line
         if binary is not None:
-            lines: Iterable[list[Line]] = ([_decode(raw.rstrip(b"\n"), number)] for number, raw
+            lines: Iterable[list[Line]] = ([_decode(raw.rstrip(b"\n"), number, where)] for number, raw
                                            in enumerate(iter(binary.readline, b""), start=1))
         else:
             lines = ([line.rstrip("\r\n")] for line in iter(stream.readline, ""))
         chunks: Iterable[tuple[list[Line], bool]] = ((chunk, True) for chunk in lines)
     else:
-        chunks = _lines_from_fd(fd)
+        chunks = _lines_from_fd(fd, where)
     batch: list[Line] = []
     for lines, more_waiting in chunks:
         batch.extend(lines)
@@ -110,14 +120,69 @@ def _write(results: Iterable, as_json: bool, out: TextIO) -> None:
     out.flush()
 
 
+BEAM_ARGS = ("beam_width", "n_best", "length_penalty", "no_repeat_ngram_size")
+
+
 def beam_options(args: argparse.Namespace):
-    """BeamOptions when any of --beam-width, --n-best, --length-penalty is given (else None: greedy)."""
+    """BeamOptions when any of --beam-width, --n-best, --length-penalty, --no-repeat-ngram-size is
+    given (else None: greedy)."""
     from components.serving.client import BeamOptions
 
-    values = {name: getattr(args, name, None) for name in ("beam_width", "n_best", "length_penalty")}
+    values = {name: getattr(args, name, None) for name in BEAM_ARGS}
     if all(value is None for value in values.values()):
         return None
     return BeamOptions(**values).check()
+
+
+def _say_default_width(beam, translator) -> None:
+    """With beam options but no --beam-width, one line naming the width the model decodes with (its
+    export.beam_width); an --n-best above it is a usage error now rather than a graph error later."""
+    from components.serving.client import BeamOptionError
+
+    if beam is None or beam.beam_width is not None:
+        return
+    width = translator.card.get("decoding", {}).get("beam", {}).get("beam_width")
+    if width is None:
+        return
+    given = f"--n-best {beam.n_best}" if beam.n_best is not None else "beam options"
+    if beam.n_best is not None and beam.n_best > int(width):
+        raise BeamOptionError(f"--n-best {beam.n_best} is more than the model's default beam width {width}: "
+                              f"give --beam-width {beam.n_best} or more")
+    logger.info("%s without --beam-width: beam search with the model's default width %d", given, int(width))
+
+
+@contextlib.contextmanager
+def _output(path: Optional[str], default: TextIO) -> Iterator[TextIO]:
+    """DEFAULT (stdout) for no path or "-"; else PATH.tmp-* in PATH's folder, renamed over PATH when
+    the block ends without an exception, so PATH is never a partial translation; removed otherwise."""
+    if path is None or path == "-":
+        yield default
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise TranslateUsageError(f"--output {path}: no such folder {folder}")
+    if os.path.isdir(path):
+        raise TranslateUsageError(f"--output {path} is a folder")
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as out:
+            yield out
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def _input(path: Optional[str], default: TextIO) -> Iterator[tuple[TextIO, str]]:
+    """(the stream, its name in messages): DEFAULT (stdin) for no path or "-", else the file."""
+    if path is None or path == "-":
+        yield default, "stdin"
+        return
+    if not os.path.isfile(path):
+        raise TranslateUsageError(f"--input {path}: no such file")
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is named, not fatal
+        yield f, path  # type: ignore[misc]
 
 
 def _plot_first(result, path: str) -> None:
@@ -158,22 +223,33 @@ def _warn_unprotected(batch: list[Line], results: list, seen: int) -> None:
 
 def translate_main(args: argparse.Namespace, stdin: Optional[TextIO] = None,
                    stdout: Optional[TextIO] = None) -> int:
-    """Translate args.text, or stdin lines when there are none; one line (or JSON object) per input
-    (with beam search and an n-best list of more than one, a block of lines per input).
+    """Translate args.text, or the lines of stdin (or --input) when there are none; one line (or
+    JSON object) per input (with beam search and an n-best list of more than one, a block of lines
+    per input), on stdout or in --output.
 
-    A stdin line that is not UTF-8 is reported on stderr with its number and answered with an empty
+    An input line that is not UTF-8 is reported on stderr with its number and answered with an empty
     line; the rest of the stream is translated, and the exit code is then 1 (InputError's)."""
     from components.serving.client import check_max_length, load_translator
 
-    stdin = stdin or sys.stdin
-    stdout = stdout or sys.stdout
+    input_path, output_path = getattr(args, "input", None), getattr(args, "output", None)
+    if args.text and input_path is not None:
+        raise TranslateUsageError("give sentences as arguments or --input FILE, not both")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_length is not None:
         check_max_length(args.max_length)
     beam = beam_options(args)
     translator = load_translator(args.model)
-    batches = _chunks(list(args.text), args.batch_size) if args.text else stream_batches(stdin, args.batch_size)
+    _say_default_width(beam, translator)
+    with _input(input_path, stdin or sys.stdin) as (source, where), _output(output_path, stdout or sys.stdout) as out:
+        batches = (_chunks(list(args.text), args.batch_size) if args.text
+                   else stream_batches(source, args.batch_size, where))
+        return _translate_batches(args, translator, batches, beam, out)
+
+
+def _translate_batches(args: argparse.Namespace, translator, batches: Iterable[list[Line]], beam,
+                       stdout: TextIO) -> int:
+    """Translate BATCHES onto STDOUT in input order; 1 when some line was not UTF-8, else 0."""
     plot_path = getattr(args, "attention_plot", None)
     count = seen = 0
     bad: list[BadLine] = []
@@ -194,7 +270,7 @@ def translate_main(args: argparse.Namespace, stdin: Optional[TextIO] = None,
     logger.debug("translated %d sentences", count)
     if bad:
         numbers = ", ".join(str(line.number) for line in bad[:20]) + (" ..." if len(bad) > 20 else "")
-        logger.error("%d stdin line(s) were not valid UTF-8 (line %s); the other %d were translated",
-                     len(bad), numbers, count)
+        logger.error("%d %s line(s) were not valid UTF-8 (line %s); the other %d were translated",
+                     len(bad), bad[0].where, numbers, count)
         return InputError.exit_code
     return 0

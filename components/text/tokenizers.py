@@ -21,7 +21,7 @@ from typing import Optional, Sequence, Union
 import tensorflow as tf
 
 from components.core.config import SENTENCEPIECE_TOKENIZERS, WORDPIECE_TOKENIZERS
-from components.core.tftext import register_tensorflow_text_ops
+from components.core.tftext import register_tensorflow_text_ops, sentencepiece_quietly
 from components.core.vocabulary import UNK
 from components.text.subword import CompiledWordpiece, CoreWordpiece, read_pieces
 
@@ -221,7 +221,8 @@ class SentencepieceTokenizer(Tokenizer):
             self.model_path = None
         # Ids, then pieces: an unknown stretch of text comes out of the op as its own characters
         # (with the unknown id), and as the model's unknown piece, <unk>, from `id_to_string`.
-        self._impl = text.SentencepieceTokenizer(model=bytes(model), out_type=tf.int32)
+        with sentencepiece_quietly():  # its "precompiled_charsmap is empty" line: see components/core/tftext.py
+            self._impl = text.SentencepieceTokenizer(model=bytes(model), out_type=tf.int32)
 
     def _split(self, texts: tf.Tensor) -> tf.RaggedTensor:
         return self._impl.id_to_string(self._impl.tokenize(texts))

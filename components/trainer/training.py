@@ -195,9 +195,19 @@ def scalar_summary(name: str, value: float, step: int) -> None:
     tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=metadata)
 
 
+def plural(count: float, word: str) -> str:
+    """`1 minute`, `0.5 minutes`, `3 workers`."""
+    return f"{count:g} {word}" if count == 1 else f"{count:g} {word}s"
+
+
+def _number(value: float, spec: str) -> str:
+    """VALUE formatted, or `-` when it is not measured yet (NaN)."""
+    return format(value, spec) if math.isfinite(value) else "-"
+
+
 def format_seconds(seconds: float) -> str:
     if not math.isfinite(seconds):
-        return "?"
+        return "-"
     seconds = int(seconds)
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
@@ -215,7 +225,11 @@ class EpochTotals:
     steps: int = 0
     timed_tokens: float = 0.0
     timed_seconds: float = 0.0
+    timed_steps: int = 0
     skipped: int = 0  # non-finite batches skipped (trainer.on_nonfinite=skip_batch)
+    # loss_sum and tokens at the last progress line: its loss is the mean over the steps since.
+    logged_loss_sum: float = 0.0
+    logged_tokens: float = 0.0
 
     def add(self, stats: dict[str, float]) -> None:
         self.loss_sum += stats["loss"] * stats["tokens"]
@@ -226,6 +240,13 @@ class EpochTotals:
     @property
     def loss(self) -> float:
         return self.loss_sum / self.tokens if self.tokens else float("nan")
+
+    def loss_since_last_line(self) -> float:
+        """The mean loss per token over the steps since the previous call (NaN when none counted)."""
+        tokens = self.tokens - self.logged_tokens
+        loss = (self.loss_sum - self.logged_loss_sum) / tokens if tokens else float("nan")
+        self.logged_loss_sum, self.logged_tokens = self.loss_sum, self.tokens
+        return loss
 
     @property
     def tokens_per_second(self) -> float:
@@ -348,8 +369,8 @@ class Trainer:
                                self.out, len(skipped))
             return False
         ck.restore_into(self.checkpoint, latest, partial=False)
-        logger.info("resuming from %s: step %d, epoch %d (+%d steps)", latest, int(self.step.numpy()),
-                    int(self.epoch.numpy()), int(self.step_in_epoch.numpy()))
+        logger.info("resuming from %s: step %d, epoch %d (+%s)", latest, int(self.step.numpy()),
+                    int(self.epoch.numpy()), plural(int(self.step_in_epoch.numpy()), "step"))
         return True
 
     # ------------------------------------------------------------ compiled steps
@@ -363,12 +384,12 @@ class Trainer:
     def _log_sharding(self) -> None:
         for split, files in (("train", self.train_files), ("eval", self.eval_files)):
             if shard_policy(files, self.workers) == tf.data.experimental.AutoShardPolicy.FILE:
-                logger.info("%d workers, %d %s shard(s): each worker reads its own shards", self.workers,
+                logger.info("%s, %d %s shard(s): each worker reads its own shards", plural(self.workers, "worker"),
                             len(files), split)
             else:
-                logger.info("%d workers, %d %s shard(s): every worker reads them all and keeps its part of "
-                            "each batch (preprocess.num_shards >= %d lets each read its own)", self.workers,
-                            len(files), split, self.workers)
+                logger.info("%s, %d %s shard(s): every worker reads them all and keeps its part of "
+                            "each batch (preprocess.num_shards >= %d lets each read its own)",
+                            plural(self.workers, "worker"), len(files), split, self.workers)
 
     def _compile(self) -> None:
         strategy, model, variables, t = self.strategy, self.model, self.variables, self.t
@@ -513,15 +534,45 @@ class Trainer:
             f"{latest or 'none (nothing was saved yet)'}. Start every worker again with the same command to "
             f"resume from it")
 
-    def _log_progress(self, epoch: int, totals: EpochTotals, stats: dict[str, float], started: float) -> None:
-        done_steps = int(self.step.numpy())
-        remaining = max(self.total_steps - done_steps, 0)
-        seconds_per_step = totals.timed_seconds / max(totals.steps - 1, 1) if totals.timed_seconds else float("nan")
-        budget = "" if self.t.max_minutes is None else \
-            f" budget left {format_seconds(self._budget_left())}"
-        logger.info("epoch %d/%d step %d (%d/%d) loss %.4f tok/s %.0f lr %.3g ETA %s%s", epoch + 1, self.t.epochs,
-                    done_steps, totals.steps, self.steps_per_epoch, stats["loss"], totals.tokens_per_second,
-                    stats["learning_rate"], format_seconds(self._eta(remaining * seconds_per_step)), budget)
+    def _epoch_length(self) -> tuple[int, bool]:
+        """The steps of one epoch, and whether that is a count: the last epoch that ran to its end
+        counted them (the same in every epoch: how many batches the split makes does not depend on
+        the shuffle); before that, ceil(examples / batch size), exact unless batches are bucketed
+        by length (every bucket ends in a partial batch) or each worker reads its own shards."""
+        counted = getattr(self, "epoch_steps", None)
+        if counted:
+            return counted, True
+        return self.steps_per_epoch, not self.t.bucket_by_length and not self.multi_worker
+
+    def _position(self) -> tuple[int, str]:
+        """The step within the epoch (a resumed epoch counts its steps before the resume), and the
+        epoch's length as shown: `267`, or `~258` while estimated."""
+        position = int(self.step_in_epoch.numpy())
+        length, counted = self._epoch_length()
+        return position, str(length) if counted else f"~{max(length, position)}"
+
+    def _remaining_steps(self, epoch: int) -> int:
+        length, _ = self._epoch_length()
+        position = int(self.step_in_epoch.numpy())
+        return max(length - position, 0) + (self.t.epochs - epoch - 1) * max(length, position)
+
+    def _log_progress(self, epoch: int, totals: EpochTotals, stats: dict[str, float]) -> None:
+        """The progress line: the mean loss over the steps since the previous line, the position in
+        the epoch, tokens/s and the ETA once measured (`-` before), the time budget left. The record
+        also carries `progress`, which `seq2seq run`'s live display turns into its training bar."""
+        step = int(self.step.numpy())
+        position, length = self._position()
+        remaining = self._remaining_steps(epoch)
+        timed = self.steady.timed_steps
+        eta = self._eta(remaining * self.steady.timed_seconds / timed) if timed else float("nan")
+        budget = "" if self.t.max_minutes is None else f" budget left {format_seconds(self._budget_left())}"
+        rate = totals.tokens_per_second
+        line = (f"epoch {epoch + 1}/{self.t.epochs} step {step} ({position}/{length}) "
+                f"loss {_number(totals.loss_since_last_line(), '.4f')} tok/s {_number(rate, '.0f')} "
+                f"lr {stats['learning_rate']:.3g} ETA {format_seconds(eta)}{budget}")
+        fraction = max(step / max(step + remaining, 1), self._time_used())
+        shown = f"epoch {epoch + 1}/{self.t.epochs} step {step} ({position}/{length}) ETA {format_seconds(eta)}{budget}"
+        logger.info("%s", line, extra={"progress": {"fraction": fraction, "text": shown}})
 
     def _budget_left(self) -> float:
         """Seconds of trainer.max_minutes left (inf without a budget)."""
@@ -559,9 +610,12 @@ class Trainer:
                 warm_start(self.model, self.warm_start_from, self.artifact, self.config.model)
         metrics = self.training.metrics() if resumed else {}
         history = [h for h in metrics.get("history", []) if h["epoch"] <= int(self.epoch.numpy())]
+        # A resumed run shows the epoch length an earlier one counted.
+        self.epoch_steps = next((h["epoch_steps"] for h in reversed(history) if h.get("epoch_steps")), None)
         self.previous_wall_time = metrics.get("wall_time_s", 0.0)
         if int(self.epoch.numpy()) >= self.t.epochs or self._stopped_early() or self._budget_spent(0.0):
-            logger.info("%s is already trained (%d epochs%s); nothing to do", self.out, int(self.epoch.numpy()),
+            logger.info("%s is already trained (%s%s); nothing to do", self.out,
+                        plural(int(self.epoch.numpy()), "epoch"),
                         ", time budget spent" if self._budget_spent(0.0) else "")
             previous_rate = metrics.get("train_tokens_per_second")
             return self._write_metrics(history, self._stopped_early(), metrics.get("wall_time_s", 0.0),
@@ -616,8 +670,8 @@ class Trainer:
                     self._write_metrics(history)
                     if self._stopped_early() or self._out_of_time(last):
                         if self._out_of_time(last):
-                            logger.info("time budget of %.3g minutes spent at the end of epoch %d: stopping",
-                                        self.t.max_minutes, current + 1)
+                            logger.info("time budget of %s spent at the end of epoch %d: stopping",
+                                        plural(self.t.max_minutes, "minute"), current + 1)
                         return
                 current, totals = epoch, EpochTotals()
                 epoch_started = tick = time.perf_counter()
@@ -633,13 +687,16 @@ class Trainer:
                 for agg in (totals, self.steady):
                     agg.timed_tokens += last["tokens"]
                     agg.timed_seconds += now - tick
+                    agg.timed_steps += 1
             first_step = False
             self.step_in_epoch.assign_add(1)
             self._after_step(epoch, totals, last, epoch_started, history, stop)
             if self._out_of_time(last):
-                logger.info("time budget of %.3g minutes spent at step %d: evaluating, checkpointing and stopping",
-                            self.t.max_minutes, int(self.step.numpy()))
-                history.append(self._end_epoch(current, totals, last, epoch_started))
+                position, length = self._position()
+                logger.info("time budget of %s spent at step %d, step %d/%s of epoch %d: evaluating, checkpointing "
+                            "and stopping", plural(self.t.max_minutes, "minute"), int(self.step.numpy()), position,
+                            length, current + 1)
+                history.append(self._end_epoch(current, totals, last, epoch_started, True))
                 self._write_metrics(history)
                 return
             tick = time.perf_counter()
@@ -689,13 +746,14 @@ class Trainer:
         """Progress line and TensorBoard scalars, periodic checkpoints, and the signal check."""
         step = int(self.step.numpy())
         if step % self.t.log_every_steps == 0:
-            self._log_progress(epoch, totals, stats, epoch_started)
+            self._log_progress(epoch, totals, stats)
             for name in ("loss", "learning_rate", "grad_norm"):
                 scalar_summary(f"train/{name}", stats[name], step=step)
             if math.isfinite(totals.tokens_per_second):
                 scalar_summary("train/tokens_per_second", totals.tokens_per_second, step=step)
         if self.t.checkpoint_every_steps and step % self.t.checkpoint_every_steps == 0:
-            self._save(f"every {self.t.checkpoint_every_steps} steps")
+            every = self.t.checkpoint_every_steps
+            self._save("every step" if every == 1 else f"every {every} steps")
         # A multi-worker run acts on the flag every worker saw in the step (a signal here, or on
         # another worker); one process acts on its own signal at once.
         if stats["stop"] > 0 or (stop["signal"] and not self.multi_worker):
@@ -737,10 +795,18 @@ class Trainer:
         patience = self.t.early_stopping_patience
         return bool(patience) and int(self.bad_epochs.numpy()) >= patience
 
-    def _end_epoch(self, epoch: int, totals: EpochTotals, last: dict[str, float], started: float) -> dict[str, Any]:
-        """Evaluate, keep the best checkpoint, count patience, save, log and summarize one epoch."""
+    def _end_epoch(self, epoch: int, totals: EpochTotals, last: dict[str, float], started: float,
+                   budget_stop: bool = False) -> dict[str, Any]:
+        """Evaluate, keep the best checkpoint, count patience, save, log and summarize one epoch (or,
+        on BUDGET_STOP, the part of it trained when the time budget ran out)."""
         evaluation = self._evaluate()
         step = int(self.step.numpy())
+        position, length = self._position()
+        if budget_stop:
+            reason = f"time budget spent at step {step}, step {position}/{length} of epoch {epoch + 1}"
+        else:
+            reason = f"end of epoch {epoch + 1}"
+            self.epoch_steps = position  # the epoch ran out of batches: its length, counted
         self.best_eval_loss.assign(min(evaluation["eval_loss"], float(self.best_eval_loss.numpy())))
         selection = self._selection_value(evaluation)
         # Compared as the float32 the variable stores: a score equal to the best must not count as
@@ -756,13 +822,15 @@ class Trainer:
         if improved:
             with writing(self.best_manager.directory):
                 self.best_manager.save(checkpoint_number=self.step)
-        self._save(f"end of epoch {epoch + 1}")
+        self._save(reason)
         rate = last.get("learning_rate", float("nan"))
         entry = {"epoch": epoch + 1, "step": step, "train_loss": totals.loss, "eval_loss": evaluation["eval_loss"],
                  "token_accuracy": evaluation["token_accuracy"], "train_token_accuracy": totals.correct / max(
                      totals.tokens, 1.0), "train_tokens_per_second": totals.tokens_per_second,
                  "learning_rate": rate, "seconds": time.perf_counter() - started,
                  "skipped_batches": totals.skipped, **{k: v for k, v in evaluation.items() if k.startswith("dev_")}}
+        if not budget_stop:
+            entry["epoch_steps"] = position
         scalar_summary("eval/loss", entry["eval_loss"], step=step)
         scalar_summary("eval/token_accuracy", entry["token_accuracy"], step=step)
         for name in ("dev_chrf", "dev_bleu"):
@@ -771,13 +839,13 @@ class Trainer:
         scalar_summary("train/epoch_loss", entry["train_loss"], step=step)
         remaining = (self.t.epochs - epoch - 1) * entry["seconds"]
         dev = "" if "dev_chrf" not in entry else f" dev chrF {entry['dev_chrf']:.2f} BLEU {entry['dev_bleu']:.2f}"
-        logger.info("epoch %d/%d step %d loss %.4f eval_loss %.4f token_acc %.3f%s tok/s %.0f lr %.3g%s ETA %s",
-                    epoch + 1, self.t.epochs, step, entry["train_loss"], entry["eval_loss"], entry["token_accuracy"],
-                    dev, entry["train_tokens_per_second"], rate, " (best)" if improved else "",
-                    format_seconds(self._eta(remaining)))
+        logger.info("epoch %d/%d step %d loss %s eval_loss %.4f token_acc %.3f%s tok/s %s lr %.3g%s ETA %s",
+                    epoch + 1, self.t.epochs, step, _number(entry["train_loss"], ".4f"), entry["eval_loss"],
+                    entry["token_accuracy"], dev, _number(entry["train_tokens_per_second"], ".0f"), rate,
+                    " (best)" if improved else "", format_seconds(self._eta(remaining)))
         if self._stopped_early():
-            logger.info("early stopping: %s has not improved for %d evaluations (best %.4f)", self._selection_name(),
-                        int(self.bad_epochs.numpy()), abs(float(self.best_selection.numpy())))
+            logger.info("early stopping: %s has not improved for %s (best %.4f)", self._selection_name(),
+                        plural(int(self.bad_epochs.numpy()), "evaluation"), abs(float(self.best_selection.numpy())))
         return entry
 
     def _write_metrics(self, history: list[dict[str, Any]], stopped_early: bool = False,

@@ -228,6 +228,33 @@ class BigramModel:
         return tf.gather(self.log_probs, previous_ids), state, tf.zeros(tf.shape(state.mask))
 
 
+class LogitTableModel(BigramModel):
+    """A `StepModel` whose next-token logits (not log-probabilities) depend on the previous token."""
+
+    def __init__(self, logits: np.ndarray):
+        self.log_probs = tf.constant(logits, tf.float32)
+
+
+def test_width_one_breaks_a_rounding_tie_as_greedy_search_does():
+    """Two tokens whose logits differ by one float32 step: greedy search takes the larger (token 5);
+    after a first token of probability ~1/64 their raw scores round to the same float, and a search
+    that ranked the summed scores alone would take the lower id (token 4). Width 1 must not."""
+    vocab, first = 64, 10
+    logits = np.full((vocab, vocab), -30.0, np.float32)
+    logits[BOS_ID, :] = 0.0
+    logits[BOS_ID, first] = 0.01  # the likeliest first token, at a raw score of about log(1/64)
+    logits[first, 4], logits[first, 5] = 1.0, np.nextafter(np.float32(1.0), np.float32(2.0))
+    logits[4, EOS_ID] = logits[5, EOS_ID] = 0.0
+    model = LogitTableModel(logits)
+    source, length = tf.constant([[5, 6]], tf.int64), tf.constant([2], tf.int64)
+    greedy = numpy_outputs(GreedySearch()(model, source, length, 5))
+    assert greedy["token_ids"].tolist() == [[first, 5, EOS_ID]]
+    first_score = tf.nn.log_softmax(logits[BOS_ID]).numpy()[first]
+    second = tf.nn.log_softmax(logits[first]).numpy()
+    assert second[5] >= second[4] and first_score + second[5] == first_score + second[4]  # the tie
+    assert_is_greedy(numpy_outputs(BeamSearch(1)(model, source, length, 5)), greedy)
+
+
 def test_the_early_stop_never_drops_a_hypothesis_the_length_penalty_would_prefer():
     """After a sure first token "B" (<eos> may not come first), <eos> (p .55) against "A" (.44) then A
     again (.97): a long hypothesis of raw score log p(B) + log .44 + 5 log .97 beats B <eos> once

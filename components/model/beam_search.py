@@ -9,7 +9,8 @@ b*K + k of the tiled decoder state. At each step:
   1. every alive hypothesis scores every token: its raw score (sum of log-probabilities, as in
      `GreedySearch`) plus the step's log-softmax of the constraint-adjusted logits (<eos> is
      forbidden at the first step, as in `GreedySearch`);
-  2. the top 2K candidates of each row are kept, sorted by raw score;
+  2. the top 2K candidates of each row are kept, sorted by raw score (taken from each beam's top 2K
+     tokens by logit, so that width 1 breaks ties exactly as greedy search's argmax does);
   3. candidates ending in <eos> among the top K are complete: they enter the row's pool of
      `n_best` finished hypotheses, ranked by the GNMT-normalized score raw / ((5 + length) / 6)^alpha
      (length counts <eos>). Only the top K may finish (as in fairseq), so that width 1 is exactly
@@ -236,9 +237,16 @@ class BeamSearch(DecodingStrategy):
                          lambda: tf.where(repeated_ngram_tokens(c.history, t, ngram, vocab), FORBIDDEN, logits),
                          lambda: logits)
         log_probs = tf.nn.log_softmax(logits, axis=-1)
-        total = tf.reshape(tf.reshape(c.alive_score, [-1])[:, None] + log_probs, tf.stack([batch, width * vocab]))
-        score, index = tf.math.top_k(total, tf.minimum(2 * width, width * vocab))  # [B, C], best first
-        parent, token = index // vocab, tf.cast(index % vocab, tf.int64)
+        # Each beam's best 2K tokens by logit first: the row's best 2K candidates are among them, and
+        # a tie that rounding creates in the summed scores keeps the greedy order (the larger logit).
+        per_beam = tf.minimum(2 * width, vocab)
+        _, beam_token = tf.math.top_k(logits, per_beam)  # [R, P]
+        total = tf.reshape(c.alive_score, [-1])[:, None] + tf.gather(log_probs, beam_token, batch_dims=1)
+        score, index = tf.math.top_k(tf.reshape(total, tf.stack([batch, width * per_beam])),
+                                     tf.minimum(2 * width, width * per_beam))  # [B, C], best first
+        parent = index // per_beam
+        token = tf.cast(tf.gather(tf.reshape(beam_token, tf.stack([batch, width * per_beam])), index, batch_dims=1),
+                        tf.int64)
         is_eos = tf.equal(token, EOS_ID)
         slot = tf.broadcast_to(tf.range(tf.shape(score)[1])[None, :], tf.shape(score))
 

@@ -93,13 +93,13 @@ class ServingModule(tf.Module):
         return {"source_ids": encoded["source_ids"], "source_length": encoded["source_length"],
                 "source_copy_ids": self._tables.copy_ids(masked)[1]}
 
-    @tf.function(input_signature=[TEXT_SPEC])
+    @tf.function(input_signature=[TEXT_SPEC], autograph=False)
     def encode(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
         """text [B] -> source_ids and source_copy_ids [B, max_source_length], source_length [B], as
         in the TFRecords."""
         return self._encode(text)
 
-    @tf.function(input_signature=[TEXT_SPEC])
+    @tf.function(input_signature=[TEXT_SPEC], autograph=False)
     def source_tokens(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
         """text [B] -> the source tokens the model sees (<unk> for unknown), padded with ''."""
         encoded = self._encode(text)
@@ -107,12 +107,13 @@ class ServingModule(tf.Module):
         valid = tf.sequence_mask(encoded["source_length"], tf.shape(tokens)[1])
         return {"source_tokens": tf.where(valid, tokens, "")}
 
-    @tf.function(input_signature=[TEXT_SPEC])
+    @tf.function(input_signature=[TEXT_SPEC], autograph=False)
     def translate(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
-        """serving_default: greedy translation up to the exported max decode length."""
-        return self._translate(text, tf.constant(self.max_decode_length, tf.int32))
+        """serving_default: greedy translation up to the exported max decode length (the same
+        function as translate_with_max_length, called with its default: traced once, not twice)."""
+        return self.translate_with_max_length(text, tf.constant(0, tf.int32))
 
-    @tf.function(input_signature=[TEXT_SPEC, MAX_LENGTH_SPEC])
+    @tf.function(input_signature=[TEXT_SPEC, MAX_LENGTH_SPEC], autograph=False)
     def translate_with_max_length(self, text: tf.Tensor, max_length: tf.Tensor) -> dict[str, tf.Tensor]:
         """As `translate`; max_length <= 0 means the exported default; above MAX_DECODE_LENGTH_LIMIT
         the call fails with an InvalidArgumentError before anything is decoded."""
@@ -125,15 +126,15 @@ class ServingModule(tf.Module):
         default = tf.constant(self.max_decode_length, tf.int32)
         return self._translate(text, tf.where(max_length > 0, max_length, default))
 
-    @tf.function(input_signature=[TEXT_SPEC])
+    @tf.function(input_signature=[TEXT_SPEC], autograph=False)
     def beam_search(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
         """Beam search with every setting at its exported default: serving_default's outputs for the
         best hypothesis, plus translations and scores [B, n_best]."""
-        return self._beam(text, tf.constant(self.beam_width), tf.constant(self.length_penalty),
-                          tf.constant(self.max_decode_length), tf.constant(self.n_best),
-                          tf.constant(self.no_repeat_ngram_size))
+        # The defaults' sentinels (see beam_search_with_options): one traced beam search, not two.
+        return self.beam_search_with_options(text, tf.constant(-1), tf.constant(-1.0), tf.constant(0),
+                                             tf.constant(-1), tf.constant(-1))
 
-    @tf.function(input_signature=BEAM_OPTION_SPECS)
+    @tf.function(input_signature=BEAM_OPTION_SPECS, autograph=False)
     def beam_search_with_options(self, text: tf.Tensor, beam_width: tf.Tensor, length_penalty: tf.Tensor,
                                  max_length: tf.Tensor, n_best: tf.Tensor,
                                  no_repeat_ngram_size: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -189,12 +190,15 @@ class ServingModule(tf.Module):
         counts = self.source_encoder.span_counts(text)
         return {**outputs, "unprotected_spans": unprotected_spans(counts, self._usable_slots)}
 
-    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+    def signatures(self) -> dict[str, tf.types.experimental.PolymorphicFunction]:
+        """The signature functions, untraced: the saver traces them inside its save context, whose
+        variable policy is part of tf.function's cache key, so a trace made before the save would
+        be repeated there."""
         return {
-            "serving_default": self.translate.get_concrete_function(),
-            "translate_with_max_length": self.translate_with_max_length.get_concrete_function(),
-            "encode": self.encode.get_concrete_function(),
-            "source_tokens": self.source_tokens.get_concrete_function(),
-            "beam_search": self.beam_search.get_concrete_function(),
-            "beam_search_with_options": self.beam_search_with_options.get_concrete_function(),
+            "serving_default": self.translate,
+            "translate_with_max_length": self.translate_with_max_length,
+            "encode": self.encode,
+            "source_tokens": self.source_tokens,
+            "beam_search": self.beam_search,
+            "beam_search_with_options": self.beam_search_with_options,
         }

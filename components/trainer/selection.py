@@ -47,7 +47,7 @@ class DevScorer:
         max_length = tf.constant(artifact.preprocess.max_target_length, tf.int32)
         self._tables = tables
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
         def translate(texts):
             return translate_text(model, tables, texts, max_length, replace_unknown=replace_unknown)["translation"]
 

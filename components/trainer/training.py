@@ -436,7 +436,7 @@ class Trainer:
         # the mean over the workers is what the learning-rate schedule and the loop's stop
         # decisions use, so every worker of a multi-worker run applies the same update and stops at
         # the same step (each worker's own clock and signals differ).
-        @tf.function(input_signature=[spec, tf.TensorSpec([2], tf.float32)])
+        @tf.function(input_signature=[spec, tf.TensorSpec([2], tf.float32)], autograph=False)
         def train_step(batch, control):
             seed = tf.stack([tf.constant(t.seed, tf.int64), self.step])
             grads, loss_sum, tokens, correct, control = strategy.run(replica_grads, args=(batch, seed, control))
@@ -459,7 +459,7 @@ class Trainer:
             return {"loss": loss, "tokens": tokens, "correct": reduce(correct), "grad_norm": norm,
                     "learning_rate": rate, "time_used": control[0], "stop": control[1]}
 
-        @tf.function(input_signature=[spec])
+        @tf.function(input_signature=[spec], autograph=False)
         def eval_step(batch):
             loss_sum, tokens, correct = strategy.run(lambda b: token_loss(model, b, sub_batches), args=(batch,))
             return {"loss_sum": reduce(loss_sum), "tokens": reduce(tokens), "correct": reduce(correct)}

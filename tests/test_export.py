@@ -602,6 +602,7 @@ def test_export_config_validates_the_beam_defaults():
     for bad, message in (("export.beam_width=0", "export.beam_width: must be in [1, 64]"),
                          ("export.beam_width=65", "export.beam_width: must be in [1, 64]"),
                          ("evaluator.beam_width=1000", "evaluator.beam_width: must be in [1, 64]"),
+                         ("evaluator.beam_width=0", "evaluator.beam_width: must be in [1, 64] .MAX_BEAM_WIDTH_LIMIT. or null"),
                          ("export.n_best=5", "export.n_best: must be in [1, export.beam_width = 4]"),
                          ("export.length_penalty=-1", "export.length_penalty: must not be negative"),
                          ("export.no_repeat_ngram_size=-2", "export.no_repeat_ngram_size: must not be negative"),
@@ -668,7 +669,26 @@ def test_evaluator_records_the_beam_decoder_and_falls_back_for_an_old_baseline(
     assert evaluation["baseline"]["bleu"] == evaluation["bleu"]  # the same model, decoded the same way
     written = json.loads((tmp_path / "same" / "evaluation.json").read_text(encoding="utf-8"))
     assert written["decoder"] == "beam"
-    assert "Decoder: beam search (width 2)" in (tmp_path / "same" / "report.md").read_text(encoding="utf-8")
+    report = (tmp_path / "same" / "report.md").read_text(encoding="utf-8")
+    assert "Decoder: beam search (width 2)" in report
+    # Issue 23: both decoders are scored; the blessing judged the beam search.
+    from components.evaluator import load_references, translate_all
+    from components.evaluator.metrics import score
+
+    decoders = evaluation["decoders"]
+    assert set(decoders) == {"beam", "greedy"} and decoders["beam"]["blessing"] and not decoders["greedy"]["blessing"]
+    assert decoders["beam"]["bleu"] == evaluation["bleu"] and decoders["beam"]["beam_width"] == 2
+    _, sources, references = load_references(synthetic_run["examples"])
+    greedy = score([t.translation for t in translate_all(synthetic_run["export"], sources)], references)
+    assert (decoders["greedy"]["bleu"], decoders["greedy"]["chrf"]) == (greedy.bleu, greedy.chrf)
+    assert decoders["greedy"]["beam_width"] is None
+    assert f"| greedy search | {greedy.bleu:.2f} | {greedy.chrf:.2f} |" in report
+    assert report.index("| beam search (width 2) |") < report.index("| greedy search |")
+    # The default: beam search at the candidate's exported width (export.beam_width, 4 here).
+    translator = load_translator(synthetic_run["export"])
+    assert (EvaluatorConfig().decoder, EvaluatorConfig().beam_width) == ("beam", None)
+    assert beam_options(EvaluatorConfig(), translator).beam_width == 4 == translator.exported_beam_width
+    assert beam_options(EvaluatorConfig(decoder="greedy"), translator) is None
 
     # A served model exported before the beam signatures: its translations are greedy, and recorded so.
     from components.evaluator import translate_baseline

@@ -45,6 +45,10 @@ def test_first_run_pushes_a_model_that_translates_the_seed(capsys, corpus, artif
     assert result["status"] == "pushed"
     assert result["serving_model"] == f"{artifacts}/serving/1"
     assert result["metrics"]["exact_match"] == 100.0
+    # Issue 23: blessed under beam search (the exported width), greedy scored beside it.
+    assert (result["metrics"]["decoder"], result["metrics"]["beam_width"]) == ("beam", 4)
+    assert {k: (v["blessing"], v["exact_match"]) for k, v in result["metrics"]["decoders"].items()} == {
+        "beam": (True, 100.0), "greedy": (False, 100.0)}
     assert result["cached"] == []
     for source, target in SEED_PAIRS.items():
         assert f"{source}  ->  {target}" in out  # printed from the pushed model

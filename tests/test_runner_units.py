@@ -276,3 +276,12 @@ def test_the_next_run_resumes_an_unfinished_attempt_with_the_same_key_and_nothin
     failed = attempt("20260105T000000.000Z-e", "failed")
     assert find_interrupted(str(artifacts), "now", "train", "key") == failed
     assert find_interrupted(str(artifacts), "20260105T000000.000Z-e", "train", "key") == stopped  # not its own
+
+
+def test_the_summary_names_both_decoders_the_blessings_first():
+    from pipeline.runner import _decoders_line
+
+    decoders = {"greedy": {"decoder": "greedy", "beam_width": None, "bleu": 29.391, "chrf": 42.78, "blessing": False},
+                "beam": {"decoder": "beam", "beam_width": 4, "bleu": 31.04, "chrf": 46.451, "blessing": True}}
+    assert _decoders_line(decoders) == ("beam search (width 4), the blessing's: bleu=31.04 chrf=46.45; "
+                                        "greedy search: bleu=29.39 chrf=42.78")

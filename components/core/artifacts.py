@@ -306,12 +306,14 @@ class Evaluation(Artifact):
         io.write_json_atomic(self.blessing_path, blessing)
 
     def summary(self) -> dict[str, Any]:
-        """The scalar results the runner's manifest and `--json` summary carry."""
+        """The results the runner's manifest and `--json` summary carry (decoders: both decoders' scores)."""
         evaluation, blessing = self.evaluation(), self.blessing()
         return {"bleu": evaluation["bleu"], "chrf": evaluation["chrf"], "exact_match": evaluation["exact_match"],
                 "eval_loss": evaluation.get("eval_loss"), "split": evaluation["split"],
                 "placeholder_fidelity": evaluation.get("placeholder_fidelity"), "copy_rate": evaluation.get("copy_rate"),
-                "blessed": blessing["blessed"], "blessing_reason": blessing["reason"]}
+                "blessed": blessing["blessed"], "blessing_reason": blessing["reason"],
+                "decoder": evaluation.get("decoder"), "beam_width": evaluation.get("beam_width"),
+                "decoders": evaluation.get("decoders")}
 
 
 @dataclass(frozen=True)

@@ -211,11 +211,13 @@ class EvaluatorConfig:
     # Refuse to bless a model that keeps the source's protected spans exactly in fewer than this
     # percentage of the eval sentences whose reference keeps them (0 = never refuse).
     min_placeholder_fidelity: float = 0.0
-    # How the candidate and the served baseline are decoded: serving_default (greedy), or the
-    # SavedModel's beam_search_with_options at beam_width (length penalty and n-gram blocking: the
-    # exported defaults). A baseline exported before beam signatures existed is decoded greedily.
-    decoder: Literal["greedy", "beam"] = "greedy"
-    beam_width: int = 4
+    # The decoder the blessing judges with, for the candidate and the served baseline alike: the
+    # SavedModel's beam_search_with_options (what a client asking for the best translations gets),
+    # or serving_default (greedy). Both are scored and reported. beam_width null: the candidate's
+    # exported default (export.beam_width); length penalty and n-gram blocking: the exported
+    # defaults. A model exported before beam signatures existed is decoded greedily.
+    decoder: Literal["greedy", "beam"] = "beam"
+    beam_width: Optional[int] = None
     # A served version (a complete SavedModel in the serving folder) that cannot be loaded or run:
     # fail the evaluation naming it, or ignore it and judge the candidate without a baseline.
     unloadable_baseline: Literal["fail", "ignore"] = "fail"
@@ -446,8 +448,8 @@ def _validate(config: Any, prefix: str) -> None:
         for name in ("min_bleu", "min_placeholder_fidelity"):
             if not 0.0 <= getattr(config, name) <= 100.0:
                 raise bad(name, "must be in [0, 100]")
-        if not 1 <= config.beam_width <= MAX_BEAM_WIDTH_LIMIT:
-            raise bad("beam_width", f"must be in [1, {MAX_BEAM_WIDTH_LIMIT}] (MAX_BEAM_WIDTH_LIMIT)")
+        if config.beam_width is not None and not 1 <= config.beam_width <= MAX_BEAM_WIDTH_LIMIT:
+            raise bad("beam_width", f"must be in [1, {MAX_BEAM_WIDTH_LIMIT}] (MAX_BEAM_WIDTH_LIMIT) or null")
     elif isinstance(config, PusherConfig) and config.keep < 1:
         raise bad("keep", "must be at least 1")
 

@@ -57,9 +57,28 @@ def translate_all(model_dir: str, sources: list[str], batch_size: int = TRANSLAT
     return translate_batches(load_translator(model_dir), sources, batch_size, workers, beam)
 
 
-def beam_options(config: EvaluatorConfig) -> Optional[BeamOptions]:
-    """evaluator.decoder's settings: None for greedy, else the width (other settings: the model's)."""
-    return BeamOptions(beam_width=config.beam_width, n_best=1) if config.decoder == "beam" else None
+def beam_options(config: EvaluatorConfig, candidate: Any = None) -> Optional[BeamOptions]:
+    """evaluator.decoder's settings: None for greedy, else the width (other settings: the model's):
+    evaluator.beam_width, or the `candidate` Translator's exported default. A candidate without beam
+    signatures (exported before them) is decoded greedily, with a warning."""
+    if config.decoder != "beam":
+        return None
+    if candidate is not None and not candidate.has_beam_search:
+        logger.warning("%s has no beam_search_with_options signature (exported before beam search): the "
+                       "blessing decodes it greedily, not with evaluator.decoder beam", candidate.directory)
+        return None
+    width = config.beam_width or (candidate.exported_beam_width if candidate is not None else None)
+    return BeamOptions(beam_width=width, n_best=1)
+
+
+def other_decoder(beam: Optional[BeamOptions], candidate: Any) -> Optional[tuple[str, Optional[BeamOptions]]]:
+    """The decoder that the blessing does not use, scored beside it: (name, options), None when the
+    candidate has only greedy search."""
+    if beam is not None:
+        return "greedy", None
+    if not candidate.has_beam_search:
+        return None
+    return "beam", BeamOptions(beam_width=candidate.exported_beam_width, n_best=1)
 
 
 def decoder_entry(beam: Optional[BeamOptions]) -> dict[str, Any]:
@@ -216,11 +235,18 @@ def run_evaluation(
     # What the blessing judges, by content: the pusher publishes only a model with this fingerprint.
     content_fingerprint = ExportedModel(saved_model).content_fingerprint()
     candidate_model = load_translator(saved_model)
-    beam = beam_options(config)
-    logger.info("decoding with %s", f"beam search (width {beam.beam_width})" if beam else "greedy search")
+    beam = beam_options(config, candidate_model)
+    logger.info("decoding with %s (the blessing's decoder, evaluator.decoder)", decoder_name(beam))
     candidate = translate_batches(candidate_model, sources, beam=beam)
     hypotheses = [c.translation for c in candidate]
     scores = score(hypotheses, references)
+    decoders = {decoder_entry(beam)["decoder"]: {**scores.to_dict(), **decoder_entry(beam), "blessing": True}}
+    other = other_decoder(beam, candidate_model)
+    if other is not None:
+        logger.info("decoding with %s too, for the report", decoder_name(other[1]))
+        other_scores = score([c.translation for c in translate_batches(candidate_model, sources, beam=other[1])],
+                             references)
+        decoders[other[0]] = {**other_scores.to_dict(), **decoder_entry(other[1]), "blessing": False}
     fidelity, offenders = fidelity_metrics(sources, hypotheses, references, spans,
                                            [c.unprotected_spans for c in candidate])
     baseline_scores: Optional[Scores] = None
@@ -249,6 +275,7 @@ def run_evaluation(
         **fidelity,
         "fidelity_spans": list(spans),
         **decoder_entry(beam),
+        "decoders": decoders,
         "eval_loss": train_metrics.get("best_eval_loss", train_metrics.get("final_eval_loss")),
         "baseline_model": baseline_model,
         "baseline": {**baseline_scores.to_dict(), **baseline_fidelity} if baseline_scores else None,
@@ -266,7 +293,7 @@ def run_evaluation(
     write_report(out, evaluation, blessing, samples, train_metrics.get("history", []),
                  attention[0] if attention else None,
                  offenders=worst_offenders(offenders, sources, hypotheses, references, spans))
-    _log_verdict(scores, fidelity, blessing)
+    _log_verdict(fidelity, blessing, decoders)
     return {"evaluation": evaluation, "blessing": blessing.to_dict(), "samples": samples}
 
 
@@ -274,9 +301,15 @@ def _percent(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.1f}%"
 
 
-def _log_verdict(scores: Scores, fidelity: dict[str, Any], blessing: Blessing) -> None:
-    logger.info("BLEU %.2f  chrF %.2f  exact match %.1f%% on %d pairs", scores.bleu, scores.chrf,
-                scores.exact_match, scores.count)
+def decoder_name(beam: Optional[BeamOptions]) -> str:
+    return f"beam search (width {beam.beam_width})" if beam else "greedy search"
+
+
+def _log_verdict(fidelity: dict[str, Any], blessing: Blessing, decoders: dict[str, dict[str, Any]]) -> None:
+    for entry in sorted(decoders.values(), key=lambda e: not e["blessing"]):
+        name = decoder_name(BeamOptions(beam_width=entry["beam_width"]) if entry["decoder"] == "beam" else None)
+        logger.info("BLEU %.2f  chrF %.2f  exact match %.1f%% on %d pairs, %s%s", entry["bleu"], entry["chrf"],
+                    entry["exact_match"], entry["count"], name, " (the blessing's)" if entry["blessing"] else "")
     logger.info("placeholder fidelity %s on %d sentences with spans  copy rate %s of %d identifiers",
                 _percent(fidelity["placeholder_fidelity"]), fidelity["placeholder_fidelity_count"],
                 _percent(fidelity["copy_rate"]), fidelity["copy_rate_count"])

@@ -77,6 +77,18 @@ def _decoder_line(evaluation: dict[str, Any]) -> str:
     return line + "."
 
 
+def _decoders_table(decoders: dict[str, dict[str, Any]]) -> list[str]:
+    """The candidate under each decoder it has, the blessing's first."""
+    if len(decoders) < 2:
+        return []
+    lines = ["", "The candidate under both decoders (the blessing judges the first):", "",
+             "| decoder | bleu | chrf | exact_match |", "|---|---|---|---|"]
+    for entry in sorted(decoders.values(), key=lambda e: not e.get("blessing")):
+        lines.append(f"| {_decoder_name(entry)} | {entry['bleu']:.2f} | {entry['chrf']:.2f} | "
+                     f"{entry['exact_match']:.2f} |")
+    return lines
+
+
 def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: Sequence[dict[str, Any]],
                  history: Sequence[dict[str, Any]], attention: Any = None,
                  offenders: Sequence[dict[str, Any]] = ()) -> str:
@@ -100,6 +112,7 @@ def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: S
         lines.append(f"| {key} (counted) | {_fidelity_cell(evaluation, key)} | {_fidelity_cell(baseline, key)} |")
     if evaluation.get("eval_loss") is not None:
         lines.append(f"| eval_loss | {evaluation['eval_loss']:.4f} | — |")
+    lines += _decoders_table(evaluation.get("decoders") or {})
     if evaluation.get("fidelity_spans"):
         lines += ["", "Placeholder fidelity: the percentage of the sentences whose source has protected spans "
                   "and whose reference keeps them all that the translation keeps exactly too (spans: "

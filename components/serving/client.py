@@ -132,6 +132,12 @@ class Translator:
         return int(self.card["decoding"]["max_decode_length"])
 
     @property
+    def exported_beam_width(self) -> Optional[int]:
+        """The beam_search signatures' default width (the card's decoding.beam); None without them."""
+        beam = self.card.get("decoding", {}).get("beam") or {}
+        return int(beam["beam_width"]) if self.has_beam_search and "beam_width" in beam else None
+
+    @property
     def has_beam_search(self) -> bool:
         """Whether the model has the beam_search signatures (models exported before them do not)."""
         return BEAM_SIGNATURE in self._signatures

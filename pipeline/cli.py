@@ -74,14 +74,14 @@ def _load_config(args: argparse.Namespace):
     return load_config(args.config, args.overrides)
 
 
-def _require_corpus(data: str) -> None:
-    """--data must name at least one file before anything starts: a usage error (exit 2), and
-    `seq2seq run` leaves no run folder behind."""
+def _require_corpus(data: str, flag: str = "--data") -> None:
+    """--data (and --test) must name at least one file before anything starts: a usage error (exit
+    2), and `seq2seq run` leaves no run folder behind."""
     from components.core.errors import InputError
     from pipeline.fingerprint import resolve_corpus
 
     if not resolve_corpus(data):
-        error = InputError(f"--data {data}: no such file, or the glob matches nothing")
+        error = InputError(f"{flag} {data}: no such file, or the glob matches nothing")
         error.exit_code = EXIT_USAGE
         raise error
 
@@ -90,8 +90,10 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from components.preprocess import run_preprocess
 
     _require_corpus(args.data)
+    if args.test:
+        _require_corpus(args.test, "--test")
     run_preprocess(args.data, args.out, _load_config(args), beam_args=args.beam_args,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, test_data=args.test)
     return EXIT_OK
 
 
@@ -179,6 +181,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load_config(args)
     _require_corpus(args.data)
+    if args.test:
+        _require_corpus(args.test, "--test")
     if config.trainer.distribution == "multi_worker":
         from components.trainer.cluster import read_tf_config
 
@@ -201,12 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run every component in order. Arguments after `--` go to Beam.",
                        epilog=_examples(
                            "seq2seq run --data data/raw --artifacts /tmp/artifacts --config pipeline/embedded.yaml",
-                           "seq2seq run --data 'corpus/*.tsv' --set trainer.epochs=20 --json",
+                           "seq2seq run --data 'corpus/*.tsv' --test held-out.tsv --set trainer.epochs=20 --json",
                            "seq2seq run --config pipeline/embedded.yaml --set trainer.epochs=5 --print-config"))
     p.add_argument("--data", default="data/raw", help="corpus path, directory or glob (default: data/raw)")
     p.add_argument("--artifacts", default="artifacts", help="artifacts root (default: artifacts)")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
     p.add_argument("--no-cache", action="store_true", help="re-run every component")
+    p.add_argument("--test", help="a fixed test set (path, folder or glob, any input format): preprocessed as the corpus, "
+                        "never trained on, scored by the evaluator; corpus pairs with a test source are kept out")
     _add_config_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -220,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="corpus path, directory or glob (gs:// works)")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--test", help="a fixed test set (path, folder or glob, any input format): preprocessed as the corpus, "
+                        "never trained on, scored by the evaluator; corpus pairs with a test source are kept out")
     _add_config_args(p)
     p.set_defaults(func=cmd_preprocess)
 

@@ -29,6 +29,7 @@ from components.pusher import executor as pusher
 from components.trainer import executor as trainer
 
 CORPUS = "corpus"          # the run's --data
+TEST_CORPUS = "test"       # the run's --test: a fixed test set (optional)
 LATEST_SERVED = "served"   # the resolver: the newest model in ARTIFACTS/serving
 # The resolver for warm starts: the newest served model that was NOT trained by this component on the
 # same inputs and config (its push record's lineage says so). A model trained on this very data is
@@ -79,7 +80,8 @@ class ComponentSpec:
 
     @property
     def upstream(self) -> tuple[str, ...]:
-        return tuple(spec.source for spec in self.inputs.values() if spec.source not in (CORPUS, *RESOLVERS))
+        return tuple(spec.source for spec in self.inputs.values()
+                     if spec.source not in (CORPUS, TEST_CORPUS, *RESOLVERS))
 
 
 def _reuse_served_vocabulary(config: PipelineConfig) -> bool:
@@ -94,6 +96,7 @@ PIPELINE: tuple[ComponentSpec, ...] = (
     ComponentSpec(
         "preprocess", preprocess.run, PreprocessArtifact,
         inputs={"corpus": InputSpec(Corpus, CORPUS),
+                "test": InputSpec(Corpus, TEST_CORPUS, optional=True),
                 "served": InputSpec(ExportedModel, LATEST_SERVED, optional=True, when=_reuse_served_vocabulary,
                                     key=_served_vocabularies)},
         config_sections=("preprocess",)),

@@ -35,7 +35,7 @@ from components.core.io import digest, write_json_atomic
 from pipeline.console import Progress
 from pipeline.fingerprint import code_digest, corpus_fingerprint, library_versions, package_versions, resolve_corpus
 from pipeline.lock import LockedError, RunLock
-from pipeline.pipeline import CORPUS, LATEST_SERVED, PIPELINE, SERVED_FROM_OTHER_DATA, ComponentSpec
+from pipeline.pipeline import CORPUS, LATEST_SERVED, PIPELINE, SERVED_FROM_OTHER_DATA, TEST_CORPUS, ComponentSpec
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,8 @@ class RunState:
     use_cache: bool = True
     started_at: str = field(default_factory=_now)
     corpus: dict[str, str] = field(default_factory=dict)
+    test: Optional[str] = None  # --test
+    test_files: dict[str, str] = field(default_factory=dict)
     components: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: dict[str, Artifact] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
@@ -145,6 +147,13 @@ class RunState:
         return Corpus(self.data, digest(sorted((os.path.basename(p), h) for p, h in self.corpus.items())))
 
     @property
+    def test_artifact(self) -> Optional[Corpus]:
+        """The fixed test set (--test), keyed as the corpus is; None without one."""
+        if not self.test:
+            return None
+        return Corpus(self.test, digest(sorted((os.path.basename(p), h) for p, h in self.test_files.items())))
+
+    @property
     def context(self) -> RunContext:
         return RunContext(self.run_id, tuple(self.beam_args), self.serving_root, dict(self.base_fingerprints))
 
@@ -156,8 +165,8 @@ class RunState:
         return {
             "run_id": self.run_id, "status": self.status, "reason": self.reason,
             "started_at": self.started_at, "ended_at": None if self.status == RUNNING else _now(),
-            "data": self.data, "artifacts": self.artifacts, "beam_args": self.beam_args,
-            "config": self.config.to_dict(), "inputs": {"corpus": self.corpus},
+            "data": self.data, "test": self.test, "artifacts": self.artifacts, "beam_args": self.beam_args,
+            "config": self.config.to_dict(), "inputs": {"corpus": self.corpus, "test": self.test_files or None},
             "components": self.components, "metrics": self.metrics,
             "serving_model": self.serving_model, "baseline_model": self.baseline.uri if self.baseline else None,
             "log": self.log, "versions": package_versions(),
@@ -237,6 +246,8 @@ def resolve_inputs(state: RunState, spec: ComponentSpec, base_key: Optional[str]
             continue
         if input_spec.source == CORPUS:
             artifact: Optional[Artifact] = state.corpus_artifact
+        elif input_spec.source == TEST_CORPUS:
+            artifact = state.test_artifact
         elif input_spec.source == LATEST_SERVED:
             artifact = state.baseline
         elif input_spec.source == SERVED_FROM_OTHER_DATA:
@@ -440,7 +451,8 @@ def run_pipeline(args: argparse.Namespace, config: PipelineConfig) -> int:
 
     configure_cpu_threads(config.trainer)  # before any component starts TensorFlow
     artifacts = os.path.abspath(args.artifacts) if "://" not in args.artifacts else args.artifacts.rstrip("/")
-    state = RunState(new_run_id(), artifacts, args.data, config, list(args.beam_args), use_cache=not args.no_cache)
+    state = RunState(new_run_id(), artifacts, args.data, config, list(args.beam_args), use_cache=not args.no_cache,
+                     test=getattr(args, "test", None))
     code = EXIT_FAILED
     try:
         lock = RunLock(artifacts, state.run_id).acquire()
@@ -528,6 +540,8 @@ def _run_locked(state: RunState, data: str) -> int:
         if not files:
             raise InputError(f"--data {data}: no such file, or the glob matches nothing")
         state.corpus = corpus_fingerprint(files)
+        if state.test:
+            state.test_files = corpus_fingerprint(resolve_corpus(state.test))
         logger.info("run %s: %d corpus file(s), artifacts in %s", state.run_id, len(files), state.run_dir)
         with Progress([spec.name for spec in PIPELINE]) as progress:
             code = execute(state, progress)

@@ -102,7 +102,7 @@ def test_layout_assets_and_model_card(seed_run):
 
     assert card["training_data"]["vocabulary_sha256"] == sha256_files(
         [str(examples / "source.vocab"), str(examples / "target.vocab")])
-    assert card["training_data"]["records_written"] == {"train": 4, "eval": 0}
+    assert card["training_data"]["records_written"] == {"train": 4, "eval": 0, "test": 0}
     metrics = json.loads((Path(train) / "metrics.json").read_text())
     assert card["eval_metrics"] == {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
     assert card["eval_metrics"]["best_eval_loss"] == metrics["best_eval_loss"]
@@ -110,7 +110,7 @@ def test_layout_assets_and_model_card(seed_run):
     readme = (export / "assets" / "README.md").read_text(encoding="utf-8")
     assert "serving_default" in readme and "import tensorflow_text" not in readme
     # Issue 23: identity of the data, intended use, and where the evaluation is (not at export).
-    assert card["training_data"]["pairs"] == {"train": 4, "eval": 0}
+    assert card["training_data"]["pairs"] == {"train": 4, "eval": 0, "test": 0}
     assert card["training_data"]["languages"]["source"] is None  # no config key names them
     assert card["model_details"]["selected_by"].startswith("trainer.select_by: loss")  # embedded.yaml
     assert card["intended_use"]["limitations"] and card["intended_use"]["out_of_scope"]

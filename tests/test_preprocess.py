@@ -59,7 +59,7 @@ def test_seed_output_layout_and_stats(seed_out):
     assert not list(out.parent.glob("*.tmp-*")), "the staging folder must be gone after publishing"
     on_disk = json.loads((out / "stats.json").read_text())
     assert on_disk["records_read"] == 4
-    assert on_disk["records_written"] == {"train": 4, "eval": 0}
+    assert on_disk["records_written"] == {"train": 4, "eval": 0, "test": 0}
     assert set(on_disk["rejected"].values()) == {0}
     assert on_disk["vocabulary_size"] == {"source": 18, "target": 15}
     assert on_disk["lengths"]["source"]["max"] == 7 and on_disk["lengths"]["target"]["max"] == 4

@@ -66,7 +66,7 @@ def test_counts_are_conserved_and_reported_by_reason(bad_corpus):
     _, out, stats = bad_corpus
     assert stats["records_read"] == 16  # 12 TSV lines minus 1 blank, plus 5 JSONL lines
     assert stats["blank_lines"] == 1
-    assert stats["records_written"] == {"train": 4, "eval": 0}
+    assert stats["records_written"] == {"train": 4, "eval": 0, "test": 0}
     assert {k: v for k, v in stats["rejected"].items() if v} == {
         "wrong_column_count": 2, "empty_side": 2, "invalid_utf8": 1, "nul_byte": 1,
         "source_too_long": 1, "target_too_long": 1, "malformed_record": 2, "missing_field": 2}

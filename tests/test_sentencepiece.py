@@ -129,7 +129,7 @@ def test_job_writes_models_and_the_ids_the_serving_encoder_gives(sentencepiece_r
         assert "<unk>" not in vocab(out, side)[4:]
         assert any(t.startswith("\u2581") for t in vocab(out, side))  # pieces, not whole words
     stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
-    assert stats["tokenizer"] == "sentencepiece" and stats["records_written"] == {"train": len(PAIRS), "eval": 0}
+    assert stats["tokenizer"] == "sentencepiece" and stats["records_written"] == {"train": len(PAIRS), "eval": 0, "test": 0}
     assert stats["truncated"] == {"source": 0, "target": 0}
 
     artifact, rows = _assert_ids_match_the_encoders(out)

@@ -75,6 +75,7 @@ class PreprocessArtifact(Artifact):
         source.sentencepiece.model, target... learned SentencePiece models (tokenizer: sentencepiece)
         train-NNNNN-of-MMMMM.tfrecord.gz    gzip TFRecords of tf.train.Example (schemas/examples.schema.json)
         eval-NNNNN-of-MMMMM.tfrecord.gz     (absent when no pair is in eval, e.g. eval_fraction 0)
+        test-NNNNN-of-MMMMM.tfrecord.gz     the fixed test set (--test), never trained on (absent without one)
         quarantine/rejected-*.jsonl         rejected records: file, line, reason, raw text
         stats.json                          counts, length percentiles, vocabulary sizes, timing
 

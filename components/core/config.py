@@ -218,6 +218,10 @@ class EvaluatorConfig:
     # defaults. A model exported before beam signatures existed is decoded greedily.
     decoder: Literal["greedy", "beam"] = "beam"
     beam_width: Optional[int] = None
+    # The split the blessing judges: the fixed test set (`seq2seq run --test FILE`), the eval split,
+    # or auto: the test split when the preprocess output has one, else eval (else train). Every
+    # split there is gets scored and reported.
+    bless_on: Literal["auto", "eval", "test"] = "auto"
     # A served version (a complete SavedModel in the serving folder) that cannot be loaded or run:
     # fail the evaluation naming it, or ignore it and judge the candidate without a baseline.
     unloadable_baseline: Literal["fail", "ignore"] = "fail"

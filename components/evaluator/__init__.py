@@ -14,14 +14,14 @@ from typing import Any, Optional
 
 from components.core import io
 from components.core.artifacts import Evaluation, ExportedModel, PreprocessArtifact, TrainedModel
-from components.core.config import EvaluatorConfig
+from components.core.config import ConfigError, EvaluatorConfig
 from components.core.cpu import cpu_cores
 from components.core.errors import ArtifactError
 from components.core.spans import ALL_SPAN_KINDS, placeholder_items
 from components.evaluator.metrics import Blessing, Scores, decide, score
 from components.evaluator.report import write_report
 from components.serving import BeamOptions, load_translator
-from components.text.metrics import copy_rate, placeholder_fidelity, span_difference
+from components.text.metrics import copy_rate, placeholder_fidelity, sacrebleu_signatures, span_difference
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +30,39 @@ PROGRESS_EVERY_BATCHES = 50
 MAX_OFFENDERS = 10  # placeholder offenders listed in report.md
 
 
-def load_references(examples_dir: str) -> tuple[str, list[str], list[str]]:
-    """(split, sources, references) from the eval split, or the training split when there is none."""
+SCORED_SPLITS = ("test", "eval")  # scored whenever the preprocess output has them
+
+
+def blessing_split(examples_dir: str, bless_on: str = "auto") -> str:
+    """The split the blessing judges (evaluator.bless_on): test (the fixed test set), eval, or, for
+    auto, test when there is one, else eval; train when there is neither (eval or auto)."""
+    artifact = PreprocessArtifact.load(examples_dir)
+    has_test = bool(artifact.split_files("test"))
+    if bless_on == "test" and not has_test:
+        raise ConfigError(f"evaluator.bless_on=test: {examples_dir} has no test split; pass the test set "
+                          f"with `seq2seq run --test FILE` (or `seq2seq preprocess --test FILE`)")
+    if bless_on == "test" or (bless_on == "auto" and has_test):
+        return "test"
+    return "eval" if artifact.split_files("eval") else "train"
+
+
+def other_splits(examples_dir: str, blessed: str) -> list[str]:
+    """The scored splits other than the blessing's that the preprocess output has."""
+    artifact = PreprocessArtifact.load(examples_dir)
+    return [split for split in SCORED_SPLITS if split != blessed and artifact.split_files(split)]
+
+
+def load_references(examples_dir: str, split: Optional[str] = None) -> tuple[str, list[str], list[str]]:
+    """(split, sources, references) of SPLIT; by default the eval split, or the training split when
+    there is none."""
     import tensorflow as tf
 
     artifact = PreprocessArtifact.load(examples_dir)
-    split = "eval" if artifact.split_files("eval") else "train"
+    if split is None:
+        split = "eval" if artifact.split_files("eval") else "train"
     files = artifact.split_files(split)
     if not files:
-        raise ArtifactError(f"{examples_dir} has no train or eval TFRecords to evaluate on")
+        raise ArtifactError(f"{examples_dir} has no {split} TFRecords to evaluate on")
     spec = {k: v for k, v in artifact.feature_spec().items() if k in ("source_text", "target_text")}
     sources, references = [], []
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1024):
@@ -228,9 +252,9 @@ def run_evaluation(
     """Score the candidate (and the served baseline on the same examples); write the verdict."""
     started = time.time()
     io.gfile().makedirs(out)
-    split, sources, references = load_references(examples)
+    split, sources, references = load_references(examples, blessing_split(examples, config.bless_on))
     logger.info("evaluating %s on the %s split (%d pairs)%s", saved_model, split, len(sources),
-                "" if split == "eval" else ": there is no eval split, so these are training pairs")
+                "" if split != "train" else ": there is no eval split, so these are training pairs")
     spans = fidelity_spans(examples)
     # What the blessing judges, by content: the pusher publishes only a model with this fingerprint.
     content_fingerprint = ExportedModel(saved_model).content_fingerprint()
@@ -249,6 +273,13 @@ def run_evaluation(
         decoders[other[0]] = {**other_scores.to_dict(), **decoder_entry(other[1]), "blessing": False}
     fidelity, offenders = fidelity_metrics(sources, hypotheses, references, spans,
                                            [c.unprotected_spans for c in candidate])
+    splits = {split: {**scores.to_dict(), "hypotheses": write_hypotheses(out, split, hypotheses), "blessing": True}}
+    for other_split in other_splits(examples, split):
+        _, other_sources, other_references = load_references(examples, other_split)
+        logger.info("scoring the %s split too (%d pairs, %s)", other_split, len(other_sources), decoder_name(beam))
+        other_hypotheses = [c.translation for c in translate_batches(candidate_model, other_sources, beam=beam)]
+        splits[other_split] = {**score(other_hypotheses, other_references).to_dict(),
+                               "hypotheses": write_hypotheses(out, other_split, other_hypotheses), "blessing": False}
     baseline_scores: Optional[Scores] = None
     baseline_fidelity: Optional[dict[str, Any]] = None
     baseline_unloadable: Optional[str] = None
@@ -276,6 +307,8 @@ def run_evaluation(
         "fidelity_spans": list(spans),
         **decoder_entry(beam),
         "decoders": decoders,
+        "splits": splits,
+        "sacrebleu": sacrebleu_signatures(),
         "eval_loss": train_metrics.get("best_eval_loss", train_metrics.get("final_eval_loss")),
         "baseline_model": baseline_model,
         "baseline": {**baseline_scores.to_dict(), **baseline_fidelity} if baseline_scores else None,
@@ -293,7 +326,7 @@ def run_evaluation(
     write_report(out, evaluation, blessing, samples, train_metrics.get("history", []),
                  attention[0] if attention else None,
                  offenders=worst_offenders(offenders, sources, hypotheses, references, spans))
-    _log_verdict(fidelity, blessing, decoders)
+    _log_verdict(fidelity, blessing, decoders, splits)
     return {"evaluation": evaluation, "blessing": blessing.to_dict(), "samples": samples}
 
 
@@ -305,11 +338,26 @@ def decoder_name(beam: Optional[BeamOptions]) -> str:
     return f"beam search (width {beam.beam_width})" if beam else "greedy search"
 
 
-def _log_verdict(fidelity: dict[str, Any], blessing: Blessing, decoders: dict[str, dict[str, Any]]) -> None:
+def write_hypotheses(out: str, split: str, hypotheses: list[str]) -> str:
+    """OUT/hypotheses.SPLIT.txt: one translation per line, in the split's order (a newline inside a
+    translation becomes a space, so that line i stays pair i); returns the file name."""
+    name = f"hypotheses.{split}.txt"
+    io.write_text_atomic(f"{out}/{name}", "".join(h.replace("\n", " ").replace("\r", " ") + "\n" for h in hypotheses))
+    return name
+
+
+def _log_verdict(fidelity: dict[str, Any], blessing: Blessing, decoders: dict[str, dict[str, Any]],
+                 splits: dict[str, dict[str, Any]]) -> None:
+    for name, entry in splits.items():
+        if not entry["blessing"]:
+            logger.info("%s split: BLEU %.2f  chrF %.2f  exact match %.1f%% on %d pairs", name, entry["bleu"],
+                        entry["chrf"], entry["exact_match"], entry["count"])
+    judged = next(name for name, entry in splits.items() if entry["blessing"])
     for entry in sorted(decoders.values(), key=lambda e: not e["blessing"]):
         name = decoder_name(BeamOptions(beam_width=entry["beam_width"]) if entry["decoder"] == "beam" else None)
-        logger.info("BLEU %.2f  chrF %.2f  exact match %.1f%% on %d pairs, %s%s", entry["bleu"], entry["chrf"],
-                    entry["exact_match"], entry["count"], name, " (the blessing's)" if entry["blessing"] else "")
+        logger.info("%s split: BLEU %.2f  chrF %.2f  exact match %.1f%% on %d pairs, %s%s", judged, entry["bleu"],
+                    entry["chrf"], entry["exact_match"], entry["count"], name,
+                    " (the blessing's)" if entry["blessing"] else "")
     logger.info("placeholder fidelity %s on %d sentences with spans  copy rate %s of %d identifiers",
                 _percent(fidelity["placeholder_fidelity"]), fidelity["placeholder_fidelity_count"],
                 _percent(fidelity["copy_rate"]), fidelity["copy_rate_count"])

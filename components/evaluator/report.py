@@ -89,6 +89,20 @@ def _decoders_table(decoders: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _splits_table(splits: dict[str, dict[str, Any]], signatures: dict[str, str]) -> list[str]:
+    """Each scored split (the blessing's first) with its hypotheses file, and sacrebleu's signatures."""
+    lines = []
+    if len(splits) > 1:
+        lines += ["", "Every split the preprocess output has, with the blessing's decoder (the blessing judges "
+                  "the first):", "", "| split | pairs | bleu | chrf | exact_match | hypotheses |", "|---|---|---|---|---|---|"]
+        for name, entry in sorted(splits.items(), key=lambda item: not item[1].get("blessing")):
+            lines.append(f"| {name} | {entry['count']} | {entry['bleu']:.2f} | {entry['chrf']:.2f} | "
+                         f"{entry['exact_match']:.2f} | [{entry['hypotheses']}]({entry['hypotheses']}) |")
+    if signatures:
+        lines += ["", "sacrebleu signatures: " + "; ".join(f"{name} `{sig}`" for name, sig in signatures.items())]
+    return lines
+
+
 def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: Sequence[dict[str, Any]],
                  history: Sequence[dict[str, Any]], attention: Any = None,
                  offenders: Sequence[dict[str, Any]] = ()) -> str:
@@ -100,7 +114,7 @@ def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: S
         "# Evaluation report", "",
         f"Scored the exported SavedModel on the **{evaluation['split']}** split "
         f"({evaluation['examples']} pairs)"
-        + ("." if evaluation["split"] == "eval" else ": there is no eval split, so these are training pairs."),
+        + ("." if evaluation["split"] != "train" else ": there is no eval split, so these are training pairs."),
         "", _decoder_line(evaluation),
         "", "| metric | candidate | served |", "|---|---|---|",
     ]
@@ -113,6 +127,7 @@ def write_report(out: str, evaluation: dict[str, Any], blessing: Any, samples: S
     if evaluation.get("eval_loss") is not None:
         lines.append(f"| eval_loss | {evaluation['eval_loss']:.4f} | — |")
     lines += _decoders_table(evaluation.get("decoders") or {})
+    lines += _splits_table(evaluation.get("splits") or {}, evaluation.get("sacrebleu") or {})
     if evaluation.get("fidelity_spans"):
         lines += ["", "Placeholder fidelity: the percentage of the sentences whose source has protected spans "
                   "and whose reference keeps them all that the translation keeps exactly too (spans: "

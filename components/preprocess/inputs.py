@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -58,6 +59,7 @@ class ReadUnit:
     start: int = 0
     end: Optional[int] = None  # None = to the end of the file
     target_path: Optional[str] = None  # aligned format: the target-side file
+    test: bool = False  # a unit of the fixed test set (--test): written to the test split, never learned from
 
     @property
     def splittable(self) -> bool:
@@ -325,6 +327,24 @@ def resolve_inputs(data: Union[str, Sequence[str]], config: PreprocessConfig) ->
     logger.info("input: %d file(s), %d read unit(s), formats %s", len(files), len(units),
                 ", ".join(sorted(by_format)))
     return units
+
+
+def resolve_test_inputs(test: str, config: PreprocessConfig, corpus: Sequence[ReadUnit]) -> list[ReadUnit]:
+    """The fixed test set's read units (--test: a path, folder or glob, any input format): whole
+    files, so that their lines are numbered without the corpus' first pass; InputError when a test
+    file is also one of the corpus' files."""
+    units = resolve_inputs(test, config)
+    shared = sorted({u.path for u in units} & {u.path for u in corpus})
+    if shared:
+        raise InputError(f"--test {test}: {shared[0]} is also a file of the corpus (--data); the test set "
+                         f"must be kept apart from the data it is trained on")
+    whole: dict[str, ReadUnit] = {}
+    for unit in units:
+        if unit.splittable:
+            whole[unit.path] = ReadUnit(unit.path, unit.format, test=True)
+        else:
+            whole[unit.key] = dataclasses.replace(unit, test=True)
+    return list(whole.values())
 
 
 def _file_units(path: str, fmt: str, size: int) -> list[ReadUnit]:

@@ -78,8 +78,13 @@ def _direct_runner(options):
 
 
 def run_preprocess(data: str, out: str, config: PipelineConfig, beam_args: Sequence[str] = (),
-                   overwrite: bool = False, served_vocabularies: Optional[str] = None) -> dict[str, Any]:
+                   overwrite: bool = False, served_vocabularies: Optional[str] = None,
+                   test_data: Optional[str] = None) -> dict[str, Any]:
     """Corpus at DATA (path, directory or glob) -> OUT (layout in components/core/artifacts.py).
+
+    TEST_DATA (any input format) is a fixed test set: validated, encoded and written as the `test`
+    split with the same tokenizers and vocabularies, never learned from; a corpus pair whose source
+    is in it is kept out of training and eval (quarantined as in_test_set).
 
     With preprocess.vocabulary=reuse_served, `served_vocabularies` is a folder holding the served
     model's source.vocab/target.vocab (and *.wordpiece.vocab for wordpiece and subword,
@@ -92,6 +97,7 @@ def run_preprocess(data: str, out: str, config: PipelineConfig, beam_args: Seque
     if fs.exists(out) and not overwrite:
         raise OutputExistsError(f"output folder {out} already exists (pass --overwrite to replace it)")
     units = inputs.resolve_inputs(fs.absolute(data), config.preprocess)
+    test_units = inputs.resolve_test_inputs(fs.absolute(test_data), config.preprocess, units) if test_data else []
     reuse_from = _reuse_source(config.preprocess, served_vocabularies)
     staging = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
     for folder in (staging, f"{staging}/{SHARD_DIR}", f"{staging}/{QUARANTINE_DIR}"):
@@ -100,7 +106,7 @@ def run_preprocess(data: str, out: str, config: PipelineConfig, beam_args: Seque
     try:
         reused = _copy_reused_vocabularies(reuse_from, config.preprocess, staging) if reuse_from else None
         job_started = time.time()
-        _run_pipeline(units, staging, config.preprocess, beam_args, reused)
+        _run_pipeline(units, staging, config.preprocess, beam_args, reused, test_units)
         job_seconds = time.time() - job_started
         metrics = _read_json(f"{staging}/{METRICS_FILE}")
         metrics["beam_job_seconds"] = job_seconds
@@ -110,6 +116,7 @@ def run_preprocess(data: str, out: str, config: PipelineConfig, beam_args: Seque
         metrics["shards"] = published
         stats = build_stats(metrics, config.preprocess, time.time() - started)
         stats["vocabularies_from"] = reuse_from or "corpus"
+        stats["test_data"] = fs.absolute(test_data) if test_data else None
         _write_json(f"{staging}/stats.json", stats)
         fs.write_text(f"{staging}/config.yaml", config.to_yaml())
         try:
@@ -220,7 +227,8 @@ def _check_reused_sentinels(directory: str, p: PreprocessConfig, vocabularies: M
 
 def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessConfig,
                   beam_args: Sequence[str],
-                  reused: Optional[tuple[dict[str, list[str]], Optional[Learned]]] = None) -> None:
+                  reused: Optional[tuple[dict[str, list[str]], Optional[Learned]]] = None,
+                  test_units: Sequence[inputs.ReadUnit] = ()) -> None:
     import apache_beam as beam
     from apache_beam.runners.runner import PipelineState
 
@@ -267,14 +275,20 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
         reports.append(built[METRICS])
 
     newline_counts = first[NEWLINES] | "NewlineCounts" >> beam.combiners.ToList()
-    final = units_pc | "Read" >> beam.ParDo(
+    # The test set is read with the corpus' final read (validated and quarantined alike), after
+    # the vocabularies: nothing is learned or counted from it.
+    final_units = units_pc if not test_units else pipeline | "ReadAllUnits" >> beam.Create([*units, *test_units])
+    final = final_units | "Read" >> beam.ParDo(
         transforms.ReadFn(p, final=True), newline_counts=beam.pvalue.AsSingleton(newline_counts)
     ).with_outputs(REJECTED, METRICS, main="batches")
     side_inputs: dict[str, Any] = {"vocabularies": beam.pvalue.AsSingleton(vocabularies)}
     if learned is not None:
         side_inputs["learned"] = learned
+    if test_units:
+        side_inputs["test_sources"] = beam.pvalue.AsSingleton(_test_sources(pipeline, test_units, p, threads))
     encoded = final.batches | "EncodeAndWrite" >> beam.ParDo(
-        transforms.EncodeAndWriteFn(p, f"{staging}/{SHARD_DIR}", threads), **side_inputs
+        transforms.EncodeAndWriteFn(p, f"{staging}/{SHARD_DIR}", threads, sorted({u.path for u in test_units})),
+        **side_inputs
     ).with_outputs(REJECTED, METRICS, transforms.SHARD_PARTS, main="unused")
     quarantined = ((final[REJECTED], encoded[REJECTED])
                    | "AllRejects" >> beam.Flatten()
@@ -315,6 +329,19 @@ def _run_pipeline(units: Sequence[inputs.ReadUnit], staging: str, p: PreprocessC
         step_errors.removeFilter(user_error_filter)
     if state not in (PipelineState.DONE, None):
         raise RuntimeError(f"the Beam job ended in state {state}")
+
+
+def _test_sources(pipeline: Any, test_units: Sequence[inputs.ReadUnit], p: PreprocessConfig,
+                  threads: Optional[int]) -> Any:
+    """The set of the test set's normalized-source digests, one PCollection element."""
+    import apache_beam as beam
+
+    return (pipeline
+            | "TestUnits" >> beam.Create(list(test_units))
+            | "ReadTestSources" >> beam.ParDo(transforms.ReadFn(p, final=False))
+            | "TestSourceDigests" >> beam.ParDo(transforms.TestSourcesFn(p, threads=threads))
+            | "TestSourceSet" >> beam.combiners.ToList()
+            | "Frozen" >> beam.Map(frozenset))
 
 
 _WHILE_RUNNING = re.compile(r"(?: \[while running '[^']*'\])+$")
@@ -569,9 +596,11 @@ def check_counts(stats: Mapping[str, Any], p: PreprocessConfig, out: str) -> Non
     quarantine = f"{out}.failed/{QUARANTINE_DIR}/{QUARANTINE_PREFIX}-*.jsonl"
     if read == 0:
         raise InputError("the input holds no records (only blank lines or empty files)")
-    fraction = rejected / read
+    # A pair kept out because the test set holds its source is no fault of the corpus.
+    fraction = (rejected - stats["rejected"].get(transforms.IN_TEST_SET, 0)) / read
     if fraction > p.max_rejected_fraction:
-        reasons = ", ".join(f"{r}={n}" for r, n in sorted(stats["rejected"].items(), key=lambda x: -x[1]) if n)
+        reasons = ", ".join(f"{r}={n}" for r, n in sorted(stats["rejected"].items(), key=lambda x: -x[1])
+                            if n and r != transforms.IN_TEST_SET)
         raise InputError(
             f"{rejected} of {read} records rejected ({fraction:.1%} > preprocess.max_rejected_fraction="
             f"{p.max_rejected_fraction:g}): {reasons}; see the quarantine in {quarantine}")
@@ -580,12 +609,22 @@ def check_counts(stats: Mapping[str, Any], p: PreprocessConfig, out: str) -> Non
     if stats["records_written"]["train"] == 0:
         # Records were written, all to eval: the split setting is what to change (a usage error).
         raise ConfigError(f"preprocess.eval_fraction={p.eval_fraction:g} leaves no training examples "
-                          f"({written} eval, 0 train); lower preprocess.eval_fraction")
+                          f"({stats['records_written']['eval']} eval, 0 train); lower preprocess.eval_fraction")
 
 
 def format_stage_seconds(stats: Mapping[str, Any]) -> str:
     """`read 1.2s, span_masking 0.3s, ...`: where a preprocess run's time went (stats.json)."""
     return ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in stats.get("stage_seconds", {}).items())
+
+
+def _test_lines(stats: Mapping[str, Any]) -> list[str]:
+    """The fixed test set's line of the summary (none without --test)."""
+    if not stats.get("test_data"):
+        return []
+    overlap = stats["rejected"].get(transforms.IN_TEST_SET, 0)
+    return [f"  test set     {stats['test_data']}: {stats['records_written']['test']} pairs written to the test "
+            f"split; {overlap} corpus pair{'' if overlap == 1 else 's'} with a test source kept out of training "
+            f"and eval (quarantine reason {transforms.IN_TEST_SET})"]
 
 
 def log_summary(stats: Mapping[str, Any], data: str, out: str) -> None:
@@ -599,6 +638,7 @@ def log_summary(stats: Mapping[str, Any], data: str, out: str) -> None:
         f"  records      read {stats['records_read']}, written train {stats['records_written']['train']} "
         f"+ eval {stats['records_written']['eval']}, rejected {stats['rejected_total']} ({rejected})",
         f"  blank lines  {stats['blank_lines']} skipped",
+        *_test_lines(stats),
         f"  tokenizer    {stats['tokenizer']}; vocabulary source {stats['vocabulary_size']['source']}, "
         f"target {stats['vocabulary_size']['target']}",
         f"  lengths      {lengths}",

@@ -30,7 +30,9 @@ REJECTED = "rejected"
 METRICS = "metrics"
 NEWLINES = "newlines"
 SHARD_PARTS = "shard_parts"
-SPLITS = ("train", "eval")
+SPLITS = ("train", "eval", "test")  # test: the fixed test set (--test), never trained on
+# The reject reason of a corpus pair whose source is in the test set (kept out of training and eval).
+IN_TEST_SET = "in_test_set"
 SIDES = ("source", "target")
 # What the Beam job learned for the sides with a learned tokenizer (a side input of the DoFns that
 # tokenize): {side: WordPiece pieces, or a SentencePiece model's bytes}.
@@ -722,6 +724,14 @@ class QuarantineFn(beam.DoFn):
 # Encoding and writing
 # --------------------------------------------------------------------------------------------
 
+class TestSourcesFn(_TokenizingFn):
+    """RecordBatch of the test set -> the sha256 of each normalized source (the split key): the
+    corpus pairs with one of these sources are kept out of training and eval."""
+
+    def process(self, batch: RecordBatch):
+        yield from source_digests(self._normalize(_tf().constant(batch.sources, _tf().string)).numpy().tolist())
+
+
 class EncodeAndWriteFn(_TokenizingFn):
     """RecordBatch -> padded ids -> tf.train.Example bytes -> this bundle's gzip TFRecord shards.
 
@@ -731,9 +741,11 @@ class EncodeAndWriteFn(_TokenizingFn):
     records rejected by the length rules go to the quarantine output.
     """
 
-    def __init__(self, config: PreprocessConfig, shard_dir: str, threads: Optional[int] = None):
+    def __init__(self, config: PreprocessConfig, shard_dir: str, threads: Optional[int] = None,
+                 test_paths: Sequence[str] = ()):
         super().__init__(config, threads=threads)
         self.shard_dir = shard_dir
+        self.test_paths = frozenset(test_paths)  # the test set's files: their rows go to the test split
 
     def setup(self) -> None:
         super().setup()
@@ -777,7 +789,7 @@ class EncodeAndWriteFn(_TokenizingFn):
                 normalize(sources, self.config.lowercase), normalize(targets, self.config.lowercase))
 
     def process(self, batch: RecordBatch, vocabularies: Mapping[str, Sequence[str]],
-                learned: Optional[Learned] = None):
+                learned: Optional[Learned] = None, test_sources: Optional[frozenset] = None):
         # Encoding includes the span masking of this pass (inside the encoders' traced function).
         started = time.perf_counter()
         if self._encoders is None:
@@ -788,12 +800,18 @@ class EncodeAndWriteFn(_TokenizingFn):
         tgt = {k: v.numpy() for k, v in tgt.items()}
         source_text, target_text = source_text.numpy(), target_text.numpy()
         c = self.config
-        digests = source_digests(source_text.tolist()) if c.eval_fraction > 0 or c.num_shards > 0 else []
+        is_test = batch.path in self.test_paths
+        digests = source_digests(source_text.tolist()) if c.eval_fraction > 0 or c.num_shards > 0 or test_sources \
+            else []
         evals = is_eval(digests, c.eval_fraction) if c.eval_fraction > 0 else np.zeros(len(source_text), bool)
         shards = shard_index(digests, c.num_shards) if c.num_shards > 0 else np.full(len(source_text), -1)
         reasons = self._reject_reasons(src["full_length"], tgt["full_length"], src["span_count"])
+        if test_sources and not is_test:  # a pair whose source is in the test set: never trained on
+            in_test = np.array([d in test_sources for d in digests], bool)
+            reasons[in_test & (reasons == "")] = IN_TEST_SET
         keep = reasons == ""
-        self._record_stats(src, tgt, keep, evals)
+        if not is_test:
+            self._record_stats(src, tgt, keep, evals)
         self._watch.add("encoding", started)
         for i in np.flatnonzero(~keep):
             # Counted where all rejects meet, so that conservation checks two independent tallies.
@@ -801,15 +819,16 @@ class EncodeAndWriteFn(_TokenizingFn):
                 batch.path, batch.lines[i], str(reasons[i]), f"{batch.sources[i]}\t{batch.targets[i]}",
                 detail=_span_detail(int(src["span_count"][i])) if reasons[i] == "too_many_spans" else None))
         started = time.perf_counter()
-        self._write(src, tgt, source_text, target_text, keep, evals, shards)
+        self._write(src, tgt, source_text, target_text, keep, evals, shards, is_test)
         self._watch.add("writing", started)
 
     def _write(self, src: dict, tgt: dict, source_text: np.ndarray, target_text: np.ndarray, keep: np.ndarray,
-               evals: np.ndarray, shards: np.ndarray) -> None:
+               evals: np.ndarray, shards: np.ndarray, is_test: bool = False) -> None:
         """The kept rows as tf.train.Example bytes, into this bundle's file of their split (and shard)."""
         from components.preprocess.examples import serialize_examples
 
-        for split, rows in (("train", keep & ~evals), ("eval", keep & evals)):
+        splits = (("test", keep),) if is_test else (("train", keep & ~evals), ("eval", keep & evals))
+        for split, rows in splits:
             if not rows.any():
                 continue
             examples = serialize_examples({

@@ -17,7 +17,8 @@ RECORDED_METRICS = ("bleu", "chrf", "exact_match", "eval_loss")
 EVALUATED_CARD = "assets.extra/model_card.json"  # beside push.json, outside the content fingerprint
 # evaluation.json / blessing.json entries the evaluated card's `evaluation` copies.
 EVALUATION_KEYS = ("split", "examples", "bleu", "chrf", "exact_match", "placeholder_fidelity", "copy_rate",
-                   "eval_loss", "decoder", "beam_width", "decoders", "baseline_model", "baseline", "baseline_decoder")
+                   "eval_loss", "decoder", "beam_width", "decoders", "splits", "sacrebleu", "baseline_model", "baseline",
+                   "baseline_decoder")
 BLESSING_KEYS = ("blessed", "reason", "content_fingerprint")
 
 

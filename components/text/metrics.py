@@ -37,6 +37,18 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> Scores:
                   exact_match=round(100.0 * exact, 4), count=len(references))
 
 
+def sacrebleu_signatures() -> dict[str, str]:
+    """sacrebleu's signatures of the BLEU and chrF that `score` computes (its defaults, one
+    reference): what makes a reported score comparable, as papers cite it."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    signatures = {}
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF())):
+        metric.corpus_score(["x"], [["x"]])  # the signature names the reference count once it has seen one
+        signatures[name] = metric.get_signature().format()
+    return signatures
+
+
 # ---------------------------------------------------------------- fidelity: protected spans, identifiers
 
 

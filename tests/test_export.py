@@ -94,9 +94,11 @@ def test_layout_assets_and_model_card(seed_run):
     assert card["vocabulary_sizes"] == {"source": lines(examples / "source.vocab"),
                                         "target": lines(examples / "target.vocab")}
     assert card["decoding"]["max_decode_length"] == 22  # embedded.yaml's preprocess.max_target_length
-    assert set(card["signatures"]) == {"serving_default", "translate_with_max_length", "encode", "source_tokens",
-                                      "beam_search", "beam_search_with_options"}
+    assert set(card["signatures"]) == {"serving_default", "translate_with_max_length", "translate_with_attention",
+                                      "encode", "source_tokens", "beam_search", "beam_search_with_options"}
     assert set(card["signatures"]["serving_default"]["outputs"]) == {
+        "translation", "tokens", "token_ids", "length", "score", "unprotected_spans"}  # attention: its own signature
+    assert set(card["signatures"]["translate_with_attention"]["outputs"]) == {
         "translation", "tokens", "token_ids", "length", "score", "attention", "unprotected_spans"}
     from components.exporter.card import sha256_files
 
@@ -194,18 +196,21 @@ def test_fresh_process_with_plain_tensorflow_loads_and_translates(seed_run, tmp_
         import json, sys
         import tensorflow as tf
         model = tf.saved_model.load(sys.argv[1])
-        out = model.signatures["serving_default"](
-            text=tf.constant(["tensorflow is a framework for deep learning", "", "   ", "I feel hungry"]))
+        texts = tf.constant(["tensorflow is a framework for deep learning", "", "   ", "I feel hungry"])
+        out = model.signatures["serving_default"](text=texts)
+        attention = model.signatures["translate_with_attention"](text=texts, max_length=tf.constant(0))["attention"]
         print(json.dumps({
             "translation": [t.decode("utf-8") for t in out["translation"].numpy()],
             "length": out["length"].numpy().tolist(),
-            "attention_shape": list(out["attention"].shape),
+            "serving_default_has_attention": "attention" in out,
+            "attention_shape": list(attention.shape),
             "tensorflow_text_loaded": "tensorflow_text" in sys.modules,
         }))
     """, tmp_path, seed_run["export"])
     assert out["translation"] == ["텐서플로우는 딥러닝을 위한 프레임워크이다", "", "", "나는 배가 고프다"]
     assert out["length"][:3] == [5, 0, 0]  # 4 words + <eos>; nothing for empty input
     assert out["attention_shape"][0] == 4 and out["attention_shape"][2] == 20  # max_source_length
+    assert out["serving_default_has_attention"] is False
     assert out["tensorflow_text_loaded"] is False
 
 
@@ -296,7 +301,10 @@ def test_savedmodel_equals_the_trainer_greedy_decoder(synthetic_run, synthetic_c
     raw = _raw_by_normalized([s for s, _ in synthetic_corpus])
     texts = [raw[key] for key in records["source_text"]]
     assert len(texts) >= 300
-    serve = tf.saved_model.load(synthetic_run["export"]).signatures["serving_default"]
+    signature = tf.saved_model.load(synthetic_run["export"]).signatures["translate_with_attention"]
+
+    def serve(text):
+        return signature(text=text, max_length=tf.constant(0))
     target_vocab = artifact.vocabulary("target")
     max_length = config.preprocess.max_target_length
     # Protected spans are on (pipeline/default.yaml) and this corpus has none: the trainer's decoder
@@ -343,7 +351,8 @@ def test_evaluator_translates_batches_concurrently_and_keeps_their_order(synthet
 
 def test_empty_whitespace_and_unknown_inputs(seed_run):
     model = tf.saved_model.load(seed_run["export"])
-    out = model.signatures["serving_default"](text=tf.constant(["", "   ", "\t \u00a0", "zzz qqq", "I feel hungry"]))
+    out = model.signatures["translate_with_attention"](
+        text=tf.constant(["", "   ", "\t \u00a0", "zzz qqq", "I feel hungry"]), max_length=tf.constant(0))
     assert [t.decode() for t in out["translation"].numpy()[:3]] == ["", "", ""]
     assert out["length"].numpy()[:3].tolist() == [0, 0, 0]
     assert not out["tokens"].numpy()[:3].any() and not out["token_ids"].numpy()[:3].any()
@@ -354,13 +363,14 @@ def test_empty_whitespace_and_unknown_inputs(seed_run):
     encoded = model.signatures["encode"](text=tf.constant(["zzz I qqq"]))
     assert encoded["source_ids"].numpy()[0, :3].tolist()[0::2] == [3, 3]
     assert encoded["source_length"].numpy().tolist() == [3]
-    empty = model.signatures["serving_default"](text=tf.constant([], tf.string))
+    empty = model.signatures["translate_with_attention"](text=tf.constant([], tf.string), max_length=tf.constant(0))
     assert empty["translation"].shape == (0,) and empty["attention"].shape[0] == 0
+    assert model.signatures["serving_default"](text=tf.constant([], tf.string))["translation"].shape == (0,)
 
 
 def test_attention_rows_are_distributions_over_real_source_tokens(seed_run):
-    out = tf.saved_model.load(seed_run["export"]).signatures["serving_default"](
-        text=tf.constant(["tensorflow is very difficult", "I feel hungry"]))
+    out = tf.saved_model.load(seed_run["export"]).signatures["translate_with_attention"](
+        text=tf.constant(["tensorflow is very difficult", "I feel hungry"]), max_length=tf.constant(0))
     attention, length = out["attention"].numpy(), out["length"].numpy()
     for row, (n_source, n_out) in enumerate(zip([4, 3], length)):
         np.testing.assert_allclose(attention[row, :n_out].sum(axis=-1), 1.0, rtol=1e-5)
@@ -405,7 +415,8 @@ def test_attention_none_gives_zeros_of_the_right_shape(seed_run, tmp_path):
     model = Seq2Seq.from_config(config.model, len(artifact.vocabulary("source")),
                                 len(artifact.vocabulary("target")))
     out = tf.saved_model.load(export_model(model, artifact, str(tmp_path / "none"), config)) \
-        .signatures["serving_default"](text=tf.constant(["I feel hungry", "tensorflow is very difficult"]))
+        .signatures["translate_with_attention"](text=tf.constant(["I feel hungry", "tensorflow is very difficult"]),
+                                                max_length=tf.constant(0))
     attention = out["attention"].numpy()
     assert attention.shape == (2, out["token_ids"].shape[1], 20) and attention.shape[1] >= 1
     assert not attention.any()
@@ -535,11 +546,13 @@ def test_width_one_equals_serving_default(beam_loaded, beam_texts):
     greedy = {k: v.numpy() for k, v in beam_loaded.signatures["serving_default"](text=tf.constant(beam_texts)).items()}
     beam = {k: v.numpy() for k, v in beam_options(beam_loaded.signatures, beam_texts, beam_width=1, n_best=1,
                                               length_penalty=0.0, no_repeat_ngram_size=0).items()}
-    assert set(beam) == set(greedy) | {"translations", "scores"}
+    assert set(beam) == set(greedy) | {"translations", "scores", "attention"}  # attention: with options only
     for key in ("translation", "tokens", "token_ids", "length"):
         np.testing.assert_array_equal(beam[key], greedy[key], err_msg=key)
     np.testing.assert_array_equal(beam["score"], greedy["score"])
-    np.testing.assert_allclose(beam["attention"], greedy["attention"], atol=1e-6)
+    attention = beam_loaded.signatures["translate_with_attention"](text=tf.constant(beam_texts),
+                                                                   max_length=tf.constant(0))["attention"]
+    np.testing.assert_allclose(beam["attention"], attention.numpy(), atol=1e-6)
     assert beam["translations"].shape == (len(beam_texts), 1)
     np.testing.assert_array_equal(beam["translations"][:, 0], greedy["translation"])
     np.testing.assert_array_equal(beam["scores"][:, 0], greedy["score"])  # alpha 0: the raw score
@@ -702,3 +715,56 @@ def test_evaluator_records_the_beam_decoder_and_falls_back_for_an_old_baseline(
     assert unloadable is None and decoded["decoder"] == "greedy" and "decoded greedily" in decoded["note"]
     assert [r.translation for r in results] == [t.translation for t in load_translator(old).translate(sources)]
     assert "has no beam_search_with_options signature" in caplog.text
+
+
+# ---------------------------------------------------------------- TF Serving's REST request forms
+
+REST_ROW = ('{"signature_name": "serving_default", "instances": [{"text": "I feel hungry"}, '
+            '{"text": "tensorflow is very difficult"}]}')
+REST_COLUMNAR = ('{"signature_name": "beam_search_with_options", "inputs": {"text": ["I feel hungry"], "beam_width": 4, '
+                 '"length_penalty": 0.6, "max_length": 0, "n_best": 2, "no_repeat_ngram_size": -1}}')
+REST_ATTENTION = '{"signature_name": "translate_with_attention", "inputs": {"text": ["I feel hungry"], "max_length": 0}}'
+
+
+def rest_predict(signatures, body: str) -> dict:
+    """TF Serving's REST `predict` conversion (tensorflow_serving/util/json_tensor.cc): the row form
+    stacks each named input of every instance along a new batch dimension, so every input must be
+    batched; the columnar form passes each input as given. Returns the reply as TF Serving shapes it."""
+    request = json.loads(body)
+    signature = signatures[request["signature_name"]]
+    specs = signature.structured_input_signature[1]
+    if "instances" in request:
+        instances = [i if isinstance(i, dict) else {next(iter(specs)): i} for i in request["instances"]]
+        unbatched = [name for name, spec in specs.items() if spec.shape.rank == 0]
+        if unbatched:
+            raise ValueError(f"the row form needs a batch dimension on every input; {unbatched} are scalars")
+        feeds = {name: tf.constant([i[name] for i in instances], spec.dtype) for name, spec in specs.items()}
+    else:
+        feeds = {name: tf.constant(request["inputs"][name], spec.dtype) for name, spec in specs.items()}
+    out = {k: v.numpy() for k, v in signature(**feeds).items()}
+    if "instances" in request:
+        return {"predictions": [{k: v[i] for k, v in out.items()} for i in range(len(instances))]}
+    return {"outputs": out}
+
+
+def test_the_documented_rest_requests_fit_the_signatures(seed_run):
+    """Issue 23: the row form works where every input is batched, the columnar form for scalar
+    settings; serving_default's reply carries no attention matrix. The requests are docs/export.md's."""
+    docs = (REPO / "docs" / "export.md").read_text(encoding="utf-8")
+    signatures = tf.saved_model.load(seed_run["export"]).signatures
+    for body in (REST_ROW, REST_COLUMNAR, REST_ATTENTION):
+        assert body in docs
+    rows = rest_predict(signatures, REST_ROW)["predictions"]
+    assert [r["translation"].decode() for r in rows] == ["나는 배가 고프다", "텐서플로우는 매우 어렵다"]
+    assert set(rows[0]) == {"translation", "tokens", "token_ids", "length", "score", "unprotected_spans"}
+    beam = rest_predict(signatures, REST_COLUMNAR)["outputs"]
+    assert beam["translations"].shape == (1, 2) and beam["translation"][0].decode() == "나는 배가 고프다"
+    assert beam["attention"].shape[0] == 1 and beam["attention"].shape[2] == 20
+    attention = rest_predict(signatures, REST_ATTENTION)["outputs"]["attention"]
+    np.testing.assert_allclose(attention[0, :4].sum(axis=-1), 1.0, rtol=1e-5)
+    # A scalar setting has no batch dimension: the row form cannot carry it.
+    row_beam = json.dumps({"signature_name": "beam_search_with_options",
+                           "instances": [{"text": "I feel hungry", "beam_width": 4, "length_penalty": 0.6,
+                                          "max_length": 0, "n_best": 1, "no_repeat_ngram_size": -1}]})
+    with pytest.raises(ValueError, match="the row form needs a batch dimension on every input"):
+        rest_predict(signatures, row_beam)

@@ -30,9 +30,6 @@ SIGNATURES: dict[str, Any] = {
                        "meaning": "number of decoded tokens up to and including <eos> (0 for empty input)"},
             "score": {"dtype": "float32", "shape": [None],
                       "meaning": "sum of the log-probabilities of the decoded tokens"},
-            "attention": {"dtype": "float32", "shape": [None, "target_steps", "max_source_length"],
-                          "meaning": "attention weights of each output step over source positions "
-                                     "(padding gets 0; all zeros for model.attention: none)"},
             "unprotected_spans": {"dtype": "int64", "shape": [None],
                                   "meaning": "protected spans of the source that no sentinel protects: those "
                                              "past the first protected_spans.max_spans_per_text, and those whose "
@@ -50,6 +47,16 @@ SIGNATURES: dict[str, Any] = {
                                       "<= 0 means the exported default"},
         },
         "outputs": "as serving_default",
+    },
+    "translate_with_attention": {
+        "description": "As translate_with_max_length, plus each output step's attention over the source: "
+                       "kept out of serving_default, whose every REST reply would otherwise carry a "
+                       "[target_steps, max_source_length] matrix per sentence.",
+        "inputs": {
+            "text": {"dtype": "string", "shape": [None], "meaning": "raw source sentences"},
+            "max_length": {"dtype": "int32", "shape": [], "meaning": "as translate_with_max_length's"},
+        },
+        "outputs": None,  # serving_default's plus ATTENTION (below)
     },
     "beam_search": {
         "description": "Beam search translation with the exported defaults (decoding.beam); serving_default "
@@ -83,7 +90,7 @@ SIGNATURES: dict[str, Any] = {
                                      "meaning": "no n-gram of this size twice in a hypothesis (0: off); "
                                                 "< 0: default"},
         },
-        "outputs": "as beam_search",
+        "outputs": None,  # beam_search's plus ATTENTION of the best hypothesis (below)
     },
     "encode": {
         "description": "The preprocessing of a source sentence, exactly as written to the training TFRecords.",
@@ -107,12 +114,20 @@ SIGNATURES: dict[str, Any] = {
     },
 }
 
+ATTENTION = {"dtype": "float32", "shape": [None, "target_steps", "max_source_length"],
+             "meaning": "attention weights of each output step over source positions (padding gets 0; all "
+                        "zeros for model.attention: none)"}
+SIGNATURES["translate_with_attention"]["outputs"] = {**SIGNATURES["serving_default"]["outputs"],
+                                                     "attention": ATTENTION}
 # beam_search's outputs: serving_default's, for the best hypothesis, then the n-best lists.
 SIGNATURES["beam_search"]["outputs"] = {
     **{key: dict(spec, meaning=f"{spec['meaning']} (of the best hypothesis)")
        for key, spec in SIGNATURES["serving_default"]["outputs"].items()},
     **SIGNATURES["beam_search"]["outputs"],
 }
+SIGNATURES["beam_search_with_options"]["outputs"] = {
+    **SIGNATURES["beam_search"]["outputs"],
+    "attention": dict(ATTENTION, meaning=f"{ATTENTION['meaning']} (of the best hypothesis)")}
 
 # What the card and README say about protected spans (components/text/spans.py,
 # components/model/decoding.py SpanConstraint); docs/export.md, "Protected spans in the exported model".

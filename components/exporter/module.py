@@ -17,6 +17,10 @@ A TF2 signature has no optional inputs, so "optional with defaults" is two signa
     (-1 for beam_width and n_best, 0 for max_length, < 0 for length_penalty and no_repeat_ngram_size);
     beam_width 0 or a negative max_length is an error.
 Both return serving_default's outputs for the best hypothesis plus translations and scores [B, N].
+
+Attention [B, T, S] is returned by translate_with_attention (greedy) and beam_search_with_options
+only: a TF Serving REST reply of serving_default would carry a T x max_source_length matrix of JSON
+numbers per sentence.
 """
 from __future__ import annotations
 
@@ -42,6 +46,12 @@ BEAM_OPTION_SPECS = [
     tf.TensorSpec([], tf.int32, name="n_best"),
     tf.TensorSpec([], tf.int32, name="no_repeat_ngram_size"),
 ]
+
+
+def _without_attention(outputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """A signature's outputs without the attention matrix (which only the *_with_attention and
+    *_with_options signatures return)."""
+    return {key: value for key, value in outputs.items() if key != "attention"}
 
 
 class ServingModule(tf.Module):
@@ -115,11 +125,17 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[TEXT_SPEC, MAX_LENGTH_SPEC], autograph=False)
     def translate_with_max_length(self, text: tf.Tensor, max_length: tf.Tensor) -> dict[str, tf.Tensor]:
-        """As `translate`; max_length <= 0 means the exported default; above MAX_DECODE_LENGTH_LIMIT
-        the call fails with an InvalidArgumentError before anything is decoded."""
+        """As `translate`, with max_length per call (translate_with_attention's outputs but attention)."""
+        return _without_attention(self.translate_with_attention(text, max_length))
+
+    @tf.function(input_signature=[TEXT_SPEC, MAX_LENGTH_SPEC], autograph=False)
+    def translate_with_attention(self, text: tf.Tensor, max_length: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Greedy translation plus attention [B, T, S]; max_length <= 0 means the exported default;
+        above MAX_DECODE_LENGTH_LIMIT the call fails with an InvalidArgumentError before anything is
+        decoded."""
         check = tf.debugging.assert_less_equal(
             max_length, tf.constant(MAX_DECODE_LENGTH_LIMIT, tf.int32),
-            message=f"translate_with_max_length: max_length must be at most {MAX_DECODE_LENGTH_LIMIT} "
+            message=f"translate_with_max_length/translate_with_attention: max_length must be at most {MAX_DECODE_LENGTH_LIMIT} "
                     f"(the model's MAX_DECODE_LENGTH_LIMIT); <= 0 means the exported default")
         with tf.control_dependencies([check]):
             max_length = tf.identity(max_length)
@@ -131,8 +147,8 @@ class ServingModule(tf.Module):
         """Beam search with every setting at its exported default: serving_default's outputs for the
         best hypothesis, plus translations and scores [B, n_best]."""
         # The defaults' sentinels (see beam_search_with_options): one traced beam search, not two.
-        return self.beam_search_with_options(text, tf.constant(-1), tf.constant(-1.0), tf.constant(0),
-                                             tf.constant(-1), tf.constant(-1))
+        return _without_attention(self.beam_search_with_options(text, tf.constant(-1), tf.constant(-1.0),
+                                                                tf.constant(0), tf.constant(-1), tf.constant(-1)))
 
     @tf.function(input_signature=BEAM_OPTION_SPECS, autograph=False)
     def beam_search_with_options(self, text: tf.Tensor, beam_width: tf.Tensor, length_penalty: tf.Tensor,
@@ -197,6 +213,7 @@ class ServingModule(tf.Module):
         return {
             "serving_default": self.translate,
             "translate_with_max_length": self.translate_with_max_length,
+            "translate_with_attention": self.translate_with_attention,
             "encode": self.encode,
             "source_tokens": self.source_tokens,
             "beam_search": self.beam_search,

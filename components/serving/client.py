@@ -82,6 +82,7 @@ class BeamOptions:
 
 
 BEAM_SIGNATURE = "beam_search_with_options"
+ATTENTION_SIGNATURE = "translate_with_attention"
 
 
 @dataclass
@@ -143,9 +144,11 @@ class Translator:
         return BEAM_SIGNATURE in self._signatures
 
     def outputs(self, texts: Sequence[str], max_length: Optional[int] = None,
-                beam: Optional[BeamOptions] = None) -> dict[str, np.ndarray]:
-        """The raw serving_default outputs (or translate_with_max_length's; with `beam`,
-        beam_search_with_options') as numpy arrays."""
+                beam: Optional[BeamOptions] = None, with_attention: bool = False) -> dict[str, np.ndarray]:
+        """The raw serving_default outputs (or translate_with_max_length's; with `with_attention`,
+        translate_with_attention's; with `beam`, beam_search_with_options', which have attention too)
+        as numpy arrays. A model exported before translate_with_attention has attention in
+        serving_default."""
         import tensorflow as tf
 
         text = tf.constant(list(texts), tf.string)
@@ -165,6 +168,8 @@ class Translator:
                 n_best=tf.constant(-1 if beam.n_best is None else beam.n_best, tf.int32),
                 no_repeat_ngram_size=tf.constant(
                     -1 if beam.no_repeat_ngram_size is None else beam.no_repeat_ngram_size, tf.int32))
+        elif with_attention and ATTENTION_SIGNATURE in self._signatures:
+            result = self._signatures[ATTENTION_SIGNATURE](text=text, max_length=tf.constant(max_length or 0, tf.int32))
         elif max_length is None:
             result = self._signatures["serving_default"](text=text)
         else:
@@ -191,7 +196,7 @@ class Translator:
         texts = list(texts)
         if not texts:
             return []
-        out = self.outputs(texts, max_length, beam)
+        out = self.outputs(texts, max_length, beam, with_attention)
         sources = self.source_tokens(texts) if with_attention else [[] for _ in texts]
         results = []
         for i, text in enumerate(texts):

@@ -185,7 +185,7 @@ def test_num_shards_gives_exactly_that_many_files_per_split(tmp_path):
     for split in ("train", "eval"):
         names = sorted(p.name for p in out.glob(f"{split}-*"))
         assert names == [f"{split}-{i:05d}-of-00003.tfrecord.gz" for i in range(3)]
-    assert stats["shards"] == {"train": 3, "eval": 3}
+    assert stats["shards"] == {"train": 3, "eval": 3, "test": 0}
     assert len(read_examples(out, "train")) == stats["records_written"]["train"]
     assert len(read_examples(out, "eval")) == stats["records_written"]["eval"] > 0
     assert not (out / "_shards").exists()

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 # The slowest files, slowest first, as `pytest --durations=0` on 2 cores measures them.
 SLOWEST_FIRST = (
-    "test_pipeline_run.py",
     "test_export.py",
     "test_multi_worker.py",
+    "test_pipeline_run.py",
+    "test_trainer.py",
+    "test_faults_serving.py",
+    "test_preprocess_faults.py",
+    "test_copy_attention.py",
     "test_trainer_resume.py",
     "test_quality_recipe.py",
-    "test_copy_attention.py",
-    "test_preprocess_runner.py",
-    "test_faults_serving.py",
-    "test_faults_training.py",
-    "test_preprocess_tokenizers.py",
-    "test_trainer.py",
-    "test_preprocess_faults.py",
-    "test_span_limits.py",
     "test_translate.py",
+    "test_model.py",
+    "test_runner_units.py",
+    "test_faults_training.py",
+    "test_encode_parity.py",
+    "test_test_set.py",
+    "test_preprocess_tokenizers.py",
+    "test_preprocess_runner.py",
     "test_run_interrupts.py",
 )
 

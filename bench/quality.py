@@ -21,10 +21,12 @@ Recipes:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -104,7 +106,13 @@ def run_one(data: str, workdir: Path, settings: list[str]) -> dict[str, object]:
     started = time.monotonic()
     # Recipes with the same corpus and preprocess section share one preprocess output (the ablations
     # of model and trainer elements), as the pipeline's cache would share it.
-    key = hashlib.sha256(f"{Path(data).resolve()}\n{config.preprocess}".encode()).hexdigest()[:12]
+    # Keyed on the preprocessing code too: an output of older code is not this code's.
+    from pipeline.fingerprint import code_digest
+
+    code = code_digest("components.preprocess.executor")
+    key = hashlib.sha256(f"{Path(data).resolve()}\n{config.preprocess}\n{code}".encode()).hexdigest()[:12]
+    for stale in ("train", "export", "evaluate"):  # a bench run never resumes an earlier one
+        shutil.rmtree(workdir / stale, ignore_errors=True)
     examples = workdir.parent / f"preprocess-{key}"
     if not (examples / "_SUCCESS").exists():
         run_preprocess(data, str(examples), config, beam_args=["--runner=DirectRunner"], overwrite=True)
@@ -112,11 +120,14 @@ def run_one(data: str, workdir: Path, settings: list[str]) -> dict[str, object]:
     preprocess_minutes = (time.monotonic() - started) / 60
     metrics = run_training(str(examples), str(workdir / "train"), config)
     run_export(str(workdir / "train"), str(workdir / "export"), overwrite=True)
+    # Greedy, as every earlier row of this bench (the evaluator scores beam search beside it).
     result = run_evaluation(str(workdir / "export"), str(examples), str(workdir / "evaluate"),
-                            config.evaluator)
+                            dataclasses.replace(config.evaluator, decoder="greedy"))
     evaluation = result["evaluation"]
     decoders = compare_decoders(str(workdir / "export"), str(examples), BEAM_WIDTHS) if BEAM_WIDTHS else {}
+    beam = evaluation["decoders"].get("beam") or {}
     return {"decoders": decoders, "bleu": evaluation["bleu"], "chrf": evaluation["chrf"], "exact_match": evaluation["exact_match"],
+            "beam_bleu": beam.get("bleu"), "beam_chrf": beam.get("chrf"),
             "placeholder_fidelity": evaluation.get("placeholder_fidelity"),
             "placeholder_sentences": evaluation.get("placeholder_fidelity_count"),
             "copy_rate": evaluation.get("copy_rate"), "copy_count": evaluation.get("copy_rate_count"),

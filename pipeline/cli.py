@@ -108,13 +108,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """The evaluator on its own, for a model trained outside `seq2seq run` (e.g. by a multi-worker
     cluster): the baseline is the newest model in --serving, as `seq2seq run`'s resolver finds it."""
     from components.core import io
-    from components.core.artifacts import Evaluation, ServingRoot
+    from components.core.artifacts import Evaluation
     from components.evaluator import run_evaluation
     from pipeline.runner import resolve_latest_served
 
     config = _load_config(args)
     # A file named as --serving is exit 2; junk in the folder is warned about and skipped.
-    baseline = resolve_latest_served(ServingRoot(args.serving)) if args.serving else None
+    baseline = resolve_latest_served(_one_models_folder(args.serving)) if args.serving else None
     with io.atomic_dir(args.out, overwrite=args.overwrite) as tmp:
         run_evaluation(args.model, args.examples, tmp, config.evaluator, train_dir=args.training,
                        baseline_model=baseline.uri if baseline else None)
@@ -127,17 +127,34 @@ def _same_path(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _one_models_folder(path: str):
+    """--serving of `evaluate` and `push`: one model's folder (a ServingRoot). The multi-model root
+    above it (`ARTIFACTS/serving`) is exit 2: its names are no versions, so it would have no baseline."""
+    from components.core import io
+    from components.core.artifacts import ServingModels, ServingRoot, ServingRootError
+
+    models = ServingModels(path.rstrip("/") or "/")
+    models.check()
+    names = models.names()
+    if names or io.exists(models.models_config_path):
+        example = f"{models.uri}/{names[0] if names else 'NAME'}"
+        raise ServingRootError(f"--serving {path} holds the folders of served models ({', '.join(names) or 'none yet'}), "
+                               f"not one model's versions: name one model's folder, e.g. --serving {example}")
+    return ServingRoot(path)
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     """The pusher on its own: the model goes to --serving as the next version if --evaluation
     blessed it and it is still the model evaluated (content fingerprint), under the serving
     folder's push lock (the same checks, copy, smoke test and atomic rename as in `seq2seq run`)."""
-    from components.core.artifacts import Evaluation, ServingRoot
+    from components.core import io
+    from components.core.artifacts import Evaluation, ServingModels
     from components.core.errors import UserError
     from components.pusher import run_push
     from components.pusher.executor import RECORDED_METRICS
 
     config = _load_config(args)
-    ServingRoot(args.serving).check()  # a file named as --serving: exit 2 before anything is read
+    _one_models_folder(args.serving)  # a file, or the multi-model root, as --serving: exit 2 before anything is read
     evaluation = Evaluation(args.evaluation)
     blessing = evaluation.blessing()
     evaluated = blessing.get("candidate_model")
@@ -147,7 +164,10 @@ def cmd_push(args: argparse.Namespace) -> int:
     summary = evaluation.summary()
     # run_push adds the content fingerprint it checked; outside a run there is no export cache key.
     record = {"evaluation": args.evaluation, "metrics": {key: summary.get(key) for key in RECORDED_METRICS}}
-    pushed = run_push(args.model, args.serving, blessing, config.pusher.keep, record=record)
+    # A model folder of a multi-model serving root (ARTIFACTS/serving/<name>): its models.config is kept current.
+    parent = ServingModels(os.path.dirname(args.serving.rstrip("/")) or ".")
+    models = parent if io.exists(parent.models_config_path) else None
+    pushed = run_push(args.model, args.serving, blessing, config.pusher.keep, record=record, models=models)
     return EXIT_OK if pushed else EXIT_NOT_BLESSED
 
 
@@ -254,13 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The evaluator of `seq2seq run`, on its own (exit code 3: not blessed).",
                        formatter_class=raw, epilog=_examples(
                            "seq2seq evaluate --model /tmp/model --examples /tmp/prep --out /tmp/evaluation \\",
-                           "    --training /tmp/train --serving /tmp/serving"))
+                           "    --training /tmp/train --serving artifacts/serving/en-ko"))
     p.add_argument("--model", required=True, help="SavedModel folder (output of `seq2seq export`)")
     p.add_argument("--examples", required=True, help="output folder of `seq2seq preprocess` (references)")
     p.add_argument("--out", required=True, help="evaluation folder to create")
     p.add_argument("--training", help="training folder, for the eval loss and the loss curve")
-    p.add_argument("--serving", help="serving folder: its newest version is the baseline to beat (one that "
-                                      "cannot be loaded fails the evaluation: see evaluator.unloadable_baseline)")
+    p.add_argument("--serving", help="one model's serving folder (e.g. artifacts/serving/en-ko): its newest "
+                                      "version is the baseline to beat (one that cannot be loaded fails the "
+                                      "evaluation: see evaluator.unloadable_baseline)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing evaluation folder")
     _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
@@ -268,20 +289,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("push", help="publish a blessed SavedModel as the next serving version",
                        description="The pusher of `seq2seq run`, on its own (exit code 3: not blessed).",
                        formatter_class=raw, epilog=_examples(
-                           "seq2seq push --model /tmp/model --evaluation /tmp/evaluation --serving /tmp/serving"))
+                           "seq2seq push --model /tmp/model --evaluation /tmp/evaluation --serving artifacts/serving/en-ko"))
     p.add_argument("--model", required=True, help="SavedModel folder (output of `seq2seq export`)")
     p.add_argument("--evaluation", required=True, help="output folder of `seq2seq evaluate` for this model")
-    p.add_argument("--serving", required=True, help="serving folder (TF Serving's model_base_path); a push holds "
-                                                    "its .push.lock, so a second push at once exits 4")
+    p.add_argument("--serving", required=True, help="one model's serving folder (TF Serving's model_base_path, "
+                                                    "e.g. artifacts/serving/en-ko); a push holds its .push.lock, so "
+                                                    "a second push at once exits 4; a models.config in the folder "
+                                                    "above it is rewritten")
     _add_config_args(p)
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("translate", help="translate with an exported SavedModel", formatter_class=raw,
                        epilog=_examples(
-                           "seq2seq translate --model /tmp/serving/1 \"I feel hungry\" \"tensorflow is very difficult\"",
-                           "echo \"I feel hungry\" | seq2seq translate --model /tmp/serving/1 --json",
-                           "seq2seq translate --model /tmp/serving/1 --input news.en --output news.ko --beam-width 4",
-                           "seq2seq translate --model /tmp/serving/1 --n-best 3 --no-repeat-ngram-size 2 \"I feel hungry\""))
+                           "seq2seq translate --model artifacts/serving/en-ko/1 \"I feel hungry\" \"tensorflow is very difficult\"",
+                           "echo \"I feel hungry\" | seq2seq translate --model artifacts/serving/en-ko/1 --json",
+                           "seq2seq translate --model artifacts/serving/en-ko/1 --input news.en --output news.ko --beam-width 4",
+                           "seq2seq translate --model artifacts/serving/en-ko/1 --n-best 3 --no-repeat-ngram-size 2 \"I feel hungry\""))
     p.add_argument("--model", required=True, help="SavedModel folder")
     p.add_argument("text", nargs="*", help="sentences; with none, read lines from stdin (or --input)")
     p.add_argument("--input", metavar="FILE", help="read the sentences from FILE, one a line ('-': stdin)")

@@ -3,7 +3,8 @@
     ARTIFACTS/runs/<run_id>/<component>/   each component's output
     ARTIFACTS/runs/<run_id>/run.json       the manifest, rewritten (atomically) after every step
     ARTIFACTS/runs/<run_id>/run.log        every log line of the run (INFO and up; DEBUG with --verbose)
-    ARTIFACTS/serving/<version>/           blessed models, TF Serving layout
+    ARTIFACTS/serving/<name>/<version>/    blessed models, TF Serving's multi-model layout
+    ARTIFACTS/serving/models.config        TF Serving's --model_config_file, one entry per name
 
 Exit codes: 0 pushed (or already serving), 3 not blessed, 1 failed, 2 bad config/usage,
 4 another run holds the lock, 130/143 interrupted by SIGINT/SIGTERM (run.json says `interrupted`;
@@ -27,11 +28,20 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional
 
 from components.core import io
-from components.core.artifacts import Artifact, Corpus, ExportedModel, PreprocessArtifact, PushedModel, ServingRoot
+from components.core.artifacts import (
+    Artifact,
+    Corpus,
+    ExportedModel,
+    PreprocessArtifact,
+    PushedModel,
+    ServingModels,
+    ServingRoot,
+)
 from components.core.component import RunContext
 from components.core.config import PipelineConfig
 from components.core.errors import ArtifactError, InputError, UserError
 from components.core.io import digest, write_json_atomic
+from components.core.languages import Languages, model_name, resolve_languages
 from pipeline.console import Progress
 from pipeline.fingerprint import code_digest, corpus_fingerprint, library_versions, package_versions, resolve_corpus
 from pipeline.lock import LockedError, RunLock
@@ -132,19 +142,30 @@ class RunState:
     samples: list[dict[str, str]] = field(default_factory=list)
     manifest_written: bool = False
     log: Optional[str] = None  # RUN_DIR/run.log, once it is being written
+    languages: Languages = field(default_factory=Languages)  # the corpus's pair (config or corpus name)
+    model_name: Optional[str] = None  # served as ARTIFACTS/serving/<model_name>/, once resolved
+    migrated: list[int] = field(default_factory=list)  # old-layout versions this run moved under model_name
 
     @property
     def run_dir(self) -> str:
         return f"{self.artifacts}/runs/{self.run_id}"
 
     @property
+    def serving_models(self) -> ServingModels:
+        return ServingModels(f"{self.artifacts}/serving")
+
+    @property
     def serving_root(self) -> ServingRoot:
-        return ServingRoot(f"{self.artifacts}/serving")
+        """serving/<model_name>/: this run's model's versions (resolved at the start of the run)."""
+        if self.model_name is None:
+            raise ArtifactError("the run's model name is not resolved yet")
+        return self.serving_models.model(self.model_name)
 
     @property
     def corpus_artifact(self) -> Corpus:
         """The corpus, keyed by its files' names and bytes (the names matter: they pick the reader)."""
-        return Corpus(self.data, digest(sorted((os.path.basename(p), h) for p, h in self.corpus.items())))
+        return Corpus(self.data, digest(sorted((os.path.basename(p), h) for p, h in self.corpus.items()),
+                                        self.languages.to_dict()))
 
     @property
     def test_artifact(self) -> Optional[Corpus]:
@@ -155,7 +176,8 @@ class RunState:
 
     @property
     def context(self) -> RunContext:
-        return RunContext(self.run_id, tuple(self.beam_args), self.serving_root, dict(self.base_fingerprints))
+        return RunContext(self.run_id, tuple(self.beam_args), self.serving_root, dict(self.base_fingerprints),
+                          serving_models=self.serving_models, model_name=self.model_name)
 
     @property
     def cached(self) -> list[str]:
@@ -169,6 +191,7 @@ class RunState:
             "config": self.config.to_dict(), "inputs": {"corpus": self.corpus, "test": self.test_files or None},
             "components": self.components, "metrics": self.metrics,
             "serving_model": self.serving_model, "baseline_model": self.baseline.uri if self.baseline else None,
+            "model_name": self.model_name, "languages": self.languages.to_dict(),
             "log": self.log, "versions": package_versions(),
         }
 
@@ -347,7 +370,48 @@ def _reuse_for_served(state: RunState, spec: ComponentSpec, progress: "Progress"
     progress.done(spec.name, SKIPPED, state.components[spec.name]["reason"])
 
 
+def prepare_serving(state: RunState) -> None:
+    """Before any work: move an old single-model serving folder under a name, and refuse a name whose
+    served model translates another language pair (it would be judged against, and replaced by, this one)."""
+    models = state.serving_models
+    legacy = models.legacy_versions()
+    if legacy:
+        name = _legacy_name(state, legacy[-1])
+        state.migrated = models.migrate(name)
+        config = models.write_models_config()
+        logger.warning("moved the serving folder's versions %s to %s/%s/ (TF Serving's multi-model layout): "
+                       "start TF Serving with --model_config_file=%s instead of --model_base_path=%s",
+                       ", ".join(map(str, state.migrated)), models.uri, name, config, models.uri)
+    latest = state.serving_root.latest()
+    if latest is not None and latest.languages().conflicts_with(state.languages):
+        served = latest.languages()
+        raise ModelNameConflict(
+            f"{latest.uri} translates {served.source}→{served.target}, and this run's corpus is "
+            f"{state.languages.describe()}: serve it under "
+            f"another name (--set pusher.model_name=NAME), or set preprocess.source_language/target_language")
+
+
+class ModelNameConflict(UserError):
+    exit_code = 2
+
+
+def _legacy_name(state: RunState, newest: int) -> str:
+    """The name for the old layout's versions: their pair's (from the newest's card, else from the data
+    of the run that pushed it), else this run's name."""
+    version = ExportedModel(f"{state.serving_models.uri}/{newest}")
+    languages = version.languages()
+    run_id = version.push_record().get("run_id")
+    if not languages.known and run_id and io.exists(f"{state.artifacts}/runs/{run_id}/run.json"):
+        try:
+            data = io.read_json_object(f"{state.artifacts}/runs/{run_id}/run.json").get("data") or ""
+        except (ArtifactError, OSError, ValueError):
+            data = ""
+        languages = resolve_languages(PipelineConfig().preprocess, data) if data else languages
+    return model_name(None, languages) if languages.known else state.model_name
+
+
 def execute(state: RunState, progress: "Progress") -> int:
+    prepare_serving(state)
     state.baseline = resolve_latest_served(state.serving_root)
     for spec in PIPELINE:
         if _is_moot(state, spec):
@@ -412,10 +476,43 @@ def _summary(state: RunState) -> str:
             console.print(f"manifest: {state.run_dir}/run.json")
         if state.log:
             console.print(f"log: {state.log}")
-        console.print(f"serving model: {state.serving_model or 'none pushed'}")
+        for line in _serving_lines(state):
+            console.print(line)
         for sample in state.samples:
             console.print(f"  {sample['source']}  ->  {sample['translation']}")
     return capture.get()
+
+
+def _served(state: RunState) -> Optional[dict[str, int]]:
+    """{name: version} of what TF Serving would serve from ARTIFACTS/serving now; None if unreadable."""
+    try:
+        return state.serving_models.served()
+    except (UserError, OSError, ValueError):
+        return None
+
+
+def _serving_lines(state: RunState) -> list[str]:
+    """What serves this run's model name now, and the root's other names, for the summary."""
+    served = _served(state)
+    if state.model_name is None or served is None:
+        return [f"serving model: {state.serving_model or 'none pushed'}"]
+    root = state.serving_models
+    name = state.model_name
+    pushed = state.components.get("push", {}).get("metrics", {}).get("serving_model")
+    if name not in served:
+        line = f"serving {name}: nothing yet ({root.uri}/{name}/ has no version)"
+    else:
+        where = f"{root.uri}/{name}/{served[name]}"
+        why = ("pushed by this run" if pushed == where else "this run's model, already served"
+               if state.serving_model == where else "this run's model was not pushed")
+        line = f"serving {name}: version {served[name]} ({where}; {why})"
+    lines = [f"serving model: {state.serving_model or 'none pushed'}", line]
+    others = [f"{other} version {version}" for other, version in served.items() if other != name]
+    if others:
+        lines.append("also serving: " + ", ".join(others))
+    if served:
+        lines.append(f"TF Serving: --model_config_file={root.models_config_path}")
+    return lines
 
 
 def _decoders_line(decoders: dict[str, dict[str, Any]]) -> str:
@@ -540,9 +637,13 @@ def _run_locked(state: RunState, data: str) -> int:
         if not files:
             raise InputError(f"--data {data}: no such file, or the glob matches nothing")
         state.corpus = corpus_fingerprint(files)
+        state.languages = resolve_languages(state.config.preprocess, data)
+        state.model_name = model_name(state.config.pusher.model_name, state.languages)
         if state.test:
             state.test_files = corpus_fingerprint(resolve_corpus(state.test))
         logger.info("run %s: %d corpus file(s), artifacts in %s", state.run_id, len(files), state.run_dir)
+        logger.info("languages %s; the model is served as %s (pusher.model_name)", state.languages.describe(),
+                    state.model_name)
         with Progress([spec.name for spec in PIPELINE]) as progress:
             code = execute(state, progress)
         _sample_translations(state)
@@ -629,7 +730,8 @@ def tidy_earlier_runs(artifacts: str, current: str, now: Optional[float] = None)
 def json_summary(state: RunState) -> dict[str, Any]:
     return {
         "run_id": state.run_id, "status": state.status, "reason": state.reason,
-        "serving_model": state.serving_model,
+        "serving_model": state.serving_model, "model_name": state.model_name,
+        "languages": state.languages.to_dict(), "serving": _served(state),
         "metrics": {k: state.metrics.get(k) for k in ("bleu", "chrf", "exact_match", "placeholder_fidelity",
                                                       "copy_rate", "eval_loss", "decoder", "beam_width",
                                                       "decoders")},

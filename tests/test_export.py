@@ -113,7 +113,7 @@ def test_layout_assets_and_model_card(seed_run):
     assert "serving_default" in readme and "import tensorflow_text" not in readme
     # Issue 23: identity of the data, intended use, and where the evaluation is (not at export).
     assert card["training_data"]["pairs"] == {"train": 4, "eval": 0, "test": 0}
-    assert card["training_data"]["languages"]["source"] is None  # no config key names them
+    assert card["training_data"]["languages"] == {"source": "en", "target": "ko", "from": "config"}  # embedded.yaml
     assert card["model_details"]["selected_by"].startswith("trainer.select_by: loss")  # embedded.yaml
     assert card["intended_use"]["limitations"] and card["intended_use"]["out_of_scope"]
     assert card["evaluation"]["status"] == "not evaluated at export"

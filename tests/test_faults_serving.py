@@ -231,6 +231,21 @@ def test_faults_a_file_named_as_the_serving_folder_is_a_usage_error(tiny, evalua
     assert not (tmp_path / "evaluation").exists() and serving.read_text() == "not a folder"
 
 
+def test_faults_the_multi_model_root_as_serving_folder_is_a_usage_error(tiny, evaluated, tmp_path):
+    """ARTIFACTS/serving holds model names, not versions: taken as one model's folder it would have
+    no baseline (every name ignored as junk), so a worse model would be blessed and pushed beside them."""
+    root = tmp_path / "serving"
+    shutil.copytree(tiny["finite"], root / "en-ko" / "1")
+    expected = (f"--serving {root} holds the folders of served models (en-ko), not one model's versions: name "
+                f"one model's folder, e.g. --serving {root}/en-ko")
+    run = _seq2seq("push", "--model", evaluated["model"], "--evaluation", evaluated["evaluation"],
+                   "--serving", str(root))
+    assert run.returncode == 2 and _errors(run.stderr) == [expected]
+    assert main(["evaluate", "--model", tiny["finite"], "--examples", tiny["examples"], "--serving", str(root),
+                 "--out", str(tmp_path / "evaluation")]) == 2
+    assert not (tmp_path / "evaluation").exists() and sorted(os.listdir(root)) == ["en-ko"]
+
+
 @pytest.mark.slow
 def test_faults_a_second_push_at_once_exits_4_and_leaves_the_first_alone(evaluated, tmp_path):
     """Before: the second push removed the first's copy as "left by an interrupted push"; the first

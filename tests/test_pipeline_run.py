@@ -21,6 +21,11 @@ SEED_PAIRS = dict(line.split("\t") for line in SEED.read_text(encoding="utf-8").
 pytestmark = pytest.mark.slow
 
 
+def served_versions(artifacts):
+    """The version folders of the seed's model name (embedded.yaml names the languages: en-ko)."""
+    return sorted(os.listdir(artifacts / "serving" / "en-ko"))
+
+
 def run(capsys, data, artifacts, *extra):
     code = main(["run", "--data", str(data), "--artifacts", str(artifacts), "--config", EMBEDDED, "--json", *extra])
     out = capsys.readouterr().out
@@ -43,7 +48,7 @@ def test_first_run_pushes_a_model_that_translates_the_seed(capsys, corpus, artif
     code, result, out = run(capsys, corpus, artifacts)
     assert code == 0, out
     assert result["status"] == "pushed"
-    assert result["serving_model"] == f"{artifacts}/serving/1"
+    assert result["serving_model"] == f"{artifacts}/serving/en-ko/1"
     assert result["metrics"]["exact_match"] == 100.0
     # Issue 23: blessed under beam search (the exported width), greedy scored beside it.
     assert (result["metrics"]["decoder"], result["metrics"]["beam_width"]) == ("beam", 4)
@@ -66,8 +71,8 @@ def test_second_run_on_the_same_corpus_reruns_nothing(capsys, corpus, artifacts)
     code, result, _ = run(capsys, corpus, artifacts)
     assert code == 0
     assert set(result["cached"]) == {"preprocess", "train", "export", "evaluate"}
-    assert result["serving_model"] == f"{artifacts}/serving/1"
-    assert sorted(os.listdir(artifacts / "serving")) == ["1"]
+    assert result["serving_model"] == f"{artifacts}/serving/en-ko/1"
+    assert served_versions(artifacts) == ["1"]
 
 
 def test_an_export_section_in_the_config_file_reaches_the_export(capsys, corpus, artifacts, tmp_path):
@@ -115,17 +120,17 @@ def test_changing_a_trainer_setting_reuses_preprocessing_only(capsys, corpus, ar
     assert code == 3 and result["status"] == "not_blessed"
     assert "worse than the served model" in result["reason"]
     assert result["serving_model"] is None
-    assert sorted(os.listdir(artifacts / "serving")) == ["1"]
+    assert served_versions(artifacts) == ["1"]
 
 
 def test_a_corrupt_corpus_fails_clearly_and_leaves_serving_alone(capsys, corpus, artifacts, tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_bytes(b"no tab here\n\xff\xfe broken\tbytes\n\x00\t\x00\n")
-    before = sorted(os.listdir(artifacts / "serving"))
+    before = served_versions(artifacts)
     code, result, _ = run(capsys, bad, artifacts)
     assert code == 1 and result["status"] == "failed"
     assert "bad.tsv" in result["reason"] or "quarantine" in result["reason"]
-    assert sorted(os.listdir(artifacts / "serving")) == before
+    assert served_versions(artifacts) == before
 
 
 def test_changing_one_corpus_line_reruns_from_preprocessing(capsys, corpus, artifacts):
@@ -145,13 +150,13 @@ def test_reuse_served_vocabulary_makes_a_warm_start_possible(capsys, caplog, cor
                           "--set", "trainer.epochs=3", "--set", "evaluator.tolerance=100")
     assert "warm start: starting from the weights of the served model" in caplog.text
     manifest = json.loads(Path(result["manifest"]).read_text())
-    assert manifest["components"]["train"]["inputs"]["served"] == f"{artifacts}/serving/1"  # in the key too
+    assert manifest["components"]["train"]["inputs"]["served"] == f"{artifacts}/serving/en-ko/1"  # in the key too
     prep = Path(manifest["components"]["preprocess"]["output"])
     for side in ("source", "target"):
-        assert (prep / f"{side}.vocab").read_bytes() == (artifacts / "serving" / "1" / "assets" / f"{side}.vocab").read_bytes()
+        assert (prep / f"{side}.vocab").read_bytes() == (artifacts / "serving" / "en-ko" / "1" / "assets" / f"{side}.vocab").read_bytes()
     # Three epochs from scratch translate nothing; from the served weights the four seed pairs survive.
     assert result["metrics"]["exact_match"] >= 4 / 6 * 100 - 1e-6
-    assert code == 0 and result["serving_model"] == f"{artifacts}/serving/2"
+    assert code == 0 and result["serving_model"] == f"{artifacts}/serving/en-ko/2"
 
 
 def test_warm_start_is_refused_with_a_reason_when_shape_or_vocabulary_differ(artifacts):
@@ -161,7 +166,7 @@ def test_warm_start_is_refused_with_a_reason_when_shape_or_vocabulary_differ(art
     from components.trainer.warm_start import incompatibility
     from pipeline.config import load_config
 
-    served = str(artifacts / "serving" / "1")
+    served = str(artifacts / "serving" / "en-ko" / "1")
     model = load_config(EMBEDDED).model
     runs = [json.loads(p.read_text()) for p in sorted(artifacts.glob("runs/*/run.json"))]
     same_vocab = next(r for r in runs if r["config"]["preprocess"]["vocabulary"] == "reuse_served")
@@ -189,7 +194,7 @@ def test_warm_start_loads_the_served_weights_and_refuses_another_layout(artifact
     from components.trainer.warm_start import warm_start
     from pipeline.config import load_config
 
-    served = artifacts / "serving" / "1"
+    served = artifacts / "serving" / "en-ko" / "1"
     runs = [json.loads(p.read_text()) for p in sorted(artifacts.glob("runs/*/run.json"))]
     same_vocab = next(r for r in runs if r["config"]["preprocess"]["vocabulary"] == "reuse_served")
     artifact = PreprocessArtifact.load(same_vocab["components"]["preprocess"]["output"])
@@ -223,3 +228,86 @@ def test_warm_start_loads_the_served_weights_and_refuses_another_layout(artifact
 # run resumes (a SIGKILL leaves its entry `running`): tests/test_runner_units.py.
 
 # A held lock and a missing corpus: tests/test_run_refusals.py (real subprocesses, exit codes 4 and 2).
+
+
+# ---------------------------------------------------------------- one artifacts root, several models (issue 23)
+
+
+def test_the_first_push_is_listed_in_models_config_with_its_languages(artifacts):
+    """serving/<name>/<version>/ with a models.config TF Serving parses; the card and the push record
+    carry the languages (embedded.yaml names them) and the push record the name."""
+    from tf_serving_config import parse_models_config
+
+    root = artifacts / "serving"
+    assert sorted(p for p in os.listdir(root) if not p.startswith(".")) == ["en-ko", "models.config"]
+    assert parse_models_config((root / "models.config").read_text()) == [
+        ("en-ko", str(root / "en-ko"), "tensorflow")]
+    card = json.loads((root / "en-ko" / "1" / "assets" / "model_card.json").read_text())
+    assert card["training_data"]["languages"] == {"source": "en", "target": "ko", "from": "config"}
+    record = json.loads((root / "en-ko" / "1" / "assets.extra" / "push.json").read_text())
+    assert (record["model_name"], record["languages"]["source"], record["languages"]["target"]) == ("en-ko", "en", "ko")
+
+
+def test_a_second_language_pair_is_served_beside_the_first_and_not_judged_against_it(capsys, corpus, artifacts,
+                                                                                     tmp_path):
+    from tf_serving_config import parse_models_config
+
+    copy = tmp_path / "artifacts"
+    shutil.copytree(artifacts, copy)
+    before = served_versions(copy)
+    code, result, out = run(capsys, corpus, copy, "--set", "preprocess.target_language=de")
+    assert code == 0, out
+    assert (result["model_name"], result["serving_model"]) == ("en-de", f"{copy}/serving/en-de/1")
+    manifest = json.loads(Path(result["manifest"]).read_text())
+    assert manifest["baseline_model"] is None  # the en-ko model is no baseline for en-de
+    assert "baseline" not in manifest["components"]["evaluate"]["inputs"]
+    assert served_versions(copy) == before
+    assert result["serving"] == {"en-de": 1, "en-ko": int(before[-1])}
+    assert f"serving en-de: version 1 ({copy}/serving/en-de/1; pushed by this run)" in out
+    assert f"also serving: en-ko version {before[-1]}" in out
+    assert [entry[0] for entry in parse_models_config((copy / "serving" / "models.config").read_text())] == [
+        "en-de", "en-ko"]
+
+
+def test_a_name_that_serves_another_language_pair_is_refused_before_any_work(capsys, corpus, artifacts):
+    runs_before = sorted(os.listdir(artifacts / "runs"))
+    code, result, out = run(capsys, corpus, artifacts, "--set", "preprocess.target_language=de",
+                            "--set", "pusher.model_name=en-ko")
+    assert code == 2 and result["status"] == "failed"
+    latest = served_versions(artifacts)[-1]
+    assert result["reason"] == (
+        f"{artifacts}/serving/en-ko/{latest} translates en→ko, and this run's corpus is en→de (from the config): "
+        "serve it under another name (--set pusher.model_name=NAME), or set "
+        "preprocess.source_language/target_language")
+    new_run = set(os.listdir(artifacts / "runs")) - set(runs_before)
+    assert json.loads((artifacts / "runs" / new_run.pop() / "run.json").read_text())["components"] == {}
+
+
+def test_the_old_single_model_layout_is_moved_under_the_models_name_with_one_line(capsys, caplog, corpus,
+                                                                                   artifacts, tmp_path):
+    """serving/<version>/ (the layout before model names) keeps working: its versions move to
+    serving/en-ko/ with one warning line, and the newest is this run's baseline."""
+    from tf_serving_config import parse_models_config
+
+    copy = tmp_path / "artifacts"
+    shutil.copytree(artifacts, copy)
+    versions = served_versions(copy)
+    for version in versions:
+        shutil.move(copy / "serving" / "en-ko" / version, copy / "serving" / version)
+    (copy / "serving" / "en-ko").rmdir()
+    (copy / "serving" / "models.config").unlink()
+    caplog.set_level("INFO")
+    code, result, out = run(capsys, corpus, copy)
+    moved = [r.getMessage() for r in caplog.records if "moved the serving folder" in r.getMessage()]
+    assert moved == [f"moved the serving folder's versions {', '.join(versions)} to {copy}/serving/en-ko/ (TF "
+                     f"Serving's multi-model layout): start TF Serving with --model_config_file="
+                     f"{copy}/serving/models.config instead of --model_base_path={copy}/serving"]
+    assert sorted(p for p in os.listdir(copy / "serving") if not p.startswith(".")) == ["en-ko", "models.config"]
+    manifest = json.loads(Path(result["manifest"]).read_text())
+    assert manifest["baseline_model"] == f"{copy}/serving/en-ko/{versions[-1]}"  # judged against the moved model
+    assert code in (0, 3), out
+    following = str(int(versions[-1]) + 1)  # a pushed candidate is the next number; an already served one is not
+    pushed = [following] if result["serving_model"] == f"{copy}/serving/en-ko/{following}" else []
+    assert served_versions(copy) == versions + pushed
+    assert parse_models_config((copy / "serving" / "models.config").read_text()) == [
+        ("en-ko", str(copy / "serving" / "en-ko"), "tensorflow")]

@@ -222,3 +222,35 @@ def test_a_dead_pushs_lock_is_taken_over(saved_model, tmp_path, caplog):
     assert run_push(saved_model, str(serving), blessing_of(saved_model), keep=5) == f"{serving}/1"
     assert "taking over the stale lock" in caplog.text and "(pushing gone), is not running" in caplog.text
     assert sorted(os.listdir(serving)) == [".push.lock.takeover", "1"]
+
+
+def _with_languages(saved_model: str, folder, source: str, target: str) -> str:
+    """A copy of SAVED_MODEL whose card records a language pair (as `seq2seq export` writes it)."""
+    shutil.copytree(saved_model, folder)
+    (folder / "assets").mkdir(exist_ok=True)
+    card = {"training_data": {"languages": {"source": source, "target": target, "from": "config"}}}
+    (folder / "assets" / "model_card.json").write_text(json.dumps(card))
+    return str(folder)
+
+
+def test_a_model_of_another_language_pair_is_not_pushed_over_a_name(saved_model, tmp_path):
+    """A name serves one pair (issue 23): en→de is refused over served en→ko, and models.config
+    (rewritten after each push) lists the name with its absolute base path."""
+    from tf_serving_config import parse_models_config
+
+    from components.core.artifacts import ServingModels
+    from components.pusher import LanguagePairError
+
+    en_ko = _with_languages(saved_model, tmp_path / "en-ko-model", "en", "ko")
+    en_de = _with_languages(saved_model, tmp_path / "en-de-model", "en", "de")
+    models = ServingModels(str(tmp_path / "serving"))
+    serving = models.model("en-ko").uri
+    assert run_push(en_ko, serving, blessing_of(en_ko), keep=3, models=models) == f"{serving}/1"
+    with pytest.raises(LanguagePairError) as refused:
+        run_push(en_de, serving, blessing_of(en_de), keep=3, models=models)
+    assert refused.value.exit_code == 2
+    assert str(refused.value) == f"{serving}/1 translates en→ko and {en_de} en→de: push it to another model's folder"
+    assert versions(serving) == [1]
+    assert run_push(en_de, models.model("en-de").uri, blessing_of(en_de), keep=3, models=models)
+    assert parse_models_config((tmp_path / "serving" / "models.config").read_text()) == [
+        ("en-de", models.model("en-de").uri, "tensorflow"), ("en-ko", serving, "tensorflow")]

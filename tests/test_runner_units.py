@@ -215,7 +215,7 @@ def test_a_tiny_time_budget_stops_training_and_the_run_still_pushes(capsys, capl
     code = main(["run", "--data", str(repo / "data" / "raw"), "--artifacts", str(tmp_path / "a"), "--json", *args])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code in (0, 3) and result["status"] in ("pushed", "not_blessed"), result
-    assert code == 0 and result["serving_model"] == f"{tmp_path}/a/serving/1"  # min_bleu 0: a first model is pushed
+    assert code == 0 and result["serving_model"] == f"{tmp_path}/a/serving/en-ko/1"  # min_bleu 0: a first model is pushed
     train_dir = Path(json.loads(Path(result["manifest"]).read_text())["components"]["train"]["output"])
     metrics = json.loads((train_dir / "metrics.json").read_text())
     assert metrics["time_budget_spent"] is True and 1 <= metrics["epochs"] < 100000

@@ -7,22 +7,25 @@ component's file names.
     ExportedModel    a SavedModel with its model card and vocabularies in assets/
     Evaluation       evaluation.json, blessing.json, report.md
     PushedModel      push.json: whether and where the model was published
-    ServingRoot      numbered ExportedModel versions in the TF Serving layout
+    ServingRoot      one model's numbered ExportedModel versions (TF Serving's model_base_path)
+    ServingModels    ARTIFACTS/serving/: a ServingRoot per model name, and models.config
 
 A handle is a frozen value (`uri` plus optional `fingerprint`, the cache key of the work that made
 it); reading and writing go through `components.core.io`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Iterator, Optional
 
 import schemas
 from components.core import io
 from components.core.config import PipelineConfig, PreprocessConfig, read_config
 from components.core.errors import ArtifactError
+from components.core.languages import MODEL_NAME, Languages
 from components.core.vocabulary import Vocabulary
 
 SIDES = ("source", "target")
@@ -244,6 +247,13 @@ class ExportedModel(Artifact):
             logger.warning("ignoring the push record of %s: %s", self.uri, e)
             return {}
 
+    def languages(self) -> Languages:
+        """The language pair its card records (unknown for a model without a readable card)."""
+        try:
+            return Languages.from_dict(self.card().get("training_data", {}).get("languages"))
+        except (ArtifactError, OSError, ValueError, AttributeError):
+            return Languages()
+
     def export_fingerprint(self) -> Optional[str]:
         """The cache key of the export that produced this model: its own, or its push record's."""
         return self.fingerprint or self.push_record().get("export_fingerprint")
@@ -424,3 +434,110 @@ class ServingRoot(Artifact):
     def latest(self) -> Optional[ExportedModel]:
         found = self.versions()
         return self.version(found[-1]) if found else None
+
+
+class ModelNameError(ArtifactError):
+    """A served model's name that cannot be a folder of the serving root: a usage error."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class ServingModels(Artifact):
+    """ARTIFACTS/serving/: TF Serving's multi-model layout.
+
+        serving/<name>/<version>/   each model name a ServingRoot (its model_base_path)
+        serving/models.config       TF Serving's --model_config_file: one entry per name with a version
+
+    Numbered folders directly under the root are the single-model layout of earlier versions of this
+    pipeline (`legacy_versions`); `migrate` moves them under a name."""
+
+    TYPE: ClassVar[str] = "ServingModels"
+    MODELS_CONFIG: ClassVar[str] = "models.config"
+    CONFIG_LOCK: ClassVar[str] = ".models.config.lock"
+
+    def check(self) -> None:
+        ServingRoot(self.uri).check()
+
+    def model(self, name: str) -> ServingRoot:
+        if not MODEL_NAME.fullmatch(name) or name.isdigit():
+            raise ModelNameError(f"{name!r} cannot name a served model: use letters, digits, '.', '_' or '-', "
+                                 "not only digits (a number is a version)")
+        return ServingRoot(self.path(name))
+
+    @property
+    def models_config_path(self) -> str:
+        return self.path(self.MODELS_CONFIG)
+
+    def _folders(self) -> list[str]:
+        self.check()
+        if not io.isdir(self.uri):
+            return []
+        return sorted(name.rstrip("/") for name in io.gfile().listdir(self.uri) if io.isdir(self.path(name.rstrip("/"))))
+
+    def names(self) -> list[str]:
+        """The model names with at least one published version."""
+        return [name for name in self._folders() if MODEL_NAME.fullmatch(name) and not name.isdigit()
+                and ServingRoot(self.path(name)).scan()[0]]
+
+    def legacy_versions(self) -> list[int]:
+        """Complete SavedModels in numbered folders right under the root (the old single-model layout)."""
+        return ServingRoot(self.uri).scan()[0]
+
+    def served(self) -> dict[str, int]:
+        """{name: the version TF Serving serves (the highest)} for every name with a version."""
+        return {name: ServingRoot(self.path(name)).versions()[-1] for name in self.names()}
+
+    def models_config(self) -> str:
+        """TF Serving's ModelServerConfig (text format) for every name with a version."""
+        entries = "".join(f'  config {{\n    name: "{name}"\n    base_path: "{self._base_path(name)}"\n'
+                          f'    model_platform: "tensorflow"\n  }}\n' for name in self.names())
+        return ("# Written by seq2seq-pipeline after every push: TF Serving's model config, one entry per model.\n"
+                f"#   tensorflow_model_server --model_config_file={self.models_config_path} --rest_api_port=8501\n"
+                f"model_config_list {{\n{entries}}}\n")
+
+    def _base_path(self, name: str) -> str:
+        import os
+
+        path = self.path(name)
+        return path if "://" in path else os.path.abspath(path)
+
+    def write_models_config(self) -> str:
+        """Rewrite models.config from the folder's contents, under a lock that serializes the pushes
+        of different names (each holds only its own name's push lock)."""
+        with _exclusive(self.path(self.CONFIG_LOCK)):
+            io.write_text_atomic(self.models_config_path, self.models_config())
+        return self.models_config_path
+
+    def migrate(self, name: str) -> list[int]:
+        """Move the old layout's numbered versions to <name>/ (keeping their numbers); the moved ones."""
+        versions = self.legacy_versions()
+        if not versions:
+            return []
+        target = self.model(name)
+        clash = [v for v in versions if io.exists(target.path(str(v)))]
+        if clash:
+            raise ArtifactError(f"cannot move {self.uri}/{clash[0]} to {target.uri}/{clash[0]}: it exists; move "
+                                f"the numbered folders of {self.uri} yourself")
+        io.gfile().makedirs(target.uri)
+        for version in versions:
+            io.gfile().rename(self.path(str(version)), target.path(str(version)))
+        return versions
+
+
+@contextlib.contextmanager
+def _exclusive(path: str) -> Iterator[None]:
+    """A blocking flock on PATH for a local folder; nothing for a remote one."""
+    if "://" in path:
+        yield
+        return
+    import fcntl
+    import os
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

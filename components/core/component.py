@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Protocol
 
-from components.core.artifacts import Artifact, ServingRoot
+from components.core.artifacts import Artifact, ServingModels, ServingRoot
 from components.core.config import PipelineConfig
 
 
@@ -21,10 +21,12 @@ class RunContext:
 
     run_id: str
     beam_args: tuple[str, ...] = ()
-    serving_root: Optional[ServingRoot] = None  # where the pusher publishes
+    serving_root: Optional[ServingRoot] = None  # where the pusher publishes: serving/<name>/
     # Each component's key so far, without lineage-dependent inputs: the pusher records it with the
     # model, so a later run can tell a model trained on its own data from one trained on other data.
     lineage: Mapping[str, str] = field(default_factory=dict)
+    serving_models: Optional[ServingModels] = None  # serving/: its models.config lists every name
+    model_name: Optional[str] = None  # the name the model is served under (pusher.model_name, or the pair)
 
 
 class Executor(Protocol):

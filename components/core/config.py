@@ -17,6 +17,7 @@ import yaml
 
 from components.core import io
 from components.core.errors import UserError
+from components.core.languages import LANGUAGE_TAG, MODEL_NAME
 from components.core.spans import validate_patterns
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ class PreprocessConfig:
     # Aligned plain-text files are paired by stem: STEM<source_suffix> with STEM<target_suffix>.
     source_suffix: str = ".src"
     target_suffix: str = ".tgt"
+    # The corpus's languages (en, ko, pt-BR): recorded in stats.json and the model card, and the
+    # served model's default name (pusher.model_name). null: from the corpus's name when it holds an
+    # SRC-TGT pair of ISO 639-1 codes (dev-en-ko.tsv), else unknown (components/core/languages.py).
+    source_language: Optional[str] = None
+    target_language: Optional[str] = None
     # whitespace | unicode_script | wordpiece | subword | sentencepiece: both sides, unless one is
     # named below (docs/preprocess.md, "Tokenizers")
     tokenizer: TokenizerName = "whitespace"
@@ -230,6 +236,9 @@ class EvaluatorConfig:
 @dataclass(frozen=True)
 class PusherConfig:
     keep: int = 5
+    # The served model's name: ARTIFACTS/serving/<name>/<version>/ and its entry in
+    # ARTIFACTS/serving/models.config. null: the language pair (en-ko), else `default`.
+    model_name: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -405,6 +414,7 @@ def _validate(config: Any, prefix: str) -> None:
                                      or config.tokenizer_of("source") not in LEARNED_TOKENIZERS):
             raise bad("shared_pieces", "needs both sides on the same learned tokenizer "
                       f"({', '.join(LEARNED_TOKENIZERS)})")
+        _validate_languages(config, bad)
         try:
             validate_patterns(config.protected_spans)
         except ValueError as e:
@@ -454,8 +464,26 @@ def _validate(config: Any, prefix: str) -> None:
                 raise bad(name, "must be in [0, 100]")
         if config.beam_width is not None and not 1 <= config.beam_width <= MAX_BEAM_WIDTH_LIMIT:
             raise bad("beam_width", f"must be in [1, {MAX_BEAM_WIDTH_LIMIT}] (MAX_BEAM_WIDTH_LIMIT) or null")
-    elif isinstance(config, PusherConfig) and config.keep < 1:
-        raise bad("keep", "must be at least 1")
+    elif isinstance(config, PusherConfig):
+        if config.keep < 1:
+            raise bad("keep", "must be at least 1")
+        if config.model_name is not None and (not MODEL_NAME.fullmatch(config.model_name)
+                                              or config.model_name.isdigit()):
+            raise bad("model_name", "must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or "
+                      "digit, and not only digits (a folder name and a TF Serving URL segment; a number is a "
+                      "version)")
+
+
+def _validate_languages(config: PreprocessConfig, bad) -> None:
+    given = [name for name in ("source_language", "target_language") if getattr(config, name) is not None]
+    for name in given:
+        if not LANGUAGE_TAG.fullmatch(getattr(config, name)):
+            raise bad(name, "must be a language code such as en, ko or pt-BR")
+    if len(given) == 1:
+        missing = "target_language" if given == ["source_language"] else "source_language"
+        raise bad(given[0], f"needs preprocess.{missing} too (give both languages, or neither)")
+    if len(given) == 2 and config.source_language.lower() == config.target_language.lower():
+        raise bad("target_language", "must differ from preprocess.source_language")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -8,6 +8,7 @@ import logging
 from typing import Any, Optional
 
 from components.core import io
+from components.core.languages import Languages
 
 logger = logging.getLogger(__name__)
 
@@ -170,9 +171,6 @@ INTENDED_USE: dict[str, Any] = {
     ],
 }
 
-# Languages: no config key names them, so the card says so rather than guessing.
-UNKNOWN_LANGUAGES = {"source": None, "target": None,
-                     "note": "unknown: no config key names the languages; see the corpus"}
 
 CORPUS_NOTE = ("the corpus files are not recorded in the preprocess output; for `seq2seq run`, run.json's "
                "inputs.corpus maps each corpus file to its sha256. train_records_sha256 identifies the "
@@ -243,12 +241,14 @@ def training_data_fingerprint(artifact) -> dict[str, Any]:
             logger.warning("could not read %s/stats.json: %s", artifact.directory, e)
             stats = {}
         for key in ("records_read", "records_written", "rejected_total", "vocabulary_size", "tokenizer",
-                    "vocabularies_from"):
+                    "vocabularies_from", "languages"):
             if key in stats:
                 fingerprint[key] = stats[key]
         if isinstance(stats.get("records_written"), dict):  # the pair counts, by split
             fingerprint["pairs"] = dict(stats["records_written"])
-    fingerprint["languages"] = dict(UNKNOWN_LANGUAGES)
+    # preprocess.source_language / target_language, or the corpus name's pair (components/core/languages.py);
+    # source and target null: unknown (an older preprocess output records none).
+    fingerprint["languages"] = Languages.from_dict(fingerprint.get("languages")).to_dict()
     # The preprocess output does not name its corpus files; a pipeline run's run.json does.
     fingerprint["corpus"] = CORPUS_NOTE
     return fingerprint
@@ -376,7 +376,8 @@ def render_readme(card: dict[str, Any]) -> str:
         f"- beam search defaults: {json.dumps(_beam_defaults(card))}",
         f"- training data: {card['training_data'].get('vocabulary_sha256')} (vocabularies), "
         f"{card['training_data'].get('train_records_sha256')} (train records)",
-        f"- pairs: {json.dumps(card['training_data'].get('pairs'))}; languages: unknown (no config key names them)",
+        f"- pairs: {json.dumps(card['training_data'].get('pairs'))}; languages: "
+        f"{Languages.from_dict(card['training_data'].get('languages')).describe()}",
         f"- training metrics (metrics.json): "
         f"{json.dumps(card['eval_metrics']) if card['eval_metrics'] else 'none recorded'}",
         f"- evaluation: {card['evaluation']['status']} ({card['evaluation'].get('where', '')})",

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import schemas
 from components.core.config import ConfigError, PipelineConfig, PreprocessConfig
 from components.core.errors import ArtifactError, InputError, UserError
+from components.core.languages import Languages, resolve_languages
 from components.preprocess import fs, inputs, learners, transforms
 from components.preprocess.learners import SENTENCEPIECE_MODEL, WORDPIECE_VOCAB
 from components.preprocess.transforms import METRICS, NEWLINES, REJECTED, SIDES, SPLITS, STAGES, Learned
@@ -117,6 +118,7 @@ def run_preprocess(data: str, out: str, config: PipelineConfig, beam_args: Seque
         stats = build_stats(metrics, config.preprocess, time.time() - started)
         stats["vocabularies_from"] = reuse_from or "corpus"
         stats["test_data"] = fs.absolute(test_data) if test_data else None
+        stats["languages"] = resolve_languages(config.preprocess, data).to_dict()
         _write_json(f"{staging}/stats.json", stats)
         fs.write_text(f"{staging}/config.yaml", config.to_yaml())
         try:
@@ -639,6 +641,7 @@ def log_summary(stats: Mapping[str, Any], data: str, out: str) -> None:
         f"+ eval {stats['records_written']['eval']}, rejected {stats['rejected_total']} ({rejected})",
         f"  blank lines  {stats['blank_lines']} skipped",
         *_test_lines(stats),
+        f"  languages    {Languages.from_dict(stats.get('languages')).describe()}",
         f"  tokenizer    {stats['tokenizer']}; vocabulary source {stats['vocabulary_size']['source']}, "
         f"target {stats['vocabulary_size']['target']}",
         f"  lengths      {lengths}",

@@ -3,6 +3,9 @@
     SERVING_DIR/<version>/            a complete SavedModel (model_base_path=SERVING_DIR)
     SERVING_DIR/<version>/assets.extra/push.json   where it came from and its metrics
 
+`seq2seq run` pushes to ARTIFACTS/serving/<name>/ (TF Serving's multi-model layout) and rewrites
+ARTIFACTS/serving/models.config after each push (`ServingModels`).
+
 A push holds SERVING_DIR/.push.lock (components/core/lock.py: a dead holder's lock is taken over)
 from before it tidies the folder until after it prunes, so two pushes never meet; a second one
 fails with exit 4 naming the first. It publishes only the model the blessing judged: the blessing's
@@ -20,7 +23,7 @@ import time
 from typing import Any, Callable, ContextManager, Optional
 
 from components.core import io
-from components.core.artifacts import Evaluation, ExportedModel, ServingRoot
+from components.core.artifacts import Evaluation, ExportedModel, ServingModels, ServingRoot
 from components.core.errors import ArtifactError
 from components.core.lock import FileLock
 from components.core.tftext import register_tensorflow_text_ops
@@ -101,6 +104,22 @@ def check_evaluated(model_dir: str, blessing: dict[str, Any], what: str = "") ->
     return actual
 
 
+class LanguagePairError(ArtifactError):
+    """The serving folder serves another language pair: a usage error (name the model differently)."""
+
+    exit_code = 2
+
+
+def _check_language_pair(root: ServingRoot, model: ExportedModel) -> None:
+    """A name serves one language pair: a model of another pair is not pushed over it."""
+    latest = root.latest()
+    if latest is None or not latest.languages().conflicts_with(model.languages()):
+        return
+    served, new = latest.languages(), model.languages()
+    raise LanguagePairError(f"{latest.uri} translates {served.source}→{served.target} and {model.uri} "
+                            f"{new.source}→{new.target}: push it to another model's folder")
+
+
 def _remove_partials(serving_dir: str) -> None:
     import tensorflow as tf
 
@@ -135,8 +154,10 @@ def run_push(
     record: Optional[dict[str, Any]] = None,
     before_publish: Optional[Callable[[str], None]] = None,
     run_id: Optional[str] = None,
+    models: Optional[ServingModels] = None,
 ) -> Optional[str]:
     """Publish `saved_model` as SERVING_DIR/<next>; None (and nothing written) when not blessed.
+    With MODELS (the folder above SERVING_DIR), its models.config is rewritten after the push.
 
     The blessing must record `saved_model`'s content fingerprint (the evaluator writes it); the
     push record gets it too. `before_publish(partial_dir)` runs after the copy is verified and
@@ -150,6 +171,7 @@ def run_push(
         logger.info("not pushing: the model is not blessed (%s)", blessing.get("reason", "no reason given"))
         return None
     fingerprint = check_evaluated(saved_model, blessing)
+    _check_language_pair(root, ExportedModel(saved_model))
     tf.io.gfile.makedirs(serving_dir)
     with _push_lock(serving_dir, saved_model, run_id):
         _remove_partials(serving_dir)
@@ -168,6 +190,8 @@ def run_push(
             raise
         logger.info("pushed version %d to %s", version, final)
         _prune(serving_dir, keep)
+        if models is not None:
+            logger.info("TF Serving's model config: %s", models.write_models_config())
     return final
 
 

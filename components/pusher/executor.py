@@ -29,12 +29,13 @@ def run(inputs: Mapping[str, Artifact], output: Artifact, config: PipelineConfig
     model, evaluation = inputs["model"], inputs["evaluation"]
     assert isinstance(evaluation, Evaluation) and isinstance(output, PushedModel)
     summary = evaluation.summary()
-    record = {"run_id": context.run_id, "export_fingerprint": model.fingerprint,
+    record = {"run_id": context.run_id, "export_fingerprint": model.fingerprint, "model_name": context.model_name,
+              "languages": model.languages().to_dict(),
               "metrics": {key: summary.get(key) for key in RECORDED_METRICS}, "lineage": dict(context.lineage)}
     # run_push checks the model on disk against the blessing's content fingerprint, under the
     # serving folder's push lock (the one `seq2seq push` takes).
     serving_model = run_push(model.uri, context.serving_root.uri, evaluation.blessing(), config.pusher.keep,
-                             record=record, run_id=context.run_id,
+                             record=record, run_id=context.run_id, models=context.serving_models,
                              before_publish=lambda partial: write_evaluated_card(partial, evaluation, context.run_id))
     output.write(serving_model)
     return {"serving_model": serving_model}

@@ -159,11 +159,11 @@ def test_reuse_served_vocabulary_makes_a_warm_start_possible(capsys, caplog, cor
     assert code == 0 and result["serving_model"] == f"{artifacts}/serving/en-ko/2"
 
 
-def test_warm_start_is_refused_with_a_reason_when_shape_or_vocabulary_differ(artifacts):
+def test_warm_start_is_refused_with_a_reason_when_the_shape_differs_and_maps_a_rebuilt_vocabulary(artifacts):
     import dataclasses
 
     from components.core.artifacts import PreprocessArtifact
-    from components.trainer.warm_start import incompatibility
+    from components.trainer.warm_start import incompatibility, mapping_summary, vocabulary_mapping
     from pipeline.config import load_config
 
     served = str(artifacts / "serving" / "en-ko" / "1")
@@ -175,8 +175,13 @@ def test_warm_start_is_refused_with_a_reason_when_shape_or_vocabulary_differ(art
                    and r["components"]["preprocess"]["status"] == "succeeded")
     assert incompatibility(served, PreprocessArtifact.load(same_vocab["components"]["preprocess"]["output"]),
                            model) is None
-    reason = incompatibility(served, PreprocessArtifact.load(rebuilt["components"]["preprocess"]["output"]), model)
-    assert reason is not None and "vocabulary differs" in reason
+    # Rebuilt vocabularies no longer refuse a warm start: their rows are mapped by token (issue 25).
+    rebuilt_artifact = PreprocessArtifact.load(rebuilt["components"]["preprocess"]["output"])
+    assert incompatibility(served, rebuilt_artifact, model) is None
+    mapping = vocabulary_mapping(served, rebuilt_artifact)
+    # The added pair's words are all in the seed: no new rows, but their counts reorder the ids.
+    assert {side: entry["new"] for side, entry in mapping_summary(mapping).items()} == {"source": 0, "target": 0}
+    assert any(list(ids) != list(range(len(ids))) for ids in mapping.values())
     reason = incompatibility(served, PreprocessArtifact.load(same_vocab["components"]["preprocess"]["output"]),
                              dataclasses.replace(model, units=model.units + 1))
     assert reason == "model.units differs (served 32, now 33)"

@@ -180,6 +180,9 @@ class TrainerConfig:
     distribution: Literal["none", "mirrored", "multi_worker"] = "none"
     sub_batches: int = 0  # 0 = auto: one per CPU core (see components/core/threads.py)
     warm_start: Literal["auto", "never"] = "auto"
+    # A warm start maps vocabulary rows by token; a side whose vocabulary shares less than this
+    # fraction of its tokens with the served model's starts the run from scratch instead.
+    warm_start_min_overlap: float = 0.5
     # A step whose loss or gradient norm is NaN/inf: stop with an error naming it, or skip the batch
     # (its update is not applied; counted in metrics.json). See docs/training.md, "Errors".
     on_nonfinite: Literal["fail", "skip_batch"] = "fail"
@@ -447,6 +450,8 @@ def _validate(config: Any, prefix: str) -> None:
             raise bad("select_sample", "must be positive")
         if config.max_minutes is not None and config.max_minutes <= 0:
             raise bad("max_minutes", "must be positive (or null for no budget)")
+        if not 0.0 <= config.warm_start_min_overlap <= 1.0:
+            raise bad("warm_start_min_overlap", "must be in [0, 1]")
         if config.registration_timeout_s <= 0:
             raise bad("registration_timeout_s", "must be positive")
     elif isinstance(config, ExportConfig):

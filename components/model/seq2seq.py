@@ -116,6 +116,11 @@ class Seq2Seq(tf.Module):
         self.attention_mechanism: Attention = mechanism(
             {spec.attribute: getattr(self, spec.attribute) for spec in mechanism.variable_specs}, self.compute_dtype)
 
+    # Variables with one row (axis 0) per vocabulary entry, by side: a warm start across vocabulary
+    # changes copies them token by token (components/trainer/warm_start.py).
+    VOCABULARY_ROWS = {"source_embedding": "source", "target_embedding": "target", "output_kernel": "target",
+                       "output_bias": "target"}
+
     def _create_variables(self, mechanism: type[Attention], init: Initializer) -> None:
         """In a fixed order: each initializer draws the next seed, so the order is the model."""
         E, U = self.embedding_dim, self.units

@@ -8,7 +8,8 @@ from components.core.component import RunContext
 from components.core.config import PipelineConfig
 from components.trainer.training import run_training
 
-REPORTED = ("best_eval_loss", "final_eval_loss", "token_accuracy", "steps", "epochs", "train_tokens_per_second")
+REPORTED = ("best_eval_loss", "final_eval_loss", "token_accuracy", "steps", "epochs", "train_tokens_per_second",
+            "warm_start")
 
 
 def run(inputs: Mapping[str, Artifact], output: Artifact, config: PipelineConfig,

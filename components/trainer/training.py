@@ -260,6 +260,7 @@ class Trainer:
         self.out = out.rstrip("/")
         self.training = TrainedModel(self.out)
         self.warm_start_from = warm_start_from
+        self.warm_started: Optional[dict[str, Any]] = None  # what warm_start recorded, None: from scratch
         self.artifact = PreprocessArtifact.load(examples)
         if config.preprocess != self.artifact.preprocess:
             logger.info("using the preprocess settings of %s (the config's preprocess section is ignored)",
@@ -605,10 +606,12 @@ class Trainer:
         self._prepare_out()
         self._build_state()
         resumed = self._resume()
+        metrics = self.training.metrics() if resumed else {}
+        self.warm_started = metrics.get("warm_start")  # a resumed run keeps what its first attempt started from
         if not resumed and self.warm_start_from and self.t.warm_start == "auto":
             with self.strategy.scope():
-                warm_start(self.model, self.warm_start_from, self.artifact, self.config.model)
-        metrics = self.training.metrics() if resumed else {}
+                self.warm_started = warm_start(self.model, self.warm_start_from, self.artifact, self.config.model,
+                                               self.t.warm_start_min_overlap)
         history = [h for h in metrics.get("history", []) if h["epoch"] <= int(self.epoch.numpy())]
         # A resumed run shows the epoch length an earlier one counted.
         self.epoch_steps = next((h["epoch_steps"] for h in reversed(history) if h.get("epoch_steps")), None)
@@ -874,6 +877,7 @@ class Trainer:
             "train_tokens_per_second": tokens_per_second if math.isfinite(tokens_per_second) else None,
             "distribution": self.t.distribution,
             "replicas": self.strategy.num_replicas_in_sync,
+            "warm_start": self.warm_started,
             "sub_batches": self.sub_batches,
             # Non-finite batches skipped under trainer.on_nonfinite=skip_batch, over the finished epochs.
             "skipped_batches": sum(h.get("skipped_batches", 0) for h in history),
